@@ -1,0 +1,43 @@
+"""The `t2vsim` command line. Heavy modules (torch, diffusers, prefect) are imported inside the
+commands, so `t2vsim --help` stays fast."""
+
+from __future__ import annotations
+
+import typer
+
+from flows.cli_generate import register as _register_generate
+
+app = typer.Typer(
+    name="t2vsim",
+    help="Simulate text-to-video inference verification (Wan2.2 on Gonka): executors, validators, "
+    "pricing and Proof-of-Compute against a mock chain, with real diffusers inference.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_register_generate(app)
+
+
+def _add_subapps() -> None:
+    # Each sub-application lives in its own module; a missing one is simply not offered.
+    import importlib
+
+    for module, name in (
+        ("flows.cli_experiment", "experiment"),
+        ("flows.cli_network", "network"),
+        ("flows.cli_poc", "poc"),
+    ):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+            continue
+        mod.register(app)
+
+
+_add_subapps()
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,236 @@
+"""What a requester asks for (`GenerationRequest`) and how a machine runs it (`Runtime`).
+
+Both are frozen pydantic models validated at the boundary: an invalid value is refused with a
+message that names the field and what is allowed. Defaults follow the official Wan2.2-T2V-A14B
+settings (Wan-Video/Wan2.2 `wan/configs`, see docs/facts.md section 1); the random presets used on
+a CPU get scaled-down defaults from their `PresetSpec`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Official A14B defaults (facts.md section 1).
+A14B_DEFAULTS: dict[str, Any] = {
+    "width": 832,
+    "height": 480,
+    "frames": 81,
+    "fps": 16,
+    "steps": 40,
+    "guidance_high": 4.0,
+    "guidance_low": 3.0,
+    "shift": 12.0,
+}
+
+DEFAULT_NEGATIVE_PROMPT = ""
+
+
+class GenerationRequest(BaseModel):
+    """A text-to-video request as the chain records it.
+
+    Fields left out take the defaults of the named preset (`model`): the official A14B settings for
+    `a14b-random` and `path:DIR`, smaller sizes for `tiny` and `small`.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field("tiny", description="preset name: tiny, small, a14b-random, or path:DIR")
+    prompt: str = Field(..., min_length=1, description="text prompt")
+    negative_prompt: str = Field(DEFAULT_NEGATIVE_PROMPT, description="negative prompt (unconditional pass)")
+    width: int = Field(description="frame width in pixels, a multiple of 16")
+    height: int = Field(description="frame height in pixels, a multiple of 16")
+    frames: int = Field(description="number of frames, of the form 4k+1")
+    fps: int = Field(description="frames per second of the encoded video")
+    steps: int = Field(description="denoising steps")
+    guidance_high: float = Field(description="CFG scale of the high-noise expert (1.0 = no CFG)")
+    guidance_low: float = Field(description="CFG scale of the low-noise expert (1.0 = no CFG)")
+    shift: float = Field(description="flow-matching timestep shift of the scheduler")
+    seed: int = Field(0, description="seed of the initial noise (CPU generator)")
+    truncate_prompt: bool = Field(
+        False, description="truncate a prompt longer than the text encoder's limit instead of refusing it"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        from models.presets import preset_spec  # light import: no torch
+
+        model = data.get("model", "tiny")
+        try:
+            spec = preset_spec(model)
+        except ValueError as err:
+            raise ValueError(f"model: {err}") from None
+        merged = dict(spec.request_defaults)
+        merged.update({k: v for k, v in data.items() if v is not None})
+        return merged
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_16(cls, v: int, info) -> int:
+        if v < 16 or v % 16:
+            raise ValueError(f"{info.field_name} must be a positive multiple of 16, got {v}")
+        return v
+
+    @field_validator("frames")
+    @classmethod
+    def _frames_4k_plus_1(cls, v: int) -> int:
+        if v < 1 or (v - 1) % 4:
+            raise ValueError(f"frames must be of the form 4k+1 (1, 5, 9, ..., 81), got {v}")
+        return v
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"steps must be >= 1, got {v}")
+        return v
+
+    @field_validator("fps")
+    @classmethod
+    def _fps_positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"fps must be >= 1, got {v}")
+        return v
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, v: int) -> int:
+        if v < 0 or v >= 2**63:
+            raise ValueError(f"seed must be in 0..2**63-1, got {v}")
+        return v
+
+    @field_validator("guidance_high", "guidance_low")
+    @classmethod
+    def _guidance_range(cls, v: float, info) -> float:
+        if not (0.0 <= v <= 50.0):
+            raise ValueError(f"{info.field_name} must be in 0..50, got {v}")
+        return v
+
+    @field_validator("shift")
+    @classmethod
+    def _shift_positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError(f"shift must be > 0, got {v}")
+        return v
+
+    # ---- derived quantities -------------------------------------------------------------
+    @property
+    def uses_cfg_high(self) -> bool:
+        return self.guidance_high > 1.0
+
+    @property
+    def uses_cfg_low(self) -> bool:
+        return self.guidance_low > 1.0
+
+    def latent_shape(self, vae_stride: tuple[int, int, int] = (4, 8, 8), z_dim: int = 16) -> tuple[int, ...]:
+        """Shape of the initial latent, batch 1: (1, z, (F-1)//4+1, H/8, W/8)."""
+        st, sh, sw = vae_stride
+        return (1, z_dim, (self.frames - 1) // st + 1, self.height // sh, self.width // sw)
+
+    def latent_tokens(self, vae_stride=(4, 8, 8), patch=(1, 2, 2)) -> int:
+        """Transformer tokens (latent patches) per forward pass."""
+        _, _, t, h, w = self.latent_shape(vae_stride)
+        return (t // patch[0]) * (h // patch[1]) * (w // patch[2])
+
+    def key(self) -> str:
+        """A stable content key (SHA-256 of the canonical JSON) used to name stored artifacts."""
+        import hashlib
+
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+DType = Literal["bfloat16", "float32", "float16"]
+
+
+class Runtime(BaseModel):
+    """How a machine runs a request. Benign deviations change only this.
+
+    `apply()` pins everything the object names for the duration of a `with` block and restores
+    the previous global torch settings afterwards.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N")
+    dtype: DType = Field(
+        "bfloat16",
+        description="transformer and text-encoder dtype; bf16 keeps diffusers' float32 islands "
+        "(_keep_in_fp32_modules) as the released model runs; the VAE runs in float32",
+    )
+    attention_backend: str = Field("native", description="diffusers attention backend name")
+    batch_size: int = Field(1, ge=1, le=64, description="requests generated together in one batch")
+    threads: int | None = Field(None, ge=1, le=1024, description="CPU intra-op threads (None: leave as is)")
+    deterministic: bool = Field(True, description="torch.use_deterministic_algorithms and cuDNN determinism")
+    compile: bool = Field(False, description="torch.compile the transformers")
+    tf32: bool = Field(False, description="allow TF32 matrix products and convolutions on the GPU")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        base = v.split(":", 1)[0]
+        if base not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {v!r}")
+        if ":" in v and not v.split(":", 1)[1].isdigit():
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {v!r}")
+        return v
+
+    @field_validator("attention_backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        from diffusers.models.attention_dispatch import AttentionBackendName
+
+        allowed = sorted(b.value for b in AttentionBackendName)
+        if v not in allowed:
+            raise ValueError(f"attention_backend must be one of {allowed}, got {v!r}")
+        return v
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype)
+
+    @contextlib.contextmanager
+    def apply(self) -> Iterator[None]:
+        """Pin threads, TF32, determinism for the block; restore the previous settings after."""
+        import torch
+
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device: {self.device!r} asked for but no CUDA device is available")
+        saved = (
+            torch.get_num_threads(),
+            torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32,
+            torch.are_deterministic_algorithms_enabled(),
+            torch.backends.cudnn.deterministic,
+            torch.backends.cudnn.benchmark,
+            os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        )
+        try:
+            if self.threads is not None:
+                torch.set_num_threads(self.threads)
+            torch.backends.cuda.matmul.allow_tf32 = self.tf32
+            torch.backends.cudnn.allow_tf32 = self.tf32
+            if self.deterministic:
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(self.deterministic, warn_only=True)
+            torch.backends.cudnn.deterministic = self.deterministic
+            torch.backends.cudnn.benchmark = not self.deterministic
+            yield
+        finally:
+            torch.set_num_threads(saved[0])
+            torch.backends.cuda.matmul.allow_tf32 = saved[1]
+            torch.backends.cudnn.allow_tf32 = saved[2]
+            torch.use_deterministic_algorithms(saved[3])
+            torch.backends.cudnn.deterministic = saved[4]
+            torch.backends.cudnn.benchmark = saved[5]
+            if saved[6] is None:
+                os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+            else:
+                os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved[6]

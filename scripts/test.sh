@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test command: the whole suite on the CPU, with the chain tests run against SQLite and a
+# real PostgreSQL server that this script starts (installing Debian's postgresql if needed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+export PREFECT_HOME="${PREFECT_HOME:-$(mktemp -d)}"
+export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
+if [ -z "${T2VSIM_TEST_PG_URL:-}" ] && [ "${T2VSIM_SKIP_PG:-0}" != 1 ]; then
+  # shellcheck source=scripts/pg.sh
+  source scripts/pg.sh
+  pg_start
+  trap pg_stop EXIT
+fi
+"$BIN/python" -m pytest -q -p no:cacheprovider "$@"
