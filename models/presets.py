@@ -1,0 +1,376 @@
+"""Model presets: named Wan2.2 pipelines, built in code with seeded random weights or loaded offline.
+
+- `tiny`: diffusers' own Wan2.2 test sizes (tests/pipelines/wan/test_wan_22.py); a CPU runs it in
+  well under a second.
+- `tiny-lite`: `tiny` with one transformer layer instead of two (the `model:` cheat's smaller model;
+  the weights it shares by name with `tiny` are identical).
+- `small`: the same architecture with ~30 M parameters per expert, for GPU experiments where
+  compute is not negligible; `small-lite` has half its layers.
+- `a14b-random`: the exact Wan2.2-T2V-A14B configuration (both experts, the Wan2.1 VAE, a
+  UMT5-XXL-shaped text encoder) with random weights, for timing and numerics at real scale on a GPU.
+- `path:DIR`: a local diffusers directory (e.g. Wan2.2-T2V-A14B-Diffusers), loaded offline.
+
+Random weights are drawn on the CPU, one tensor at a time, from a seed derived from
+`(weights_seed, parameter name)` with a float32 `torch.Generator`, so they are bit-identical on
+every machine; a model is first built with its parameters on the `meta` device and each tensor is
+materialised in its final dtype on its final device, so building never needs 2x the weights in
+memory. In bfloat16 the modules diffusers keeps in float32 when it loads a checkpoint
+(`_keep_in_fp32_modules`) stay in float32, as the released model runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from models.request import A14B_DEFAULTS
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from diffusers import WanPipeline
+
+    from models.request import Runtime
+
+BOUNDARY_RATIO = 0.875  # Wan2.2-T2V-A14B high/low expert switch (facts.md section 1)
+
+# UniPC flow-matching scheduler as shipped with Wan2.2-T2V-A14B-Diffusers; the shift comes from
+# the request (official default 12.0).
+SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "solver_order": 2,
+    "prediction_type": "flow_prediction",
+    "use_flow_sigmas": True,
+    "flow_shift": A14B_DEFAULTS["shift"],
+    "predict_x0": True,
+    "solver_type": "bh2",
+    "lower_order_final": True,
+    "final_sigmas_type": "zero",
+    "timestep_spacing": "linspace",
+}
+
+_TINY_TRANSFORMER = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=2,
+    attention_head_dim=12,
+    in_channels=16,
+    out_channels=16,
+    text_dim=32,
+    freq_dim=256,
+    ffn_dim=32,
+    num_layers=2,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    rope_max_seq_len=32,
+)
+_TINY_VAE = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
+_TINY_TEXT = dict(
+    vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+    relative_attention_num_buckets=8, relative_attention_max_distance=32,
+    feed_forward_proj="gated-gelu", dropout_rate=0.0, is_encoder_decoder=False, use_cache=False,
+)
+
+_SMALL_TRANSFORMER = dict(
+    _TINY_TRANSFORMER, num_attention_heads=8, attention_head_dim=64, text_dim=256, ffn_dim=1536,
+    num_layers=8, rope_max_seq_len=1024,
+)
+_SMALL_VAE = dict(base_dim=32, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True])
+_SMALL_TEXT = dict(_TINY_TEXT, d_model=256, d_kv=32, d_ff=512, num_layers=4, num_heads=8,
+                   relative_attention_num_buckets=32, relative_attention_max_distance=128)
+
+# Wan2.2-T2V-A14B (facts.md section 1): per expert 14.29 B parameters.
+_A14B_TRANSFORMER = dict(
+    patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
+    text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+)
+# The Wan2.1 VAE (AutoencoderKLWan defaults) used by T2V-A14B.
+_A14B_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True])
+# UMT5-XXL encoder (google/umt5-xxl): 5.68 B parameters in the encoder.
+_A14B_TEXT = dict(
+    vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+    relative_attention_num_buckets=32, relative_attention_max_distance=128,
+    feed_forward_proj="gated-gelu", dropout_rate=0.0, is_encoder_decoder=False, use_cache=False,
+)
+
+_SCALED_DEFAULTS = {
+    "tiny": dict(A14B_DEFAULTS, width=64, height=64, frames=9, steps=4),
+    "small": dict(A14B_DEFAULTS, width=256, height=256, frames=17, steps=10),
+}
+
+
+@dataclass(frozen=True)
+class PresetSpec:
+    """Everything known about a preset without importing torch."""
+
+    name: str
+    transformer_config: dict[str, Any]
+    vae_config: dict[str, Any]
+    text_config: dict[str, Any]
+    request_defaults: dict[str, Any]
+    text_len: int = 512
+    boundary_ratio: float = BOUNDARY_RATIO
+    vae_stride: tuple[int, int, int] = (4, 8, 8)
+    z_dim: int = 16
+    path: str | None = None  # set for path:DIR presets
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        return tuple(self.transformer_config.get("patch_size", (1, 2, 2)))  # type: ignore[return-value]
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.transformer_config["num_layers"])
+
+    @property
+    def is_random(self) -> bool:
+        return self.path is None
+
+
+def _spec(name, t, v, x, defaults, text_len, description) -> PresetSpec:
+    return PresetSpec(name=name, transformer_config=t, vae_config=v, text_config=x,
+                      request_defaults=defaults, text_len=text_len, description=description)
+
+
+PRESETS: dict[str, PresetSpec] = {
+    "tiny": _spec("tiny", _TINY_TRANSFORMER, _TINY_VAE, _TINY_TEXT, _SCALED_DEFAULTS["tiny"], 64,
+                  "diffusers' Wan2.2 test sizes; CPU, well under a second"),
+    "tiny-lite": _spec("tiny-lite", dict(_TINY_TRANSFORMER, num_layers=1), _TINY_VAE, _TINY_TEXT,
+                       _SCALED_DEFAULTS["tiny"], 64, "tiny with one transformer layer (a smaller model)"),
+    "small": _spec("small", _SMALL_TRANSFORMER, _SMALL_VAE, _SMALL_TEXT, _SCALED_DEFAULTS["small"], 128,
+                   "same architecture, ~30 M parameters per expert; GPU experiments"),
+    "small-lite": _spec("small-lite", dict(_SMALL_TRANSFORMER, num_layers=4), _SMALL_VAE, _SMALL_TEXT,
+                        _SCALED_DEFAULTS["small"], 128, "small with half the layers (a smaller model)"),
+    "a14b-random": _spec("a14b-random", _A14B_TRANSFORMER, _A14B_VAE, _A14B_TEXT, dict(A14B_DEFAULTS), 512,
+                         "exact Wan2.2-T2V-A14B configuration with random weights; GPU"),
+}
+
+
+def preset_names() -> list[str]:
+    return [*PRESETS, "path:DIR"]
+
+
+def preset_spec(name: str) -> PresetSpec:
+    """The spec of a preset name; `path:DIR` reads DIR/transformer/config.json."""
+    if name in PRESETS:
+        return PRESETS[name]
+    if name.startswith("path:"):
+        root = Path(name[5:]).expanduser()
+        index = root / "model_index.json"
+        if not index.is_file():
+            raise ValueError(f"path preset {str(root)!r} is not a diffusers directory (no model_index.json)")
+        tcfg = _read_json(root / "transformer" / "config.json")
+        vcfg = _read_json(root / "vae" / "config.json")
+        xcfg = _read_json(root / "text_encoder" / "config.json")
+        boundary = _read_json(index).get("boundary_ratio") or BOUNDARY_RATIO
+        return PresetSpec(name=name, transformer_config=tcfg, vae_config=vcfg, text_config=xcfg,
+                          request_defaults=dict(A14B_DEFAULTS), text_len=512, boundary_ratio=float(boundary),
+                          path=str(root), description=f"local diffusers directory {root}")
+    raise ValueError(f"unknown preset {name!r}; allowed: {', '.join(preset_names())}")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"path preset: missing {path}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Deterministic weights
+
+
+def tensor_seed(weights_seed: int, name: str) -> int:
+    """A 63-bit seed for one tensor from the preset's weights seed and the tensor's name."""
+    digest = hashlib.sha256(f"t2vsim/{weights_seed}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def init_std(name: str, shape: tuple[int, ...]) -> float | None:
+    """The scale of a parameter's random draw; None means a constant (1 for gains, 0 for biases)."""
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "bias":
+        return None
+    if leaf in ("gamma",) or len(shape) == 1:
+        return None
+    if leaf == "scale_shift_table":
+        return shape[-1] ** -0.5
+    fan_in = 1
+    for s in shape[1:]:
+        fan_in *= s
+    return fan_in**-0.5
+
+
+def seeded_tensor(weights_seed: int, name: str, shape: tuple[int, ...]) -> "torch.Tensor":
+    """One parameter's float32 CPU values, identical on every machine."""
+    import torch
+
+    std = init_std(name, shape)
+    if std is None:
+        fill = 0.0 if name.endswith("bias") else 1.0
+        return torch.full(shape, fill, dtype=torch.float32)
+    g = torch.Generator(device="cpu").manual_seed(tensor_seed(weights_seed, name))
+    return torch.randn(shape, generator=g, dtype=torch.float32).mul_(std)
+
+
+@contextlib.contextmanager
+def _parameters_on_meta():
+    """Create parameters on the meta device (buffers stay real), as accelerate's init_empty_weights."""
+    import torch
+    from torch import nn
+
+    original = nn.Module.register_parameter
+
+    def register(module, name, param):
+        original(module, name, param)
+        if param is not None:
+            kwargs = {"requires_grad": param.requires_grad}
+            module._parameters[name] = nn.Parameter(module._parameters[name].to("meta"), **kwargs)
+
+    nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
+    del torch
+
+
+def _keeps_fp32(name: str, keep: list[str] | None) -> bool:
+    return bool(keep) and any(part in keep for part in name.split("."))
+
+
+def materialize(module, weights_seed: int, dtype, device, prefix: str = "", threads: int = 8) -> None:
+    """Replace every meta parameter by its seeded values in `dtype` on `device`, one at a time."""
+    import concurrent.futures as cf
+
+    import torch
+    from torch import nn
+
+    keep = list(getattr(type(module), "_keep_in_fp32_modules", None) or [])
+    named = [(n, p) for n, p in module.named_parameters(remove_duplicate=False)]
+    # Tied parameters (one tensor under two names) are drawn once, under their first name.
+    first_name: dict[int, str] = {}
+    for n, p in named:
+        first_name.setdefault(id(p), n)
+
+    def draw(item):
+        n, p = item
+        return n, seeded_tensor(weights_seed, prefix + first_name[id(p)], tuple(p.shape))
+
+    done: dict[int, nn.Parameter] = {}
+    owners = {}
+    for mod_name, mod in module.named_modules(remove_duplicate=False):
+        for pname, p in list(mod._parameters.items()):
+            if p is not None:
+                owners.setdefault(id(p), []).append((mod, pname))
+    todo = [(n, p) for n, p in named if first_name[id(p)] == n]
+    by_name = dict(todo)
+    with cf.ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for n, values in pool.map(draw, todo):
+            p = by_name[n]
+            target = torch.float32 if (dtype == torch.float32 or _keeps_fp32(n, keep)) else dtype
+            new = nn.Parameter(values.to(device=device, dtype=target), requires_grad=False)
+            del values
+            done[id(p)] = new
+            for mod, pname in owners[id(p)]:
+                mod._parameters[pname] = new
+
+
+def byte_tokenizer(text_len: int):
+    """A byte-level tokenizer built offline with `tokenizers` (ids 0-2 special, 3-258 bytes)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for ch in sorted(alphabet):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+        model_max_length=text_len,
+    )
+
+
+def _build_random(spec: PresetSpec, runtime: "Runtime", weights_seed: int) -> "WanPipeline":
+    import torch
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    device, dtype = torch.device(runtime.device), runtime.torch_dtype
+    with _parameters_on_meta():
+        experts = [WanTransformer3DModel(**spec.transformer_config) for _ in range(2)]
+        vae = AutoencoderKLWan(**spec.vae_config)
+        text_encoder = UMT5EncoderModel(UMT5Config(**spec.text_config))
+    for prefix, expert in zip(("transformer.", "transformer_2."), experts):
+        materialize(expert, weights_seed, dtype, device, prefix=prefix)
+    materialize(vae, weights_seed, torch.float32, device, prefix="vae.")  # the VAE runs in float32
+    materialize(text_encoder, weights_seed, dtype, device, prefix="text_encoder.")
+    for m in (*experts, vae, text_encoder):
+        m.to(device)  # buffers (rope tables, relative-position constants)
+        m.eval().requires_grad_(False)
+    return WanPipeline(
+        tokenizer=byte_tokenizer(spec.text_len),
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=UniPCMultistepScheduler(**SCHEDULER_CONFIG),
+        transformer=experts[0],
+        transformer_2=experts[1],
+        boundary_ratio=spec.boundary_ratio,
+    )
+
+
+def _load_path(spec: PresetSpec, runtime: "Runtime") -> "WanPipeline":
+    import torch
+    from diffusers import AutoencoderKLWan, WanPipeline
+
+    vae = AutoencoderKLWan.from_pretrained(spec.path, subfolder="vae", torch_dtype=torch.float32,
+                                           local_files_only=True)
+    pipe = WanPipeline.from_pretrained(spec.path, vae=vae, torch_dtype=runtime.torch_dtype, local_files_only=True)
+    pipe.to(runtime.device)
+    for m in (pipe.transformer, pipe.transformer_2, pipe.text_encoder, pipe.vae):
+        if m is not None:
+            m.eval().requires_grad_(False)
+    return pipe
+
+
+@functools.lru_cache(maxsize=3)
+def _cached_pipeline(preset: str, device: str, dtype: str, weights_seed: int) -> "WanPipeline":
+    from models.request import Runtime
+
+    spec = preset_spec(preset)
+    runtime = Runtime(device=device, dtype=dtype)
+    pipe = _build_random(spec, runtime, weights_seed) if spec.is_random else _load_path(spec, runtime)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_pipeline(preset: str, runtime: "Runtime | None" = None, weights_seed: int = 0) -> "WanPipeline":
+    """The pipeline of a preset on the runtime's device and dtype (cached; do not mutate it for good)."""
+    from models.request import Runtime
+
+    runtime = runtime or Runtime()
+    preset_spec(preset)  # a clear error for unknown names before any work
+    if weights_seed < 0:
+        raise ValueError(f"weights_seed must be >= 0, got {weights_seed}")
+    return _cached_pipeline(preset, runtime.device, runtime.dtype, weights_seed)
+
+
+def weights_digest(module) -> str:
+    """SHA-256 over a module's parameters (names, dtypes, bytes): equal digests = equal weights."""
+    h = hashlib.sha256()
+    for name, p in sorted(module.state_dict().items()):
+        t = p.detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
+    return h.hexdigest()
