@@ -379,7 +379,9 @@ class _Controller:
             self._handles.append(m.register_forward_pre_hook(self._pre, with_kwargs=True))
             self._handles.append(m.register_forward_hook(self._post(None), with_kwargs=True))
             for block in m.blocks:
-                self._handles.append(block.register_forward_hook(self._block, with_kwargs=True))
+                # Counted on the block's first sub-module: step caches (first-block cache) replace
+                # a block's forward with a cached residual and never reach its sub-modules.
+                self._handles.append(block.attn1.register_forward_hook(self._block, with_kwargs=True))
         te = pipe.text_encoder
         self._handles.append(te.register_forward_pre_hook(self._pre, with_kwargs=True))
         self._handles.append(te.register_forward_hook(self._post("text_encoder"), with_kwargs=True))
@@ -515,6 +517,8 @@ def generate(
     from models.deviations import parse_deviation
 
     runtime = runtime or Runtime()
+    if not isinstance(runtime, Runtime):
+        raise TypeError(f"runtime must be a Runtime, got {type(runtime).__name__} (pass deviations as deviation=...)")
     dev = parse_deviation(deviation) if isinstance(deviation, str) else deviation
     eff_request = dev.apply_request(request) if dev else request
     eff_runtime = dev.apply_runtime(runtime) if dev else runtime
