@@ -1,0 +1,436 @@
+"""Pricing text-to-video inference on the chain: compute units, the utilisation price rule, and
+the calibration and fairness of the unit.
+
+The model (the proposal, `seed/000_*.txt`, "Separate pricing model for DiTs"):
+
+    units(request) = forward_passes x (alpha x P^2 + beta x P) / unit_seconds
+
+- P = latent patches (transformer tokens) per forward pass, from width, height, frames, the VAE
+  stride and the patch size (`GenerationRequest.latent_tokens`).
+- forward_passes = per denoising step 1, or 2 where that step's expert runs classifier-free
+  guidance. Wan2.2-T2V-A14B switches from the high-noise to the low-noise expert at
+  t >= boundary_ratio x 1000 (0.875), and each expert has its own guidance scale, so a request with
+  guidance_high > 1 and guidance_low <= 1 pays two passes only for the high-noise steps. The
+  timesteps are those of the pipeline's UniPC flow scheduler (`models.engine.schedule`);
+  `scheduler_timesteps` reproduces them without importing diffusers (a test checks they agree).
+- unit_seconds = alpha x P0^2 + beta x P0, one forward pass at the smallest supported setting (P0).
+- alpha, beta (seconds per pass per patch^2 and per patch) come from a calibration per model and GPU
+  type: `calibrate()` times forward passes over a grid of sizes and fits them by least squares.
+  The default (A14B on one H100, bf16) is facts.md section 1:
+  seconds = 1.454e-9 N^2 + 5.557e-5 N + 0.020. The proposal's formula has no constant; the
+  fit's constant (`gamma_seconds`, fixed per-pass overhead) is kept for the true GPU time in the
+  fairness report and can be charged with `charge_constant=True`.
+
+The unit price (ngonka per unit) follows Gonka's per-model utilisation rule each block
+(`next_unit_price`). Escrow is exact: the units are known when the request is made.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+if TYPE_CHECKING:  # pragma: no cover
+    from models.request import GenerationRequest, Runtime
+
+# facts.md section 1: one A14B expert forward pass on one H100 80GB, bf16, batch 1, text length 512.
+A14B_H100_ALPHA_SECONDS = 1.454e-9
+A14B_H100_BETA_SECONDS = 5.557e-5
+A14B_H100_GAMMA_SECONDS = 0.020
+A14B_H100_R2 = 0.99999
+
+# Wan2.2-T2V-A14B supported sizes (facts.md section 1: 1280x720, 720x1280, 832x480, 480x832).
+A14B_SIZES: tuple[tuple[int, int], ...] = ((832, 480), (480, 832), (1280, 720), (720, 1280))
+
+# UniPC flow scheduler constants as shipped with Wan2.2 (models.presets.SCHEDULER_CONFIG).
+NUM_TRAIN_TIMESTEPS = 1000
+BOUNDARY_RATIO = 0.875
+
+
+class PricingError(ValueError):
+    """A pricing input is out of range or a calibration cannot be fitted."""
+
+
+@functools.lru_cache(maxsize=4096)
+def scheduler_timesteps(steps: int, shift: float) -> tuple[float, ...]:
+    """Timesteps of diffusers' UniPC scheduler with `use_flow_sigmas=True`, `timestep_spacing=
+    "linspace"`, for `steps` steps and flow shift `shift` (without importing diffusers)."""
+    if steps < 1:
+        raise PricingError(f"steps must be >= 1, got {steps}")
+    n = NUM_TRAIN_TIMESTEPS
+    sigmas = np.linspace(1, 1 / n, steps + 1)[:-1]
+    sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    if abs(sigmas[0] - 1) < 1e-6:  # diffusers nudges a first sigma of 1 down (log of zero otherwise)
+        sigmas[0] -= 1e-6
+    return tuple(float(t) for t in (sigmas * n).astype(np.int64))
+
+
+@functools.lru_cache(maxsize=4096)
+def forward_passes_for(steps: int, shift: float, cfg_high: bool, cfg_low: bool,
+                       boundary_ratio: float = BOUNDARY_RATIO) -> int:
+    """Transformer passes: per step 2 where that step's expert uses CFG, else 1."""
+    boundary = boundary_ratio * NUM_TRAIN_TIMESTEPS
+    return sum((2 if cfg_high else 1) if t >= boundary else (2 if cfg_low else 1)
+               for t in scheduler_timesteps(steps, shift))
+
+
+def latent_patches(width: int, height: int, frames: int, vae_stride=(4, 8, 8), patch=(1, 2, 2)) -> int:
+    """Transformer tokens per forward pass (same arithmetic as GenerationRequest.latent_tokens)."""
+    t = (frames - 1) // vae_stride[0] + 1
+    h, w = height // vae_stride[1], width // vae_stride[2]
+    return (t // patch[0]) * (h // patch[1]) * (w // patch[2])
+
+
+class PricingParams(BaseModel):
+    """The DiT pricing model of one model on one GPU type (defaults: A14B on an H100, facts.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    alpha_seconds: float = Field(A14B_H100_ALPHA_SECONDS, ge=0,
+                                 description="seconds per forward pass per patch^2 (facts.md H100 fit)")
+    beta_seconds: float = Field(A14B_H100_BETA_SECONDS, ge=0,
+                                description="seconds per forward pass per patch (facts.md H100 fit)")
+    gamma_seconds: float = Field(A14B_H100_GAMMA_SECONDS, ge=0,
+                                 description="fixed seconds per forward pass (facts.md H100 fit); "
+                                 "charged only with charge_constant")
+    charge_constant: bool = Field(False, description="add gamma_seconds to the priced pass cost "
+                                  "(the proposal's formula has no constant: False)")
+    fit_r2: float | None = Field(A14B_H100_R2, description="R^2 of the calibration these come from")
+    source: str = Field("facts.md section 1: A14B expert, one H100, bf16", description="where alpha/beta come from")
+    vae_stride: tuple[int, int, int] = Field((4, 8, 8), description="Wan2.2 VAE stride (facts.md)")
+    patch_size: tuple[int, int, int] = Field((1, 2, 2), description="Wan2.2 transformer patch size (facts.md)")
+    boundary_ratio: float = Field(BOUNDARY_RATIO, gt=0, lt=1, description="A14B expert switch (facts.md)")
+    min_width: int = Field(480, ge=16, description="smallest supported width (A14B sizes, facts.md)")
+    min_height: int = Field(480, ge=16, description="smallest supported height (A14B sizes, facts.md)")
+    min_frames: int = Field(5, ge=1, description="smallest supported frame count (4k+1); project choice")
+
+    @model_validator(mode="after")
+    def _positive(self) -> "PricingParams":
+        if self.pass_seconds(self.unit_patches) <= 0:
+            raise PricingError("alpha_seconds, beta_seconds (and gamma_seconds if charged) give a zero unit; "
+                               "at least one must be > 0")
+        return self
+
+    @property
+    def unit_patches(self) -> int:
+        """P0: latent patches of the smallest supported setting."""
+        return latent_patches(self.min_width, self.min_height, self.min_frames, self.vae_stride, self.patch_size)
+
+    def pass_seconds(self, patches: float | np.ndarray) -> float | np.ndarray:
+        """Priced seconds of one forward pass over `patches` tokens."""
+        s = self.alpha_seconds * np.square(patches) + self.beta_seconds * np.asarray(patches)
+        if self.charge_constant:
+            s = s + self.gamma_seconds
+        return s if isinstance(patches, np.ndarray) else float(s)
+
+    def true_pass_seconds(self, patches: float | np.ndarray) -> float | np.ndarray:
+        """The fitted GPU time of one pass, constant included (what a GPU actually spends)."""
+        s = self.alpha_seconds * np.square(patches) + self.beta_seconds * np.asarray(patches) + self.gamma_seconds
+        return s if isinstance(patches, np.ndarray) else float(s)
+
+    @property
+    def unit_seconds(self) -> float:
+        """Priced seconds of one unit: one forward pass at the smallest supported setting."""
+        return float(self.pass_seconds(self.unit_patches))
+
+    def units(self, *, width: int, height: int, frames: int, steps: int, guidance_high: float,
+              guidance_low: float, shift: float) -> float:
+        """Compute units of a request (float; the chain prices them as ceil(units x price))."""
+        for name, v in (("width", width), ("height", height), ("frames", frames), ("steps", steps)):
+            if v < 1:
+                raise PricingError(f"{name} must be >= 1, got {v}")
+        if shift <= 0:
+            raise PricingError(f"shift must be > 0, got {shift}")
+        p = latent_patches(width, height, frames, self.vae_stride, self.patch_size)
+        passes = forward_passes_for(steps, float(shift), guidance_high > 1.0, guidance_low > 1.0, self.boundary_ratio)
+        return passes * self.pass_seconds(p) / self.unit_seconds
+
+    def units_of(self, request: "GenerationRequest") -> float:
+        return self.units(width=request.width, height=request.height, frames=request.frames, steps=request.steps,
+                          guidance_high=request.guidance_high, guidance_low=request.guidance_low, shift=request.shift)
+
+    def gpu_seconds(self, *, width: int, height: int, frames: int, steps: int, guidance_high: float,
+                    guidance_low: float, shift: float) -> float:
+        """True transformer seconds of the request on the calibrated GPU (constant included)."""
+        p = latent_patches(width, height, frames, self.vae_stride, self.patch_size)
+        passes = forward_passes_for(steps, float(shift), guidance_high > 1.0, guidance_low > 1.0, self.boundary_ratio)
+        return passes * self.true_pass_seconds(p)
+
+    @classmethod
+    def from_calibration(cls, path: str | os.PathLike, **overrides: Any) -> "PricingParams":
+        """Pricing from a calibration JSON written by `Calibration.save`."""
+        cal = Calibration.load(path)
+        return cls(alpha_seconds=cal.alpha_seconds, beta_seconds=cal.beta_seconds, gamma_seconds=cal.gamma_seconds,
+                   fit_r2=cal.r2, source=f"calibration {cal.preset} on {cal.device} ({path})", **overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gonka's utilisation price rule
+
+
+class PriceRule(BaseModel):
+    """Gonka's dynamic per-model price (facts.md section 2), applied once per block."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base_unit_price_ngonka: int = Field(100, ge=1, description="starting price per unit (Gonka base 100 ngonka per token)")
+    min_unit_price_ngonka: int = Field(1, ge=1, description="price floor (Gonka: 1)")
+    target_low: float = Field(0.4, ge=0, le=1, description="lower edge of the stable band (Gonka 0.4)")
+    target_high: float = Field(0.6, ge=0, le=1, description="upper edge of the stable band (Gonka 0.6)")
+    sensitivity: float = Field(0.05, ge=0, description="price change per unit of utilisation gap (Gonka 0.05)")
+    max_step_down: float = Field(0.98, gt=0, le=1, description="smallest factor per block (Gonka 0.98)")
+    max_step_up: float = Field(1.02, ge=1, description="largest factor per block (Gonka 1.02)")
+    window_seconds: float = Field(60.0, gt=0, description="rolling utilisation window (Gonka 60 s)")
+
+    @model_validator(mode="after")
+    def _band(self) -> "PriceRule":
+        if self.target_low > self.target_high:
+            raise PricingError(f"target_low ({self.target_low}) must be <= target_high ({self.target_high})")
+        return self
+
+
+def next_unit_price(price_ngonka: float, utilisation: float, rule: PriceRule) -> float:
+    """Gonka: in [low, high] unchanged; below: x max(1 - (low-u) s, 0.98); above: x min(1 + (u-high) s, 1.02);
+    floor `min_unit_price_ngonka`. The price is kept as a float; charges round up to whole ngonka."""
+    if utilisation < 0 or not math.isfinite(utilisation):
+        raise PricingError(f"utilisation must be a finite number >= 0, got {utilisation}")
+    if utilisation < rule.target_low:
+        price_ngonka *= max(1 - (rule.target_low - utilisation) * rule.sensitivity, rule.max_step_down)
+    elif utilisation > rule.target_high:
+        price_ngonka *= min(1 + (utilisation - rule.target_high) * rule.sensitivity, rule.max_step_up)
+    return max(price_ngonka, float(rule.min_unit_price_ngonka))
+
+
+def cost_ngonka(units: float, unit_price_ngonka: float) -> int:
+    """What a request costs, in whole ngonka (rounded up, so the network is never short)."""
+    return int(math.ceil(units * unit_price_ngonka - 1e-9))
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration
+
+
+class CalibrationPoint(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    latent_t: int
+    latent_h: int
+    latent_w: int
+    patches: int
+    seconds: float
+
+
+class Calibration(BaseModel):
+    """alpha, beta (and the constant gamma) fitted to measured forward-pass times, with R^2."""
+
+    model_config = ConfigDict(frozen=True)
+
+    preset: str
+    device: str
+    dtype: str
+    alpha_seconds: float
+    beta_seconds: float
+    gamma_seconds: float
+    r2: float
+    points: list[CalibrationPoint]
+    repeats: int
+    measured_at: str
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically (temp file + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".calibration-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            f.write(self.model_dump_json(indent=2))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Calibration":
+        path = Path(path)
+        if not path.is_file():
+            raise PricingError(f"calibration file {str(path)!r} does not exist")
+        try:
+            return cls.model_validate_json(path.read_text())
+        except ValueError as err:
+            raise PricingError(f"calibration file {str(path)!r} is not a valid calibration: {err}") from None
+
+    def pricing(self, **overrides: Any) -> PricingParams:
+        return PricingParams(alpha_seconds=self.alpha_seconds, beta_seconds=self.beta_seconds,
+                             gamma_seconds=self.gamma_seconds, fit_r2=self.r2,
+                             source=f"calibration {self.preset} on {self.device}", **overrides)
+
+
+def fit_pass_seconds(patches: Sequence[float], seconds: Sequence[float]) -> tuple[float, float, float, float]:
+    """Non-negative least squares of seconds = alpha N^2 + beta N + gamma; returns (alpha, beta, gamma, R^2).
+
+    Columns are scaled before solving (N^2 spans many orders of magnitude)."""
+    from scipy.optimize import lsq_linear
+
+    n = np.asarray(patches, dtype=float)
+    y = np.asarray(seconds, dtype=float)
+    if n.shape != y.shape or n.ndim != 1:
+        raise PricingError("patches and seconds must be 1-D sequences of equal length")
+    if len(np.unique(n)) < 3:
+        raise PricingError(f"a fit of alpha, beta, gamma needs at least 3 distinct sizes, got {len(np.unique(n))}")
+    if np.any(y <= 0) or not np.all(np.isfinite(y)):
+        raise PricingError("measured seconds must be finite and > 0")
+    a = np.stack([n * n, n, np.ones_like(n)], axis=1)
+    scale = np.abs(a).max(axis=0)
+    res = lsq_linear(a / scale, y, bounds=(0, np.inf))
+    coef = res.x / scale
+    pred = a @ coef
+    ss_res = float(np.sum((y - pred) ** 2))
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
+    return float(coef[0]), float(coef[1]), float(coef[2]), r2
+
+
+DEFAULT_CALIBRATION_GRID: tuple[tuple[int, int, int], ...] = (
+    # latent (T, H, W) before patching; the tiny preset's rope limit (32) bounds T/pt, H/ph, W/pw
+    (1, 8, 8), (2, 8, 16), (3, 16, 16), (5, 16, 16), (5, 16, 32), (5, 32, 32), (9, 32, 32), (9, 32, 48),
+)
+
+
+def calibrate(preset: str = "tiny", runtime: "Runtime | None" = None,
+              grid: Iterable[tuple[int, int, int]] = DEFAULT_CALIBRATION_GRID, repeats: int = 3,
+              warmup: int = 1, weights_seed: int = 0) -> Calibration:
+    """Time one forward pass of the high-noise expert (batch 1) over latent shapes (T, H, W) and fit.
+
+    The median of `repeats` timings is taken per shape after `warmup` untimed passes. The text
+    embedding has the preset's text length, as in a real request."""
+    import torch
+
+    from models.presets import build_pipeline, preset_spec
+    from models.request import Runtime
+
+    if repeats < 1:
+        raise PricingError(f"repeats must be >= 1, got {repeats}")
+    runtime = runtime or Runtime(dtype="float32")
+    spec = preset_spec(preset)
+    pipe = build_pipeline(preset, runtime, weights_seed)
+    model = pipe.transformer
+    device = torch.device(runtime.device)
+    dtype = next(model.parameters()).dtype
+    text_dim = int(spec.transformer_config["text_dim"])
+    pt, ph, pw = spec.patch_size
+    points: list[CalibrationPoint] = []
+    g = torch.Generator(device="cpu").manual_seed(0)
+    with runtime.apply(), torch.inference_mode():
+        for t, h, w in grid:
+            if t % pt or h % ph or w % pw:
+                raise PricingError(f"grid: latent shape {(t, h, w)} is not divisible by the patch size {spec.patch_size}")
+            x = torch.randn((1, spec.z_dim, t, h, w), generator=g).to(device, dtype)
+            text = torch.randn((1, spec.text_len, text_dim), generator=g).to(device, dtype)
+            step = torch.tensor([500.0], device=device)
+
+            def once() -> float:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                model(hidden_states=x, timestep=step, encoder_hidden_states=text, return_dict=False)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                return time.perf_counter() - t0
+
+            for _ in range(warmup):
+                once()
+            secs = float(np.median([once() for _ in range(repeats)]))
+            points.append(CalibrationPoint(latent_t=t, latent_h=h, latent_w=w,
+                                           patches=(t // pt) * (h // ph) * (w // pw), seconds=secs))
+    alpha, beta, gamma, r2 = fit_pass_seconds([p.patches for p in points], [p.seconds for p in points])
+    return Calibration(preset=preset, device=runtime.device, dtype=str(dtype).replace("torch.", ""),
+                       alpha_seconds=alpha, beta_seconds=beta, gamma_seconds=gamma, r2=r2, points=points,
+                       repeats=repeats, measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fairness
+
+
+class FairnessGrid(BaseModel):
+    """The supported grid over which revenue per GPU-second should be flat."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sizes: tuple[tuple[int, int], ...] = Field(A14B_SIZES, description="(width, height), A14B sizes (facts.md)")
+    frames: tuple[int, ...] = Field((17, 33, 49, 65, 81), description="frame counts (4k+1), up to the official 81")
+    steps: tuple[int, ...] = Field((10, 20, 30, 40, 50), description="denoising steps around the official 40")
+    guidance: tuple[tuple[float, float], ...] = Field(((4.0, 3.0), (4.0, 1.0), (1.0, 1.0)),
+                                                      description="(high, low) guidance: official, CFG on high only, none")
+    shift: float = Field(12.0, gt=0, description="official Wan2.2 shift")
+
+    @field_validator("frames")
+    @classmethod
+    def _frames(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        bad = [f for f in v if f < 1 or (f - 1) % 4]
+        if bad:
+            raise PricingError(f"frames must be of the form 4k+1, got {bad}")
+        return v
+
+
+def fairness_table(pricing: PricingParams | None = None, grid: FairnessGrid | None = None) -> "Any":
+    """Revenue per GPU-second at one price for each request of the grid, under four schemes.
+
+    - `dit`: the DiT units above; `per_token_step`: linear in passes x patches (an LLM-like
+      per-token price); `per_frame`: frames only; `per_pixel`: width x height x frames.
+    Each naive scheme's price is scaled so its total revenue over the grid equals the DiT scheme's,
+    so only the shape differs. GPU seconds are the fit's true times (constant included).
+    Returns a tidy pandas DataFrame: one row per (request, scheme)."""
+    import pandas as pd
+
+    pricing = pricing or PricingParams()
+    grid = grid or FairnessGrid()
+    rows = []
+    for (w, h) in grid.sizes:
+        for f in grid.frames:
+            for s in grid.steps:
+                for gh, gl in grid.guidance:
+                    kw = dict(width=w, height=h, frames=f, steps=s, guidance_high=gh, guidance_low=gl, shift=grid.shift)
+                    p = latent_patches(w, h, f, pricing.vae_stride, pricing.patch_size)
+                    passes = forward_passes_for(s, grid.shift, gh > 1, gl > 1, pricing.boundary_ratio)
+                    rows.append(dict(width=w, height=h, frames=f, steps=s, guidance_high=gh, guidance_low=gl,
+                                     patches=p, forward_passes=passes, gpu_seconds=pricing.gpu_seconds(**kw),
+                                     dit=pricing.units(**kw), per_token_step=float(passes * p),
+                                     per_frame=float(f), per_pixel=float(w * h * f)))
+    df = pd.DataFrame(rows)
+    total = df["dit"].sum()
+    out = []
+    for scheme in ("dit", "per_token_step", "per_frame", "per_pixel"):
+        revenue = df[scheme] * (total / df[scheme].sum())
+        part = df.drop(columns=["dit", "per_token_step", "per_frame", "per_pixel"]).copy()
+        part["scheme"] = scheme
+        part["revenue_units"] = revenue
+        part["revenue_per_gpu_second"] = revenue / df["gpu_seconds"]
+        out.append(part)
+    return pd.concat(out, ignore_index=True)
+
+
+def fairness_summary(table: "Any") -> "Any":
+    """Per scheme: the spread of revenue per GPU-second (normalised to the scheme's median).
+
+    Flat is fair: max/min near 1 and a small coefficient of variation."""
+    g = table.groupby("scheme")["revenue_per_gpu_second"]
+    summary = g.agg(["min", "median", "max", "mean", "std"])
+    summary["max_over_min"] = summary["max"] / summary["min"]
+    summary["cv"] = summary["std"] / summary["mean"]
+    return summary.reset_index()[["scheme", "max_over_min", "cv", "min", "median", "max"]]
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+    os.replace(tmp, path)
+    return path
