@@ -1,0 +1,47 @@
+"""Parameters of a PoC stage and its validation (one frozen object per run)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Chosen from the measurement in docs/poc.md (tiny preset, this CPU): the smallest threshold of
+# the sweep at which honest nodes running in bfloat16 (the stand-in for another device class)
+# mismatch at most 2% of the time against a float32 validator, as Gonka's ~2% at its threshold.
+MEASURED_DISTANCE_THRESHOLD = 0.02
+
+
+class PocParams(BaseModel):
+    """How a PoC stage is validated. Every default names its source."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    samples: int = Field(200, ge=1, le=100_000,
+                         description="leaves a validator samples per participant (Gonka PoC v2: 200)")
+    distance_threshold: float = Field(
+        MEASURED_DISTANCE_THRESHOLD, gt=0.0, le=2.0,
+        description="L2 distance between the committed and recomputed unit vectors above which a leaf is "
+        "a mismatch (measured, docs/poc.md; Gonka uses 0.2 for Qwen, code default 0.4)")
+    allowed_mismatch_rate: float = Field(0.1, gt=0.0, lt=1.0,
+                                         description="mismatch rate honest nodes are allowed (Gonka PMismatch 0.1)")
+    p_value: float = Field(0.05, gt=0.0, lt=1.0,
+                           description="reject when the one-sided binomial test gives p below this (Gonka 0.05)")
+    vector_dim: int = Field(12, ge=1, le=1024, description="PoC vector length (Gonka PoC v2: 12, float16)")
+    weight_per_nonce: float = Field(1.0, gt=0.0,
+                                    description="weight of one accepted nonce (Gonka: count x per-model scale)")
+    width: int | None = Field(None, description="PoC latent width in pixels (None: the preset's smallest request)")
+    height: int | None = Field(None, description="PoC latent height in pixels (None: the preset's smallest request)")
+    frames: int | None = Field(None, description="PoC frames, 4k+1 (None: the preset's smallest request)")
+    honest_condition: str = Field(
+        "dtype:bfloat16",
+        description="surrogate fidelity: the measured benign condition whose distances honest nodes draw "
+        "(bf16 against a float32 validator: the largest benign difference measurable on a CPU)")
+    measurement: str | None = Field(
+        None, description="surrogate fidelity: path of a `t2vsim poc measure` file (None: the bundled "
+        "measurement sim/poc/data/measured_distances.json)")
+
+    @field_validator("width", "height", "frames")
+    @classmethod
+    def _positive(cls, v, info):
+        if v is not None and v < 1:
+            raise ValueError(f"{info.field_name} must be >= 1 or None, got {v}")
+        return v
