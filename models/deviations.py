@@ -233,6 +233,48 @@ class Compile(Deviation):
 
 
 @register_deviation
+class SplitK(Deviation):
+    name, kind, arg_help = "splitk", "benign", "N"
+    description = (
+        "linear layers accumulate in N chunks of the reduction dimension, each partial product "
+        "rounded to the model dtype and summed in it, as split-K GPU matrix kernels do"
+    )
+
+    def parse(self, arg):
+        self.n = _int_arg(self.name, arg, 2, 64)
+
+    @contextlib.contextmanager
+    def patch(self, pipe, ctx):
+        import torch
+        import torch.nn.functional as F
+
+        n = self.n
+
+        def split_forward(mod):
+            def forward(x):
+                k = x.shape[-1]
+                bounds = [k * i // n for i in range(n + 1)]
+                out = None
+                for a, b in zip(bounds[:-1], bounds[1:]):
+                    part = F.linear(x[..., a:b], mod.weight[:, a:b])
+                    out = part if out is None else out + part
+                return out + mod.bias if mod.bias is not None else out
+            return forward
+
+        patched = []
+        for m in _experts(pipe):
+            for mod in m.modules():
+                if isinstance(mod, torch.nn.Linear) and "forward" not in mod.__dict__ and mod.in_features >= 2 * n:
+                    mod.forward = split_forward(mod)
+                    patched.append(mod)
+        try:
+            yield
+        finally:
+            for mod in patched:
+                mod.__dict__.pop("forward", None)
+
+
+@register_deviation
 class HardwareNoise(Deviation):
     name, kind, arg_help = "hwnoise", "benign", "EPS"
     description = (
@@ -310,11 +352,18 @@ class LowRes(Deviation):
             x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
             x = F.interpolate(x, size=(request.height, request.width), mode="bilinear", align_corners=False)
             frames = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-        shape = request.latent_shape()
+        size = request.latent_shape()[2:]
+
+        def up(t):
+            return F.interpolate(t, size=size, mode="trilinear", align_corners=False) if t.dim() == 5 else t
+
         out = {}
         for name, ck in checkpoints.items():
-            lat = F.interpolate(ck.latents, size=shape[2:], mode="trilinear", align_corners=False)
-            out[name] = Checkpoint(step=ck.step, latents=lat, solver=None)
+            solver = None
+            if ck.solver is not None:  # the cheater upsamples its solver history too
+                solver = {k: ([up(x) if isinstance(x, torch.Tensor) else x for x in v] if isinstance(v, list)
+                              else up(v) if isinstance(v, torch.Tensor) else v) for k, v in ck.solver.items()}
+            out[name] = Checkpoint(step=ck.step, latents=up(ck.latents), solver=solver)
         return frames, out
 
 
@@ -457,10 +506,10 @@ class Model(Deviation):
         return self.other
 
 
-BENIGN_DEFAULT = ("batch:2", "threads:1", "attention:_native_math")
+BENIGN_DEFAULT = ("batch:2", "threads:1", "attention:_native_math", "splitk:2")
 MALIGN_DEFAULT = (
-    "steps:3", "lowres:32x32", "fp8", "seed:+1", "one-expert:high", "no-cfg", "guidance:2.0",
-    "cache:0.2", "prompt-swap", "model:tiny-lite",
+    "steps:6", "lowres:32x32", "fp8", "seed:+1", "one-expert:high", "no-cfg", "guidance:3.5",
+    "cache:0.5", "prompt-swap", "model:tiny-lite",
 )
 
 

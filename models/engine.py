@@ -312,15 +312,20 @@ def solver_state(scheduler) -> dict[str, Any]:
     return state
 
 
-def restore_solver_state(scheduler, state: dict[str, Any], device, dtype=None) -> None:
+def restore_solver_state(scheduler, state: dict[str, Any], device, step: int) -> None:
+    """Put a saved multistep state back; the position comes from the step being resumed, never
+    from the state (a checkpoint from another schedule must not move the validator's clock)."""
     import torch
 
     for key, v in state.items():
+        if key == "_step_index":
+            continue
         if isinstance(v, torch.Tensor):
             v = v.to(device)
         elif isinstance(v, list):
             v = [x.to(device) if isinstance(x, torch.Tensor) else x for x in v]
         setattr(scheduler, key, copy.copy(v))
+    scheduler._step_index = step + 1
 
 
 def count_tokens(pipe, prompt: str) -> int:
@@ -593,15 +598,15 @@ def generate(
                     stop_skip()
                     lat = lat.clone()
                     lat[:1] = resume_from.latents.to(lat.device, lat.dtype)
-                    restore_solver_state(p.scheduler, resume_from.solver, lat.device)
-                if i in substitute:
-                    lat = lat.clone()
-                    lat[:1] = substitute[i].to(lat.device, lat.dtype)
-                for name, s in steps_at.items():
+                    restore_solver_state(p.scheduler, resume_from.solver, lat.device, step=i)
+                for name, s in steps_at.items():  # captured as computed, before any substitution
                     if s == i and i >= resume_step:
                         checkpoints[name] = Checkpoint(
                             step=i, latents=lat[:1].detach().float().cpu().clone(), solver=solver_state(p.scheduler)
                         )
+                if i in substitute:
+                    lat = lat.clone()
+                    lat[:1] = substitute[i].to(lat.device, lat.dtype)
                 if stop_after is not None and i == stop_after:
                     p._interrupt = True
                 return {"latents": lat}
