@@ -65,7 +65,7 @@ def parse_condition(spec: str, reference) -> tuple[Any, str | None]:
                 f"condition {spec!r}: unknown part {token!r}; allowed: rerun, batch:N, threads:N, "
                 f"attention:NAME, dtype:float32|bfloat16|float16, tf32, device:NAME, {', '.join(MALIGN)}")
     try:
-        return reference.model_copy(update=updates) if updates else reference, malign
+        return (type(reference)(**{**reference.model_dump(), **updates}) if updates else reference), malign
     except Exception as err:  # pydantic refuses the value: name the condition
         raise MeasurementError(f"condition {spec!r}: {err}") from None
 
@@ -198,6 +198,7 @@ def write_measurement(data: dict[str, Any], path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=1)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
