@@ -1,0 +1,292 @@
+"""Validation policies: how a validator checks an executor's claim, and what that costs.
+
+The executor and the validator talk only through stored artifacts, like the real trust boundary: a
+`Claim` is the request, the SHA-256 the chain recorded, and the executor's files (the MP4 and,
+where the policy needs them, captured latents with their solver state). A policy returns scores
+(distances: larger = more different) and the compute it spent; `verdict` turns a score into
+pass/fail under a threshold, so FAR/FRR can be recomputed at any threshold from stored scores.
+
+- `full`: regenerate from the request and compare final videos frame by frame.
+- `checkpoint`: compare the executor's latents at each stored checkpoint with the validator's,
+  continuing after each checkpoint from the executor's latent (the proposal's fallback).
+- `fingerprint`: the same comparison on seeded Johnson-Lindenstrauss projections of the latents
+  (a few bytes per checkpoint); without the executor's latents the validator cannot continue from
+  them, so it compares its own uninterrupted trajectory.
+- `segment`: resume from one randomly chosen stored checkpoint (latent + solver state) and re-run
+  only the steps up to the next one; compare where it ends. A fraction of the generation's cost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterable
+
+from models.request import GenerationRequest, Runtime
+
+INF = math.inf
+CHECKPOINT_DTYPE_BYTES = 2  # latents are kept in bf16 by an executor (4 MB per 480p latent)
+
+
+class PolicyError(ValueError):
+    pass
+
+
+@dataclass
+class Claim:
+    """What the validator receives: the request, the chain's hash, the executor's files."""
+
+    request: GenerationRequest
+    sha256: str
+    directory: Path  # holds video.mp4 and, for latent policies, latents.safetensors
+
+    @property
+    def video_path(self) -> Path:
+        return self.directory / "video.mp4"
+
+    @property
+    def latents_path(self) -> Path:
+        return self.directory / "latents.safetensors"
+
+
+@dataclass
+class PolicyResult:
+    scores: dict[str, float]
+    validator_compute_share: float  # validator transformer work / the claimed request's honest work
+    bytes_kept: int  # what the executor must keep (and send) for this policy
+    reason: str = ""
+
+
+@dataclass
+class ValidationContext:
+    """The validator's side: its runtime, and replays of requests it already regenerated."""
+
+    runtime: Runtime = field(default_factory=Runtime)
+    replays: dict[str, Any] = field(default_factory=dict)  # request key -> Generation
+    fingerprint_k: int = 32
+    fingerprint_seed: int = 0
+    metrics: tuple[str, ...] = ("ssim", "psnr", "gmsd", "haarpsi")
+    aggregations: tuple[str, ...] = ("mean", "worst", "p90")
+    weights_dir: str | None = None
+
+    def replay(self, request: GenerationRequest):
+        """The validator's own generation of the request (cached by request)."""
+        from models.engine import generate
+
+        key = request.key()
+        if key not in self.replays:
+            self.replays[key] = generate(request, self.runtime)
+        return self.replays[key]
+
+
+def _checkpoints_or_none(claim: Claim):
+    from models.engine import ArtifactError, load_checkpoints
+
+    try:
+        return load_checkpoints(claim.latents_path), ""
+    except ArtifactError as err:
+        return None, str(err)
+
+
+def _latent_names(checkpoints) -> list[str]:
+    return sorted(checkpoints, key=lambda n: checkpoints[n].step)
+
+
+def _claimed_steps(request: GenerationRequest, names: Iterable[str]) -> dict[str, int]:
+    """Where each named checkpoint must lie on the claimed request's schedule."""
+    from models.engine import resolve_captures, schedule
+    from models.presets import SCHEDULER_CONFIG, preset_spec
+
+    return resolve_captures(names, schedule(request, SCHEDULER_CONFIG), preset_spec(request.model).boundary_ratio)
+
+
+class ValidationPolicy:
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    def score(self, claim: Claim, ctx: ValidationContext) -> PolicyResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @staticmethod
+    def verdict(score: float, threshold: float) -> bool:
+        """Pass when the distance is at most the threshold (NaN fails)."""
+        return bool(score <= threshold)
+
+    def primary_metric(self, ctx: ValidationContext) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class FullReplay(ValidationPolicy):
+    name = "full"
+    description = "regenerate the video and compare final frames (perceptual/pixel metrics)"
+
+    def primary_metric(self, ctx):
+        return f"{ctx.metrics[0]}.mean"
+
+    def score(self, claim, ctx):
+        from sim.metrics import score_frames
+        from sim.video_io import CorruptVideo, VideoHashMismatch, decode_mp4, read_committed_video
+
+        replay = ctx.replay(claim.request)
+        keys = [f"{m}.{a}" for m in ctx.metrics for a in ctx.aggregations]
+        size = claim.video_path.stat().st_size if claim.video_path.exists() else 0
+        try:
+            frames = read_committed_video(claim.video_path, claim.sha256)
+        except (VideoHashMismatch, CorruptVideo, FileNotFoundError) as err:
+            return PolicyResult({k: INF for k in keys}, 1.0, size, reason=str(err))
+        ref = decode_mp4(replay.mp4)
+        scores = score_frames(ref, frames, ctx.metrics, ctx.aggregations, weights_dir=ctx.weights_dir)
+        return PolicyResult(scores, replay.cost.compute_share, size)
+
+
+def _latent_scores(pairs: dict[str, tuple[Any, Any]]) -> dict[str, float]:
+    from sim.metrics import score_latents
+
+    out: dict[str, float] = {}
+    for name, (ref, test) in pairs.items():
+        for metric, v in score_latents(ref, test).items():
+            out[f"{metric}.{name}"] = v
+    for metric in ("rel_l2", "cosine"):
+        vals = [v for k, v in out.items() if k.startswith(metric + ".")]
+        out[f"{metric}.max"] = max(vals) if vals else INF
+    return out
+
+
+def _latent_bytes(checkpoints, with_solver: bool) -> int:
+    n = 0
+    for ck in checkpoints.values():
+        n += ck.latents.numel() * CHECKPOINT_DTYPE_BYTES
+        if with_solver and ck.solver:
+            from models.engine import _solver_tensors
+
+            n += sum(t.numel() * CHECKPOINT_DTYPE_BYTES for t in _solver_tensors(ck.solver).values())
+    return n
+
+
+class CheckpointReplay(ValidationPolicy):
+    name = "checkpoint"
+    description = "compare latents at each stored checkpoint, continuing from the executor's latent"
+
+    def primary_metric(self, ctx):
+        return "rel_l2.max"
+
+    def score(self, claim, ctx):
+        from models.engine import generate
+
+        cks, err = _checkpoints_or_none(claim)
+        if cks is None:
+            return PolicyResult({"rel_l2.max": INF, "cosine.max": INF}, 0.0, 0, reason=err)
+        names = _latent_names(cks)
+        try:
+            at = _claimed_steps(claim.request, names)
+        except ValueError as e:
+            return PolicyResult({"rel_l2.max": INF, "cosine.max": INF}, 0.0, 0, reason=str(e))
+        last = max(at.values())
+        # Continue from the executor's latent after every checkpoint but the last one.
+        substitute = {at[n]: cks[n].latents for n in names if 0 <= at[n] < last}
+        run = generate(claim.request, ctx.runtime, capture=names, substitute=substitute, decode=False)
+        pairs = {}
+        for n in names:
+            ref = run.latents[n] if n != "init" else run.latents["init"]
+            pairs[n] = (ref, cks[n].latents)
+        return PolicyResult(_latent_scores(pairs), run.cost.compute_share, _latent_bytes(cks, False))
+
+
+class FingerprintReplay(ValidationPolicy):
+    name = "fingerprint"
+    description = "compare seeded JL projections of the latents at each checkpoint (bytes, not megabytes)"
+
+    def primary_metric(self, ctx):
+        return "fp_dist.max"
+
+    def score(self, claim, ctx):
+        from sim.fingerprint import Fingerprinter
+
+        cks, err = _checkpoints_or_none(claim)
+        if cks is None:
+            return PolicyResult({"fp_dist.max": INF}, 0.0, 0, reason=err)
+        fp = Fingerprinter(k=ctx.fingerprint_k, seed=ctx.fingerprint_seed)
+        replay = ctx.replay(claim.request)
+        scores: dict[str, float] = {}
+        for n, ck in cks.items():
+            # The executor publishes only these vectors; the latents are not sent.
+            theirs = fp.project(ck.latents)
+            if n not in replay.latents or replay.latents[n].shape != ck.latents.shape:
+                scores[f"fp_dist.{n}"] = INF
+                continue
+            scores[f"fp_dist.{n}"] = float(fp.distance(fp.project(replay.latents[n]), theirs))
+        scores["fp_dist.max"] = max(scores.values()) if scores else INF
+        return PolicyResult(scores, replay.cost.compute_share, len(cks) * fp.bytes_per_vector)
+
+
+class SegmentReplay(ValidationPolicy):
+    name = "segment"
+    description = "re-run one random stretch between stored checkpoints from the executor's state"
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def primary_metric(self, ctx):
+        return "rel_l2.end"
+
+    def pick(self, claim: Claim, names: list[str]) -> tuple[str, str]:
+        pairs = list(zip(names[:-1], names[1:]))
+        h = hashlib.sha256(f"segment/{self.seed}/{claim.sha256}".encode()).digest()
+        return pairs[int.from_bytes(h[:8], "little") % len(pairs)]
+
+    def score(self, claim, ctx):
+        from models.engine import Checkpoint, forward_passes, generate, initial_noise
+        from sim.metrics import rel_l2
+
+        keys = ("rel_l2.end", "cosine.end", "rel_l2.start")
+        cks, err = _checkpoints_or_none(claim)
+        if cks is None or len(cks) < 2:
+            return PolicyResult({k: INF for k in keys}, 0.0, 0, reason=err or "fewer than two checkpoints")
+        names = _latent_names(cks)
+        at = _claimed_steps(claim.request, names)
+        names = sorted(names, key=lambda n: at[n])
+        a, b = self.pick(claim, names)
+        start = cks[a]
+        if at[a] >= 0 and start.solver is None:
+            return PolicyResult({k: INF for k in keys}, 0.0, _latent_bytes(cks, True),
+                                reason=f"checkpoint {a!r} has no solver state")
+        scores = {}
+        if at[a] == -1:  # the validator knows the seeded noise: the start must match it exactly
+            scores["rel_l2.start"] = rel_l2(initial_noise(claim.request), start.latents)
+        else:
+            scores["rel_l2.start"] = 0.0
+        if at[b] <= at[a]:
+            return PolicyResult({k: INF for k in keys}, 0.0, _latent_bytes(cks, True), reason="empty segment")
+        run = generate(claim.request, ctx.runtime, capture=(b,),
+                       resume_from=Checkpoint(step=at[a], latents=start.latents, solver=start.solver),
+                       stop_after=at[b], decode=False)
+        from sim.metrics import score_latents
+
+        end = score_latents(run.latents[b], cks[b].latents)
+        scores["rel_l2.end"] = max(end["rel_l2"], scores["rel_l2.start"])
+        scores["cosine.end"] = end["cosine"]
+        share = run.cost.total_passes / max(1, forward_passes(claim.request))
+        return PolicyResult(scores, share, _latent_bytes(cks, True))
+
+
+POLICIES: dict[str, type[ValidationPolicy]] = {
+    p.name: p for p in (FullReplay, CheckpointReplay, FingerprintReplay, SegmentReplay)
+}
+
+
+def get_policy(name: str) -> ValidationPolicy:
+    try:
+        return POLICIES[name]()
+    except KeyError:
+        raise PolicyError(f"unknown policy {name!r}; allowed: {', '.join(POLICIES)}") from None
+
+
+def check_policies(names: Iterable[str]) -> tuple[str, ...]:
+    names = tuple(names)
+    for n in names:
+        get_policy(n)
+    if not names:
+        raise PolicyError("policies: at least one policy is needed")
+    return names
