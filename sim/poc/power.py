@@ -30,7 +30,7 @@ from sim.poc.strategies import (
 )
 
 DEFAULT_CHEATS = ("honest", "fp8", "int4", "one-expert:high", "fabricate:0.5", "fabricate:0.2",
-                  "fabricate:0.05", "copy:x", "inflate:1.1", "inflate:1.01", "duplicate:2")
+                  "fabricate:0.05", "copy:other", "inflate:1.1", "inflate:1.01", "duplicate:2")
 DEFAULT_SAMPLE_SIZES = (10, 20, 50, 100, 200, 400)
 
 

@@ -134,6 +134,20 @@ class PocStageResult:
             s["mismatch_rate"] = s["mismatches"] / s["sampled"] if s["sampled"] else 0.0
         return out
 
+    def to_markdown(self) -> str:
+        """A short report: per-strategy outcome, then one line per non-honest or rejected participant."""
+        lines = [f"# PoC stage {self.block_hash} ({self.fidelity}, preset {self.preset}, seed {self.seed})", "",
+                 f"samples {self.params.samples}, distance threshold {self.params.distance_threshold:g}, "
+                 f"allowed mismatch rate {self.params.allowed_mismatch_rate:g}, p < {self.params.p_value:g}", "",
+                 "| strategy | participants | accepted | rejected | leaf mismatch rate |", "|---|---|---|---|---|"]
+        for spec, s in self.summary().items():
+            lines.append(f"| {spec} | {s['participants']} | {s['accepted']} | {s['rejected']} | {s['mismatch_rate']:.3f} |")
+        lines += ["", "| participant | strategy | count | weight | verdict |", "|---|---|---|---|---|"]
+        for pid, v in self.verdicts.items():
+            lines.append(f"| {pid} | {self.strategies[pid]} | {self.commitments[pid].count} | "
+                         f"{self.weights[pid]:g} | {v.reason} |")
+        return "\n".join(lines) + "\n"
+
     def to_dict(self) -> dict[str, Any]:
         return {"block_hash": self.block_hash, "fidelity": self.fidelity, "preset": self.preset,
                 "seed": self.seed, "params": self.params.model_dump(), "seconds": self.seconds,

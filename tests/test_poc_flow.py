@@ -1,0 +1,76 @@
+"""`t2vsim poc ...` and the PoC Prefect flow."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from flows.cli_poc import register
+
+
+@pytest.fixture(scope="module")
+def app():
+    a = typer.Typer()
+    a.command("noop")(lambda: None)  # a root command so `poc` stays a sub-app
+    register(a)
+    return a
+
+
+runner = CliRunner()
+
+
+def test_poc_run_direct_writes_results(app, tmp_path):
+    res = runner.invoke(app, ["poc", "run", "--direct", "--mix", "honest=3,fp8=1,duplicate:2=1", "--capacity", "300",
+                              "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "poc_stage.json").read_text())
+    by_strategy = {r["strategy"]: r for r in data["participants"]}
+    assert by_strategy["honest"]["accepted"] and by_strategy["honest"]["weight"] == 300
+    assert not by_strategy["fp8"]["accepted"] and not by_strategy["duplicate:2"]["accepted"]
+    assert "| honest | 3 | 3 | 0 |" in (tmp_path / "poc_stage.md").read_text()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--mix", "honest"], "STRATEGY=N"), (["--mix", "lazy=2"], "unknown strategy"),
+    (["--samples", "0"], "samples"), (["--fidelity", "quick"], "fidelity"),
+    (["--measurement", "/nonexistent.json"], "no file"),
+])
+def test_poc_run_refuses_bad_input(app, args, needle):
+    res = runner.invoke(app, ["poc", "run", "--direct", *args])
+    assert res.exit_code == 2
+    assert needle in res.output
+
+
+def test_poc_strategies_and_power(app):
+    res = runner.invoke(app, ["poc", "strategies"])
+    assert res.exit_code == 0 and "one-expert" in res.output and "duplicate" in res.output
+    res = runner.invoke(app, ["poc", "power", "--samples", "10,200", "--cheats", "fp8,fabricate:0.2"])
+    assert res.exit_code == 0 and "fabricate:0.2" in res.output and "n=200" in res.output
+    res = runner.invoke(app, ["poc", "power", "--cheats", "fabricate:7"])
+    assert res.exit_code == 2 and "fabricate" in res.output
+
+
+@pytest.mark.slow
+def test_poc_measure_small(app, tmp_path):
+    out = tmp_path / "m.json"
+    res = runner.invoke(app, ["poc", "measure", "--nonces", "6", "--conditions", "batch:3,fp8,fabricated",
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert set(data["conditions"]) == {"batch:3", "fp8", "fabricated"}
+    assert max(data["conditions"]["batch:3"]["distances"]) < 1e-3
+    assert min(data["conditions"]["fabricated"]["distances"]) > 0.1
+    res = runner.invoke(app, ["poc", "measure", "--conditions", "warp:9", "--out", str(out)])
+    assert res.exit_code == 2 and "warp:9" in res.output
+
+
+@pytest.mark.slow
+def test_poc_flow_runs_under_prefect(prefect_harness, tmp_path):
+    from flows.poc import poc_stage_flow
+
+    result = poc_stage_flow(mix="honest=2,one-expert:low=1", capacity=100, out=str(tmp_path))
+    assert [r["accepted"] for r in result["participants"]] == [True, True, False]
+    assert (tmp_path / "poc_stage.json").exists() and (tmp_path / "poc_stage.md").exists()
