@@ -36,10 +36,12 @@ from models.request import GenerationRequest, Runtime
 
 PROMPT_SET = Path(__file__).parent / "data" / "vbench_all_dimension.txt"
 DEFAULT_FRAME_METRICS = ("ssim", "psnr", "gmsd", "haarpsi")
-# Emulated GPU rounding (hwnoise:EPS), relative noise per transformer block. The sweep brackets the
-# per-forward-pass difference measured between attention kernels on an H100 at A14B scale (~5.5e-3,
-# facts.md); see docs/experiment.md for the calibration on the tiny preset.
-DEFAULT_HWNOISE_EPS = (3e-4, 1e-3, 3e-3, 1e-2)
+# Emulated GPU rounding (hwnoise:EPS), relative noise per transformer block. scripts/calibrate_hwnoise.py
+# measured on the tiny preset in bf16 that EPS = 2.7e-3 makes one expert forward pass differ by the
+# 5.5e-3 measured between attention kernels on an H100 at A14B scale (facts.md); the headline
+# benign class uses 3e-3 and the sweep brackets it.
+HWNOISE_CALIBRATED_EPS = 3e-3
+DEFAULT_HWNOISE_EPS = (1e-3, 3e-3, 1e-2, 3e-2)
 # Parameters that do not change any result: a rerun may change them.
 NON_RESULT_FIELDS = {"out", "bootstrap", "strips"}
 
@@ -62,6 +64,8 @@ class ExperimentParams(BaseModel):
                                         description="deviation specs or import paths (benign and malign)")
     hwnoise_eps: tuple[float, ...] = Field(DEFAULT_HWNOISE_EPS,
                                            description="emulated-hardware noise levels added as benign hwnoise:EPS")
+    hwnoise_headline: float | None = Field(HWNOISE_CALIBRATED_EPS, description="the hwnoise level counted as benign "
+                                           "in the headline FAR/FRR table (None: none); the others form the EPS curve")
     metrics: tuple[str, ...] = Field(DEFAULT_FRAME_METRICS, description="frame metrics of the full-replay policy")
     aggregations: tuple[str, ...] = Field(("mean", "worst", "p90"), description="how frame scores are aggregated")
     policies: tuple[str, ...] = Field(("full", "checkpoint", "fingerprint", "segment"), description="validation policies")
@@ -96,6 +100,12 @@ class ExperimentParams(BaseModel):
             if not 0 < e <= 1:
                 raise ValueError(f"hwnoise_eps: each level must be in (0, 1], got {e}")
         return tuple(v)
+
+    @model_validator(mode="after")
+    def _check_headline(self):
+        if self.hwnoise_headline is not None and self.hwnoise_headline not in self.hwnoise_eps:
+            raise ValueError(f"hwnoise_headline: {self.hwnoise_headline} is not one of hwnoise_eps {list(self.hwnoise_eps)}")
+        return self
 
     @field_validator("metrics")
     @classmethod
@@ -337,3 +347,61 @@ def benign_noise_table(df) -> list[dict[str, Any]]:
 
 def finite(x: float) -> float | None:
     return None if (x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x)))) else x
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis
+
+
+def analyse(params: ExperimentParams, n_prompts: int) -> dict[str, Any]:
+    """Statistics, thresholds and the report of a finished run; returns a digest for the flow."""
+    from sim.report import write_report
+    from sim.stats import choose_thresholds, compute_stats
+
+    run = Path(params.out)
+    df = collect_scores(params, n_prompts)
+    benign_eps = params.hwnoise_headline if params.hwnoise_headline is not None else None
+    stats = compute_stats(df, n_boot=params.bootstrap, seed=params.seed, benign_eps=benign_eps)
+    thresholds = choose_thresholds(df, benign_eps=benign_eps)
+    _atomic_write(run / "thresholds.json", json.dumps(thresholds, indent=1))
+    summary = stats.summary()
+    summary["deviation_sizes"] = benign_noise_table(df)
+    summary["n_prompts"] = n_prompts
+    _atomic_write(run / "summary.json", json.dumps(summary, indent=1, default=str))
+    html, md = write_report(run, df, json.loads(params.model_dump_json()), stats=stats)
+    verdicts = verdict_rows(stats)
+    return {"report": str(html), "markdown": Path(md).read_text(), "verdicts": verdicts,
+            "n_rows": int(len(df)), "run": str(run)}
+
+
+def verdict_rows(stats) -> list[dict[str, Any]]:
+    """Best policy per malign deviation (chosen on calib), with its held-out operating point."""
+    v = stats.verdicts
+    if v is None or len(v) == 0:
+        return []
+    best = v[v["is_best"]]
+    rows = []
+    for r in best.to_dict("records"):
+        rows.append({
+            "deviation": r["deviation"], "policy": r["policy"], "metric": r["metric"],
+            "separated": r["separation"],
+            "FRR@FAR<=1%": _fmt_ci(r["frr_at_far"], r["frr_at_far_lo"], r["frr_at_far_hi"]),
+            "FAR@FRR<=1%": _fmt_ci(r["far_at_frr"], r["far_at_frr_lo"], r["far_at_frr_hi"]),
+            "benign median": _fmt(r["benign_median"]), "malign median": _fmt(r["malign_median"]),
+            "validator compute": _fmt(r["validator_compute_share"]), "bytes kept": _fmt(r["bytes_kept"], "d"),
+        })
+    return rows
+
+
+def _fmt(x, kind="g") -> str:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if math.isnan(x):
+        return "n/a"
+    return f"{int(x):d}" if kind == "d" and math.isfinite(x) else f"{x:.3g}"
+
+
+def _fmt_ci(v, lo, hi) -> str:
+    return f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]"
