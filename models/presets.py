@@ -245,13 +245,16 @@ def _keeps_fp32(name: str, keep: list[str] | None) -> bool:
     return bool(keep) and any(part in keep for part in name.split("."))
 
 
-def materialize(module, weights_seed: int, dtype, device, prefix: str = "", threads: int = 8) -> None:
+def materialize(module, weights_seed: int, dtype, device, prefix: str = "", threads: int | None = None) -> None:
     """Replace every meta parameter by its seeded values in `dtype` on `device`, one at a time."""
     import concurrent.futures as cf
 
     import torch
     from torch import nn
 
+    import os
+
+    threads = threads or min(16, os.cpu_count() or 1)
     keep = list(getattr(type(module), "_keep_in_fp32_modules", None) or [])
     named = [(n, p) for n, p in module.named_parameters(remove_duplicate=False)]
     # Tied parameters (one tensor under two names) are drawn once, under their first name.
@@ -271,15 +274,21 @@ def materialize(module, weights_seed: int, dtype, device, prefix: str = "", thre
                 owners.setdefault(id(p), []).append((mod, pname))
     todo = [(n, p) for n, p in named if first_name[id(p)] == n]
     by_name = dict(todo)
-    with cf.ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        for n, values in pool.map(draw, todo):
-            p = by_name[n]
-            target = torch.float32 if (dtype == torch.float32 or _keeps_fp32(n, keep)) else dtype
-            new = nn.Parameter(values.to(device=device, dtype=target), requires_grad=False)
-            del values
-            done[id(p)] = new
-            for mod, pname in owners[id(p)]:
-                mod._parameters[pname] = new
+    def drawn():
+        # A bounded window of draws in flight, so host memory holds a few tensors, never the model.
+        window = max(1, threads) * 2
+        with cf.ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            for start in range(0, len(todo), window):
+                yield from pool.map(draw, todo[start:start + window])
+
+    for n, values in drawn():
+        p = by_name[n]
+        target = torch.float32 if (dtype == torch.float32 or _keeps_fp32(n, keep)) else dtype
+        new = nn.Parameter(values.to(device=device, dtype=target), requires_grad=False)
+        del values
+        done[id(p)] = new
+        for mod, pname in owners[id(p)]:
+            mod._parameters[pname] = new
 
 
 def byte_tokenizer(text_len: int):
