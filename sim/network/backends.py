@@ -1,0 +1,140 @@
+"""Where execution and validation outcomes come from: the two fidelities.
+
+- `SurrogateBackend` reads an experiment run directory (RUN/scores.parquet, RUN/thresholds.json,
+  written by sim/experiment.py) and draws each validation score from the scores measured for the
+  executor's deviation (honest executors: the benign rows). No model runs; the video hash of a
+  surrogate generation is a stand-in (SHA-256 of the inference id and deviation), since there is
+  no video.
+- `RealBackend` (sim/network/real.py) runs `models.engine.generate` for every generation and the
+  validation policies of `sim.policies` for every validation.
+
+Both expose `execute(...)` and `validate(...)` over batches, so the epoch loop is the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+SCORE_COLUMNS = ("run_id", "preset", "prompt_id", "split", "deviation", "kind", "policy", "metric", "score",
+                 "executor_compute_share", "validator_compute_share", "bytes_kept")
+
+
+class RunDirError(ValueError):
+    """The experiment run directory is missing, incomplete or does not match the request."""
+
+
+@dataclass
+class Execution:
+    video_sha256: list[str]
+    compute_share: np.ndarray  # executor compute relative to the honest run
+
+
+class Backend(Protocol):
+    threshold: float
+
+    def check_deviation(self, deviation: str) -> None: ...
+
+    def execute(self, inference_ids: Sequence[str], requests: Sequence[dict],
+                deviations: Sequence[str | None]) -> Execution: ...
+
+    def validate(self, inference_ids: Sequence[str], deviations: Sequence[str | None], validators: Sequence[str],
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class SurrogateBackend:
+    """Validation scores drawn from an experiment's measured distributions."""
+
+    def __init__(self, run_dir: str | Path, policy: str = "full", metric: str | None = None,
+                 threshold: float | None = None, split: str = "test"):
+        import pandas as pd
+
+        root = Path(run_dir).expanduser()
+        if not root.is_dir():
+            raise RunDirError(f"run_dir {str(root)!r} does not exist (an experiment run directory is needed: "
+                              "`t2vsim experiment ... --out DIR`)")
+        scores_path, thr_path = root / "scores.parquet", root / "thresholds.json"
+        for pth in (scores_path, thr_path):
+            if not pth.is_file():
+                raise RunDirError(f"run_dir {str(root)!r} has no {pth.name}; is it a finished experiment run?")
+        try:
+            df = pd.read_parquet(scores_path)
+        except Exception as err:  # pyarrow raises several types
+            raise RunDirError(f"{scores_path}: not a readable Parquet file ({err})") from None
+        missing = [c for c in SCORE_COLUMNS if c not in df.columns]
+        if missing:
+            raise RunDirError(f"{scores_path}: missing columns {missing}; expected {list(SCORE_COLUMNS)}")
+        try:
+            thresholds = json.loads(thr_path.read_text())
+        except json.JSONDecodeError as err:
+            raise RunDirError(f"{thr_path}: not valid JSON ({err})") from None
+        policies = sorted(df["policy"].unique())
+        if policy not in policies:
+            raise RunDirError(f"policy {policy!r} is not in {scores_path}; allowed: {policies}")
+        df = df[df["policy"] == policy]
+        metrics = sorted(df["metric"].unique())
+        if metric is None:
+            if len(metrics) != 1:
+                raise RunDirError(f"policy {policy!r} has metrics {metrics}; choose one with metric=")
+            metric = metrics[0]
+        if metric not in metrics:
+            raise RunDirError(f"metric {metric!r} is not measured for policy {policy!r}; allowed: {metrics}")
+        df = df[df["metric"] == metric]
+        key = f"{policy}/{metric}"
+        if threshold is None:
+            if key not in thresholds or "threshold" not in thresholds[key]:
+                raise RunDirError(f"{thr_path} has no threshold for {key!r}; keys: {sorted(thresholds)}")
+            threshold = float(thresholds[key]["threshold"])
+        if split != "all":
+            part = df[df["split"] == split]
+            if part.empty:
+                raise RunDirError(f"{scores_path}: no rows with split {split!r} for {key}; use split='all'")
+            df = part
+        benign = df[df["kind"] == "benign"]
+        if benign.empty:
+            raise RunDirError(f"{scores_path}: no benign rows for {key}: honest executors need them")
+        self.run_dir, self.policy, self.metric, self.threshold, self.split = root, policy, metric, threshold, split
+        self.presets = sorted(df["preset"].unique())
+        self.benign = benign["score"].to_numpy(float)
+        self.benign_deviations = sorted(benign["deviation"].unique())
+        malign = df[df["kind"] == "malign"]
+        self.malign = {d: g["score"].to_numpy(float) for d, g in malign.groupby("deviation")}
+        self.executor_share = {d: float(g["executor_compute_share"].mean()) for d, g in malign.groupby("deviation")}
+        self.validator_share = float(df["validator_compute_share"].mean())
+        self.bytes_kept = float(df["bytes_kept"].mean())
+        self.frame = df
+
+    # ---- queries -------------------------------------------------------------------------
+    def check_deviation(self, deviation: str) -> None:
+        if deviation not in self.malign:
+            raise RunDirError(f"deviation {deviation!r} was not measured in {self.run_dir} for "
+                              f"{self.policy}/{self.metric}; allowed: {sorted(self.malign)}")
+
+    def scores_for(self, deviation: str | None) -> np.ndarray:
+        return self.benign if deviation is None else self.malign[deviation]
+
+    def fail_rate(self, deviation: str | None, threshold: float | None = None) -> float:
+        """P(one validation fails): share of measured scores above the threshold."""
+        thr = self.threshold if threshold is None else threshold
+        return float(np.mean(self.scores_for(deviation) > thr))
+
+    # ---- the fidelity interface ------------------------------------------------------------
+    def execute(self, inference_ids, requests, deviations) -> Execution:
+        shas = [hashlib.sha256(f"surrogate:{i}:{d or ''}".encode()).hexdigest() for i, d in zip(inference_ids, deviations)]
+        share = np.array([1.0 if d is None else self.executor_share[d] for d in deviations], float)
+        return Execution(shas, share)
+
+    def validate(self, inference_ids, deviations, validators, rng: np.random.Generator):
+        n = len(inference_ids)
+        scores = np.empty(n, float)
+        devs = np.array([d or "" for d in deviations], dtype=object)
+        for d in set(devs.tolist()):
+            idx = np.nonzero(devs == d)[0]
+            pool = self.scores_for(d or None)
+            scores[idx] = pool[rng.integers(0, len(pool), size=len(idx))]
+        return scores, ~(scores > self.threshold)

@@ -1,0 +1,468 @@
+"""The network simulation: requesters, executors and validators submitting messages to the chain,
+block after block, epoch after epoch.
+
+Order of one block (agents decide, the chain applies; `apply_block` is the only state change):
+
+1. executors finish the inferences started `finish_delay_blocks` ago (honest or cheating work);
+2. validators decide which of the inferences finished in the previous block to check, with
+   Gonka's formula and their secret per-epoch seed, validate them (the backend gives the score) and
+   submit the verdict;
+3. the vote committees of validations that failed in the previous block re-validate and vote;
+4. requesters submit the block's new requests to executors chosen by PoC weight;
+5. at the epoch's last block: `EndEpoch` (rewards by weight, reputation), then the next epoch's
+   PoC weights (`weights_fn`).
+
+Requests arrive in the first blocks of an epoch (all finish before it ends); payment, votes and
+expiry may run into the next epoch. After the last epoch the chain runs until every inference is
+settled, so the per-epoch table counts every request of the epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from sqlalchemy import case, func, select
+
+from sim.chain import (ChainParams, EndEpoch, FinishInference, Mint, RegisterParticipant, RequestParams, SetWeights,
+                       StartInference, SubmitValidation, SubmitVote, apply_block, create_chain)
+from sim.chain import rules
+from sim.chain import tables as T
+from sim.chain.params import NGONKA_PER_GNK
+from sim.network.backends import Backend, SurrogateBackend
+from sim.network.params import NetworkParams
+
+MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+@dataclass(frozen=True)
+class Host:
+    id: str
+    group: int
+    strategy: str
+    deviation: str | None
+    cheat_rate: float
+    seconds_per_unit: float
+    collateral_ngonka: int
+    gpu_type: str
+
+
+WeightsFn = Callable[[int, Sequence[Host], int], dict[str, int]]
+
+
+def capacity_weights(epoch: int, hosts: Sequence[Host], seed: int) -> dict[str, int]:
+    """Default PoC outcome: weight proportional to capacity (units per GPU-second, x1000), as an
+    honest PoC stage would measure for hosts that all run the full model."""
+    return {h.id: max(1, int(round(1000.0 / h.seconds_per_unit * 0.1))) for h in hosts}
+
+
+def poc_stage_weights(fidelity: str = "surrogate", preset: str = "tiny", nonces_per_unit_rate: float = 20.0,
+                      strategies: dict[str, str] | None = None) -> WeightsFn:
+    """PoC weights from sim.poc's stage (issue 5): each host computes nonces in proportion to its
+    capacity; `strategies` maps host ids to a PoC strategy (default honest)."""
+
+    def weights(epoch: int, hosts: Sequence[Host], seed: int) -> dict[str, int]:
+        from sim.poc.stage import PocParticipant, public_key_for, run_poc_stage
+
+        parts = [PocParticipant(h.id, public_key_for(h.id, seed), max(1, int(round(
+            nonces_per_unit_rate * 0.1 / h.seconds_per_unit))), (strategies or {}).get(h.id, "honest")) for h in hosts]
+        block_hash = hashlib.sha256(f"t2vsim/network/{seed}/epoch{epoch}".encode()).hexdigest()
+        res = run_poc_stage(parts, block_hash=block_hash, fidelity=fidelity, preset=preset, seed=seed + epoch)
+        return {pid: int(round(w)) for pid, w in res.weights.items()}
+
+    return weights
+
+
+def splitmix_draws(seed: int, numbers: np.ndarray) -> np.ndarray:
+    """Vectorised SplitMix64 of (seed, inference number) -> uniforms in [0, 1)."""
+    with np.errstate(over="ignore"):
+        z = (np.uint64(seed & 0xFFFFFFFFFFFFFFFF) + numbers.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) & MASK64
+        z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & MASK64
+        z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & MASK64
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(2**53)
+
+
+@dataclass
+class NetworkResult:
+    params: NetworkParams
+    db_url: str
+    epochs: Any  # pandas DataFrame, one row per epoch
+    hosts: Any  # pandas DataFrame, one row per host
+    seconds: float
+    blocks: int
+    messages: int
+    extra: dict = field(default_factory=dict)
+
+
+class NetworkSimulation:
+    def __init__(self, params: NetworkParams, db_url: str, *, weights_fn: WeightsFn | None = None,
+                 backend: Backend | None = None):
+        self.p = params
+        self.db_url = db_url
+        self.weights_fn = weights_fn or capacity_weights
+        if backend is None:
+            if params.fidelity == "surrogate":
+                backend = SurrogateBackend(params.run_dir, params.policy, params.metric, params.threshold,
+                                           params.score_split)
+            else:
+                from sim.network.real import RealBackend
+
+                backend = RealBackend(params)
+        self.backend = backend
+        unit_s = params.chain.pricing.unit_seconds
+        for g in params.hosts:
+            if g.strategy == "malicious":
+                backend.check_deviation(g.deviation)
+        self.hosts: list[Host] = []
+        for gi, g in enumerate(params.hosts):
+            for _ in range(g.count):
+                self.hosts.append(Host(id=f"host{len(self.hosts):03d}", group=gi, strategy=g.strategy,
+                                       deviation=g.deviation, cheat_rate=g.cheat_rate,
+                                       seconds_per_unit=g.seconds_per_unit or unit_s,
+                                       collateral_ngonka=int(g.collateral_gnk * NGONKA_PER_GNK), gpu_type=g.gpu_type))
+        self.by_id = {h.id: h for h in self.hosts}
+        ss = np.random.SeedSequence(params.seed)
+        self._ss_arrivals, self._ss_exec, self._ss_valid, self._ss_seeds = ss.spawn(4)
+        self.rng_arrivals = np.random.default_rng(self._ss_arrivals)
+        self.rng_exec = np.random.default_rng(self._ss_exec)
+        self.rng_valid = np.random.default_rng(self._ss_valid)
+        self.rng_seeds = np.random.default_rng(self._ss_seeds)
+        self._mix_params = [RequestParams(model=params.preset, width=s.width, height=s.height, frames=s.frames,
+                                          steps=s.steps, guidance_high=s.guidance_high, guidance_low=s.guidance_low,
+                                          shift=s.shift) for s in params.mix]
+        shares = np.array([s.share for s in params.mix], float)
+        self._mix_p = shares / shares.sum()
+        self.compute_seconds: dict[str, float] = {h.id: 0.0 for h in self.hosts}
+        self.honest_seconds: dict[str, float] = {h.id: 0.0 for h in self.hosts}
+        self.validation_seconds: dict[str, float] = {h.id: 0.0 for h in self.hosts}
+        self.n_messages = 0
+        self.n_blocks = 0
+        self.epoch = 0
+        self.invalid_events: list[tuple[int, str]] = []
+        self._counter = 0
+
+    # ---- chain helpers ---------------------------------------------------------------------
+    def _apply(self, msgs: list) -> Any:
+        rep = apply_block(self.engine, msgs)
+        self.n_messages += len(msgs)
+        self.n_blocks += 1
+        for pid in rep.new_invalid:
+            self.status[pid] = "INVALID"
+            self.invalid_events.append((self.epoch, pid))
+        return rep
+
+    def _participants(self) -> dict[str, dict]:
+        t = T.Participant.__table__
+        with self.engine.connect() as c:
+            return {r["id"]: dict(r) for r in c.execute(select(t)).mappings()}
+
+    def _meta(self) -> dict:
+        t = T.ChainMeta.__table__
+        with self.engine.connect() as c:
+            return dict(c.execute(select(t)).mappings().one())
+
+    # ---- setup -------------------------------------------------------------------------------
+    def _genesis(self) -> None:
+        msgs: list = []
+        for r in range(self.p.requesters):
+            msgs.append(Mint(id=f"genesis:mint:req{r:03d}", to=f"req{r:03d}", amount_ngonka=10**6 * NGONKA_PER_GNK))
+        for h in self.hosts:
+            msgs.append(Mint(id=f"genesis:mint:{h.id}", to=h.id, amount_ngonka=h.collateral_ngonka + 10 * NGONKA_PER_GNK))
+            msgs.append(RegisterParticipant(id=f"genesis:reg:{h.id}", participant=h.id, role="host", gpu_type=h.gpu_type,
+                                            seconds_per_unit=h.seconds_per_unit, collateral_ngonka=h.collateral_ngonka))
+        rep = self._apply(msgs)
+        if rep.rejected:
+            raise RuntimeError(f"genesis rejected: {rep.rejected}")
+        self.start_balance = {pid: p["balance_ngonka"] + p["collateral_ngonka"] for pid, p in self._participants().items()}
+
+    def _start_epoch(self, epoch: int) -> None:
+        self.weights = {k: int(v) for k, v in self.weights_fn(epoch, self.hosts, self.p.seed).items()}
+        unknown = set(self.weights) - set(self.by_id)
+        if unknown:
+            raise ValueError(f"weights_fn returned unknown participants {sorted(unknown)[:5]}")
+        rep = self._apply([SetWeights(id=f"weights:{epoch}", epoch=epoch, weights=self.weights)])
+        if rep.rejected:
+            raise RuntimeError(f"weights rejected: {rep.rejected}")
+        parts = self._participants()
+        self.status = {h.id: parts[h.id]["status"] for h in self.hosts}
+        self.reputation = {h.id: parts[h.id]["reputation"] for h in self.hosts}
+        meta = self._meta()
+        self.traffic = meta["previous_epoch_requests"] if epoch > 0 else self.p.requests_per_epoch
+        # secret per-validator seeds of this epoch
+        self.seeds = {h.id: int(self.rng_seeds.integers(0, 2**62)) for h in self.hosts}
+
+    # ---- agents --------------------------------------------------------------------------------
+    def _requests(self, epoch: int, n: int) -> list:
+        if n == 0:
+            return []
+        active = [h.id for h in self.hosts if self.status[h.id] == "ACTIVE" and self.weights.get(h.id, 0) > 0]
+        if not active:
+            return []
+        w = np.array([self.weights[h] for h in active], float)
+        rng = self.rng_arrivals
+        execs = rng.choice(len(active), size=n, p=w / w.sum())
+        shapes = rng.choice(len(self._mix_params), size=n, p=self._mix_p)
+        reqs = rng.integers(0, self.p.requesters, size=n)
+        seeds = rng.integers(0, 2**62, size=n)
+        msgs = []
+        for k in range(n):
+            iid = f"e{epoch}-{self._counter}"
+            self._counter += 1
+            rp = self._mix_params[shapes[k]].model_copy(update={"seed": int(seeds[k]),
+                                                                "prompt_sha256": f"prompt{seeds[k] % 1000}"})
+            msgs.append(StartInference.model_construct(id=f"start:{iid}", kind="start_inference", inference_id=iid,
+                                                       requester=f"req{reqs[k]:03d}", executor=active[execs[k]],
+                                                       request=rp, max_cost_ngonka=None))
+        return msgs
+
+    def _execute(self, started: list, height: int) -> list:
+        """Executors do the work of accepted requests and finish them."""
+        if not started:
+            return []
+        ids = [m.inference_id for m in started]
+        devs: list[str | None] = []
+        for m in started:
+            h = self.by_id[m.executor]
+            cheat = h.strategy == "malicious" and self.rng_exec.random() < h.cheat_rate
+            devs.append(h.deviation if cheat else None)
+        reqs = [m.request.model_dump() for m in started]
+        ex = self.backend.execute(ids, reqs, devs)
+        pricing = self.p.chain.pricing
+        out = []
+        for m, d, sha, share in zip(started, devs, ex.video_sha256, ex.compute_share):
+            h = self.by_id[m.executor]
+            r = m.request
+            units = pricing.units(width=r.width, height=r.height, frames=r.frames, steps=r.steps,
+                                  guidance_high=r.guidance_high, guidance_low=r.guidance_low, shift=r.shift)
+            self.compute_seconds[h.id] += units * h.seconds_per_unit * float(share)
+            self.honest_seconds[h.id] += units * h.seconds_per_unit
+            out.append(FinishInference.model_construct(id=f"finish:{m.inference_id}", kind="finish_inference",
+                                                       inference_id=m.inference_id, executor=m.executor,
+                                                       video_sha256=sha, truth_deviation=d))
+        return out
+
+    def _validate(self, finished: list) -> list:
+        """Validators sample finished inferences (Gonka's formula, secret seeds) and validate them."""
+        if not finished:
+            return []
+        ids = [m.inference_id for m in finished]
+        numbers = np.array([int(i.split("-", 1)[1]) for i in ids], dtype=np.uint64)
+        execs = np.array([m.executor for m in finished], dtype=object)
+        truth = [m.truth_deviation for m in finished]
+        cp: ChainParams = self.p.chain
+        total_w = float(sum(self.weights.get(h.id, 0) for h in self.hosts if self.status[h.id] == "ACTIVE"))
+        exec_w = np.array([self.weights.get(e, 0) for e in execs], float)
+        target = np.array([rules.target_validators(self.reputation[e], self.traffic, cp) for e in execs], float)
+        pairs_i: list[int] = []
+        pairs_v: list[str] = []
+        for h in self.hosts:
+            if self.status[h.id] != "ACTIVE" or self.weights.get(h.id, 0) <= 0:
+                continue
+            prob = rules.validation_probability(target, self.weights[h.id], total_w, exec_w)
+            if self.p.sampling_hash == "sha256":
+                u = rules.seed_draws(self.seeds[h.id], ids)
+            else:
+                u = splitmix_draws(self.seeds[h.id], numbers)
+            pick = np.nonzero((u < prob) & (execs != h.id))[0]
+            pairs_i.extend(pick.tolist())
+            pairs_v.extend([h.id] * len(pick))
+        if not pairs_i:
+            return []
+        sel_ids = [ids[i] for i in pairs_i]
+        scores, passed = self.backend.validate(sel_ids, [truth[i] for i in pairs_i], pairs_v, self.rng_valid)
+        self._account_validation(pairs_v, [finished[i] for i in pairs_i])
+        return [SubmitValidation.model_construct(id=f"val:{iid}:{v}", kind="validation", inference_id=iid, validator=v,
+                                                 score=float(s), passed=bool(ok))
+                for iid, v, s, ok in zip(sel_ids, pairs_v, scores, passed)]
+
+    def _finish_of(self, inference_id: str):
+        return FinishInference.model_construct(inference_id=inference_id)
+
+    def _account_validation(self, validators: list[str], finished: list) -> None:
+        share = getattr(self.backend, "validator_share", 1.0)
+        pricing = self.p.chain.pricing
+        for v, m in zip(validators, finished):
+            r = m.request if hasattr(m, "request") else self._req_of.get(m.inference_id)
+            if r is None:
+                continue
+            units = pricing.units(width=r.width, height=r.height, frames=r.frames, steps=r.steps,
+                                  guidance_high=r.guidance_high, guidance_low=r.guidance_low, shift=r.shift)
+            self.validation_seconds[v] += units * self.by_id[v].seconds_per_unit * share
+
+    def _votes(self, inference_ids: list[str]) -> list:
+        """The committees of newly opened votes re-validate and vote."""
+        if not inference_ids:
+            return []
+        t = T.Inference.__table__
+        with self.engine.connect() as c:
+            rows = c.execute(select(t.c.id, t.c.committee, t.c.truth_deviation).where(t.c.id.in_(inference_ids))).all()
+        ids, devs, voters = [], [], []
+        for iid, committee, truth in rows:
+            for v in filter(None, committee.split(",")):
+                if self.status.get(v) == "ACTIVE":
+                    ids.append(iid)
+                    devs.append(truth)
+                    voters.append(v)
+        if not ids:
+            return []
+        scores, passed = self.backend.validate(ids, devs, voters, self.rng_valid)
+        self._account_validation(voters, [self._finish_of(i) for i in ids])
+        return [SubmitVote.model_construct(id=f"vote:{iid}:{v}", kind="vote", inference_id=iid, voter=v,
+                                           invalid=not bool(ok)) for iid, v, ok in zip(ids, voters, passed)]
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def run(self, progress: Callable[[dict], None] | None = None) -> NetworkResult:
+        t0 = time.perf_counter()
+        self.engine = create_chain(self.db_url, self.p.chain)
+        try:
+            return self._run(progress, t0)
+        finally:
+            self.engine.dispose()
+
+    def _run(self, progress, t0) -> NetworkResult:
+        p = self.p
+        self._genesis()
+        self._req_of: dict[str, Any] = {}
+        arrival_blocks = max(1, p.blocks_per_epoch - p.finish_delay_blocks - 1)
+        pending_finish: dict[int, list] = {}
+        to_validate: list = []
+        to_vote: list[str] = []
+        self.status = {h.id: "ACTIVE" for h in self.hosts}
+        snapshots = []
+        height = self._meta()["height"]
+        for epoch in range(p.epochs):
+            self.epoch = epoch
+            self._start_epoch(epoch)
+            height += 1
+            counts = self.rng_arrivals.multinomial(p.requests_per_epoch, np.full(arrival_blocks, 1 / arrival_blocks))
+            for b in range(p.blocks_per_epoch - 1):
+                height += 1
+                msgs: list = []
+                finished = self._execute(pending_finish.pop(height, []), height)
+                msgs += finished
+                msgs += self._validate(to_validate)
+                msgs += self._votes(to_vote)
+                new = self._requests(epoch, int(counts[b]) if b < arrival_blocks else 0)
+                msgs += new
+                if b == p.blocks_per_epoch - 2:
+                    msgs.append(EndEpoch(id=f"end:{epoch}", epoch=epoch))
+                rep = self._apply(msgs)
+                accepted = [m for m in new if m.id not in rep.rejected]
+                for m in accepted:
+                    self._req_of[m.inference_id] = m.request
+                pending_finish.setdefault(height + p.finish_delay_blocks, []).extend(accepted)
+                to_validate = [m for m in finished if m.id not in rep.rejected]
+                to_vote = list(rep.voting_opened)
+            snap = self._participants()
+            snapshots.append(snap)
+            if progress:
+                progress({"epoch": epoch, "height": height, "seconds": time.perf_counter() - t0})
+        # drain: let every inference finish, be validated, voted on and settled
+        cp = p.chain
+        drain = cp.validation_window_blocks + cp.vote_timeout_blocks + cp.expiration_blocks + p.finish_delay_blocks + 3
+        for _ in range(drain):
+            height += 1
+            msgs = []
+            finished = self._execute(pending_finish.pop(height, []), height)
+            msgs += finished + self._validate(to_validate) + self._votes(to_vote)
+            rep = self._apply(msgs)
+            to_validate = [m for m in finished if m.id not in rep.rejected]
+            to_vote = list(rep.voting_opened)
+        final = self._participants()
+        epochs = self._epoch_table(snapshots)
+        hosts = self._host_table(final)
+        return NetworkResult(params=p, db_url=self.db_url, epochs=epochs, hosts=hosts,
+                             seconds=time.perf_counter() - t0, blocks=self.n_blocks, messages=self.n_messages)
+
+    # ---- reports ---------------------------------------------------------------------------------
+    def _epoch_table(self, snapshots: list[dict]) -> Any:
+        import pandas as pd
+
+        i = T.Inference.__table__
+        v = T.Validation.__table__
+        b = T.Block.__table__
+        e = T.Epoch.__table__
+        cheat = i.c.truth_deviation.is_not(None)
+        with self.engine.connect() as c:
+            inf = {r["epoch"]: dict(r) for r in c.execute(select(
+                i.c.epoch, func.count().label("requests"), func.sum(i.c.units).label("units"),
+                func.sum(i.c.cost_ngonka).label("cost_ngonka"),
+                func.sum(case((cheat, 1), else_=0)).label("cheats"),
+                func.sum(case((cheat & (i.c.status == "INVALIDATED"), 1), else_=0)).label("cheats_caught"),
+                func.sum(case((cheat & (i.c.status == "VALIDATED"), 1), else_=0)).label("cheats_missed"),
+                func.sum(case((cheat & (i.c.validations > 0), 1), else_=0)).label("cheats_checked"),
+                func.sum(case((~cheat & (i.c.status == "INVALIDATED"), 1), else_=0)).label("false_rejections"),
+                func.sum(case((~cheat & (i.c.validations > 0), 1), else_=0)).label("honest_checked"),
+                func.sum(case((i.c.status == "EXPIRED", 1), else_=0)).label("expired"),
+                func.sum(i.c.validations).label("validations"),
+            ).group_by(i.c.epoch)).mappings()}
+            price = {r[0]: (float(r[1]), float(r[2]), float(r[3])) for r in c.execute(select(
+                b.c.epoch, func.avg(b.c.unit_price_ngonka), func.max(b.c.unit_price_ngonka),
+                func.avg(b.c.utilisation)).group_by(b.c.epoch))}
+            rewards = {r[0]: int(r[1] or 0) for r in c.execute(select(e.c.index, e.c.reward_ngonka))}
+        rows = []
+        groups = {g: [h.id for h in self.hosts if h.strategy == g] for g in ("honest", "malicious")}
+        prev = self.start_balance
+        for ep, snap in enumerate(snapshots):
+            r = inf.get(ep, {})
+            row = dict(epoch=ep, requests=int(r.get("requests") or 0), units=float(r.get("units") or 0.0),
+                       mean_unit_price_ngonka=price.get(ep, (0, 0, 0))[0], max_unit_price_ngonka=price.get(ep, (0, 0, 0))[1],
+                       mean_utilisation=price.get(ep, (0, 0, 0))[2])
+            for k in ("validations", "cheats", "cheats_checked", "cheats_caught", "cheats_missed", "honest_checked",
+                      "false_rejections", "expired"):
+                row[k] = int(r.get(k) or 0)
+            row["reward_ngonka"] = rewards.get(ep, 0)
+            for g, ids in groups.items():
+                if ids:
+                    gain = [snap[pid]["balance_ngonka"] + snap[pid]["collateral_ngonka"] - prev[pid] for pid in ids]
+                    row[f"{g}_mean_gain_gnk"] = float(np.mean(gain)) / NGONKA_PER_GNK
+                    row[f"{g}_became_invalid"] = sum(1 for ev, pid in self.invalid_events if ev == ep and pid in ids)
+            row["statuses"] = " ".join(f"{s}:{n}" for s, n in sorted(_count(p["status"] for pid, p in snap.items()
+                                                                            if pid in self.by_id).items()))
+            prev = {pid: snap[pid]["balance_ngonka"] + snap[pid]["collateral_ngonka"] for pid in snap}
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def _host_table(self, final: dict) -> Any:
+        import pandas as pd
+
+        led = T.LedgerEntry.__table__
+        with self.engine.connect() as c:
+            earned = {}
+            for to, kind, amount in c.execute(select(led.c.to_account, led.c.kind, func.sum(led.c.amount_ngonka))
+                                              .group_by(led.c.to_account, led.c.kind)):
+                earned.setdefault(to, {})[kind] = int(amount)
+            slashed = {}
+            for frm, amount in c.execute(select(led.c.from_account, func.sum(led.c.amount_ngonka))
+                                         .where(led.c.kind == "slash").group_by(led.c.from_account)):
+                slashed[frm.split(":", 1)[1]] = int(amount)
+        rows = []
+        for h in self.hosts:
+            p = final[h.id]
+            e = earned.get(h.id, {})
+            rows.append(dict(host=h.id, group=h.group, strategy=h.strategy, deviation=h.deviation or "",
+                             cheat_rate=h.cheat_rate, status=p["status"], reputation=p["reputation"],
+                             weight=p["poc_weight"], checked=p["checked_count"], invalidated=p["invalidated_count"],
+                             payments_ngonka=e.get("payment", 0), validator_fees_ngonka=e.get("validator_fee", 0),
+                             rewards_ngonka=e.get("reward", 0), slashed_ngonka=slashed.get(h.id, 0),
+                             compute_seconds=self.compute_seconds[h.id], honest_seconds=self.honest_seconds[h.id],
+                             validation_seconds=self.validation_seconds[h.id],
+                             balance_ngonka=p["balance_ngonka"], collateral_ngonka=p["collateral_ngonka"]))
+        return pd.DataFrame(rows)
+
+
+def _count(items) -> dict:
+    out: dict = {}
+    for x in items:
+        out[x] = out.get(x, 0) + 1
+    return out
+
+
+def run_network(params: NetworkParams, db_url: str, *, weights_fn: WeightsFn | None = None,
+                backend: Backend | None = None, progress=None) -> NetworkResult:
+    """Run a whole simulation on a fresh chain at `db_url` and return its tables."""
+    return NetworkSimulation(params, db_url, weights_fn=weights_fn, backend=backend).run(progress)
