@@ -163,7 +163,7 @@ def test_analytic_power_agrees_with_surrogate_stages(spec):
     params = PocParams()
     n = 50
     analytic = detection_probability(spec, n, m, params)
-    empirical = empirical_rejection_rate(spec, n, params, trials=300, seed=3)
+    empirical = empirical_rejection_rate(spec, n, params, capacity=400, trials=300, seed=3)
     se = max(np.sqrt(analytic * (1 - analytic) / 300), 0.01)
     if spec.startswith("inflate"):  # the formula is a lower bound (sampling without replacement, proofs)
         assert empirical >= analytic - 4 * se
