@@ -99,9 +99,14 @@ def register(app: typer.Typer) -> None:
             _fail(f"{out / 'chain.db'} already exists; choose another --out or --db")
         from flows.network import network_flow
         from sim.chain import ChainDatabaseError
-        from sim.network import RunDirError
+        from sim.network import RunDirError, SurrogateBackend
 
         try:
+            if p.fidelity == "surrogate":  # fail fast, before any flow starts
+                backend = SurrogateBackend(p.run_dir, p.policy, p.metric, p.threshold, p.score_split)
+                for g in p.hosts:
+                    if g.deviation:
+                        backend.check_deviation(g.deviation)
             res = network_flow(p.model_dump(mode="json"), str(out), db)
         except (ChainDatabaseError, RunDirError, ValueError) as err:
             _fail(str(err))
