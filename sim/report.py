@@ -1,0 +1,537 @@
+"""The experiment's report: one self-contained HTML file (figures embedded as base64 PNGs) and a
+markdown twin (figures beside it in `report_files/`), written into the run directory.
+
+Contents: a verdict per malign deviation (does the best policy separate it from every benign one on
+held-out prompts, with what bytes and compute, and if not, why), the FAR/FRR table with bootstrap
+intervals and the benign noise level, benign noise per benign deviation, ROC curves, score
+histograms per deviation, compute and bytes per policy, the FAR/FRR-vs-EPS curve of the emulated
+hardware noise, and frame strips (canonical vs each deviation) read back from the stored MP4s.
+
+Figures use matplotlib's object API (`matplotlib.figure.Figure`), never pyplot's global state.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sim.stats import ALL_MALIGN, Stats, compute_stats, is_hwnoise
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+FILES_DIR = "report_files"
+MAX_HIST_PANELS = 24
+
+
+class ReportError(ValueError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+
+
+def fmt_num(x: Any) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    x = float(x)
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    if x == 0:
+        return "0"
+    return f"{x:.3g}"
+
+
+def fmt_pct(x: Any) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{100 * float(x):.0f}%" if float(x) in (0.0, 1.0) else f"{100 * float(x):.1f}%"
+
+
+def fmt_ci(v: Any, lo: Any, hi: Any, pct: bool = False) -> str:
+    f = fmt_pct if pct else (lambda z: fmt_num(z) if not isinstance(z, float) or math.isnan(z) else f"{z:.3f}")
+    s = f(v)
+    if s == "n/a":
+        return s
+    if lo is None or hi is None or (isinstance(lo, float) and math.isnan(lo)) or (isinstance(hi, float) and math.isnan(hi)):
+        return s
+    return f"{s} [{f(lo)}, {f(hi)}]"
+
+
+def fmt_bytes(b: Any) -> str:
+    if b is None or (isinstance(b, float) and math.isnan(b)):
+        return "n/a"
+    b = float(b)
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if b >= size:
+            return f"{b / size:.3g} {unit}"
+    return f"{b:.0f} B"
+
+
+def fmt_share(x: Any) -> str:
+    s = fmt_num(x)
+    return s if s == "n/a" else f"{s}x"
+
+
+# ---------------------------------------------------------------------------------------------
+# Choices shown in the report (all made on the calibration split)
+
+
+def best_metric_per_policy(table: pd.DataFrame) -> dict[str, str]:
+    """Per policy, the metric with the least calib FRR at FAR <= target against all malign rows
+    (then the highest partial AUC, then the name)."""
+    t = table[table["deviation"] == ALL_MALIGN].copy()
+    if t.empty:
+        return {}
+    t["_f"] = t["calib_frr_at_far"].fillna(np.inf)
+    t["_p"] = -t["pauc"].fillna(-np.inf)
+    best = t.sort_values(["_f", "_p", "metric"], kind="stable").groupby("policy", sort=True).head(1)
+    return dict(zip(best["policy"], best["metric"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def _figure(w: float, h: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h), dpi=100, layout="constrained")
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def roc_figure(stats: Stats, best: dict[str, str]) -> bytes:
+    policies = list(best)
+    n = max(1, len(policies))
+    cols = min(n, 2)
+    rows = -(-n // cols)
+    fig = _figure(6.2 * cols, 4.6 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    devs = sorted({k[2] for k in stats.roc if k[2] != ALL_MALIGN})
+    colors = dict(zip(devs, _colors(len(devs))))
+    for ax, policy in zip(axes, policies):
+        metric = best[policy]
+        for dev in devs + [ALL_MALIGN]:
+            curve = stats.roc.get((policy, metric, dev))
+            if curve is None:
+                continue
+            fpr, tpr = curve
+            if dev == ALL_MALIGN:
+                ax.plot(fpr, tpr, color="black", lw=2.4, label=ALL_MALIGN)
+            else:
+                ax.plot(fpr, tpr, color=colors[dev], lw=1.2, label=dev)
+        ax.plot([0, 1], [0, 1], color="#bbb", ls=":", lw=1)
+        ax.axvline(stats.config.max_fpr, color="#c33", ls="--", lw=0.8)
+        ax.set_xlabel("FRR (benign rejected)")
+        ax.set_ylabel("1 - FAR (malign rejected)")
+        ax.set_title(f"{policy} · {metric}", fontsize=10)
+        ax.set_xlim(-0.01, 1.01)
+        ax.set_ylim(-0.01, 1.01)
+        ax.legend(fontsize=7, loc="lower right")
+    for ax in axes[len(policies):]:
+        ax.set_visible(False)
+    return _png(fig)
+
+
+def _hist_bins(values: np.ndarray, nbins: int = 30) -> tuple[np.ndarray, bool, float]:
+    """Bins over finite values: log-spaced when all are >= 0 and they span > 2 decades."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return np.linspace(0, 1, nbins + 1), False, 0.0
+    pos = finite[finite > 0]
+    if finite.min() >= 0 and pos.size and pos.max() / pos.min() > 100:
+        floor = pos.min() / 3.0
+        return np.geomspace(floor, pos.max() * 1.05, nbins + 1), True, floor
+    lo, hi = float(finite.min()), float(finite.max())
+    if hi == lo:
+        lo, hi = lo - 0.5 * (abs(lo) or 1), hi + 0.5 * (abs(hi) or 1)
+    return np.linspace(lo, hi, nbins + 1), False, 0.0
+
+
+def hist_figure(df: pd.DataFrame, best: dict[str, str], thresholds: dict[str, float | None], benign_set: list[str]) -> bytes:
+    """Score histograms per deviation, one panel per policy (its best metric): each row is one
+    deviation's histogram (green benign, red malign), the benign class pooled in grey at the top,
+    the calib threshold dashed."""
+    policies = list(best)
+    devs_all = sorted(df["deviation"].astype(str).unique(),
+                      key=lambda d: (df.loc[df["deviation"] == d, "kind"].iloc[0] != "benign", d))[:MAX_HIST_PANELS]
+    fig = _figure(3.6 * max(1, len(policies)) + 1.6, 0.34 * (len(devs_all) + 1) + 1.2)
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(policies)), squeeze=False, sharey=True)).ravel()
+    for ax, policy in zip(axes, policies):
+        metric = best[policy]
+        g = df[(df["policy"] == policy) & (df["metric"] == metric)]
+        bins, logx, floor = _hist_bins(g["score"].to_numpy(float))
+
+        def prep(v):
+            v = v[np.isfinite(v)]
+            return np.where(v <= 0, floor, v) if logx else v
+
+        labels = []
+        rows = [("benign class", g[g["deviation"].astype(str).isin(benign_set)], "#999")]
+        for dev in devs_all:
+            s = g[g["deviation"].astype(str) == dev]
+            kind = s["kind"].iloc[0] if len(s) else "benign"
+            rows.append((dev, s, "#2a7" if kind == "benign" else "#d33"))
+        for i, (label, s, color) in enumerate(rows):
+            y = len(rows) - 1 - i
+            vals = s["score"].to_numpy(float)
+            counts, _ = np.histogram(prep(vals), bins=bins)
+            if counts.max() > 0:
+                ax.stairs(y + 0.85 * counts / counts.max(), bins, baseline=y, fill=True, color=color, alpha=0.8)
+            n_inf = int(np.isinf(vals).sum())
+            labels.append((y, label + (" (emulation)" if label.startswith("hwnoise") else "") + (f" [{n_inf} inf]" if n_inf else "")))
+        thr = thresholds.get(policy)
+        if thr is not None and np.isfinite(thr):
+            ax.axvline(max(thr, floor) if logx else thr, color="black", ls="--", lw=0.9)
+        if logx:
+            ax.set_xscale("log")
+            from matplotlib.ticker import NullLocator
+
+            ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_yticks([y for y, _ in labels], [lab for _, lab in labels], fontsize=7)
+        ax.set_ylim(-0.2, len(rows))
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_title(f"{policy} · {metric}", fontsize=9)
+        ax.set_xlabel("score (distance)" + ("; log scale, zeros at the left edge" if logx else ""), fontsize=7)
+    return _png(fig)
+
+
+def cost_figure(cost: pd.DataFrame) -> bytes | None:
+    c = cost.dropna(subset=["bytes", "compute"])
+    if c.empty:
+        return None
+    fig = _figure(6, 3.6)
+    ax = fig.subplots()
+    ax.scatter(c["bytes"].clip(lower=1), c["compute"], s=60, color="#35a")
+    for _, r in c.iterrows():
+        label = f"{r['policy']}" + (f"\nFRR {fmt_pct(r['frr'])}" if not pd.isna(r["frr"]) else "")
+        ax.annotate(label, (max(r["bytes"], 1), r["compute"]), fontsize=8, xytext=(5, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes the executor keeps per video")
+    ax.set_ylabel("validator compute / executor's")
+    ax.set_title("verification budget per policy (FRR at FAR<=1% vs all malign)", fontsize=9)
+    return _png(fig)
+
+
+def eps_figure(eps: pd.DataFrame, best: dict[str, str], cfg) -> bytes | None:
+    if eps.empty:
+        return None
+    e = eps[eps["deviation"] == ALL_MALIGN]
+    fig = _figure(13, 3.8)
+    ax1, ax2, ax3 = fig.subplots(1, 3)
+    colors = dict(zip(best, _colors(len(best))))
+    for policy, metric in best.items():
+        r = e[(e["policy"] == policy) & (e["metric"] == metric)].sort_values("eps")
+        if r.empty:
+            continue
+        kw = dict(color=colors[policy], marker="o", label=f"{policy} · {metric}")
+        ax1.plot(r["eps"], r["far_at_frr"], **kw)
+        ax2.plot(r["eps"], r["frr_at_far"], **kw)
+        ax3.plot(r["eps"], r["benign_median"], **kw)
+        ax3.axhline(r["malign_median"].iloc[0], color=colors[policy], ls=":", lw=1)
+    ax1.set_title(f"FAR at FRR<={cfg.frr_target:.0%} (test) vs all malign", fontsize=9)
+    ax2.set_title(f"FRR at FAR<={cfg.far_target:.0%} (test) vs all malign", fontsize=9)
+    ax3.set_title("benign noise (median score); dotted: malign median", fontsize=9)
+    for ax in (ax1, ax2, ax3):
+        ax.set_xscale("log")
+        ax.set_xlabel("emulated hardware noise EPS (emulation)")
+    ax1.set_ylim(-0.03, 1.03)
+    ax2.set_ylim(-0.03, 1.03)
+    pos = e["benign_median"][e["benign_median"] > 0]
+    if len(pos) and (e["malign_median"] > 0).all():
+        ax3.set_yscale("log")
+    ax1.legend(fontsize=7)
+    return _png(fig)
+
+
+def _slug(spec: str) -> str:
+    from sim.experiment import slug
+
+    return slug(spec)
+
+
+def strip_figure(run_dir: Path, prompt_id: int, deviations: list[str], n_frames: int = 3) -> tuple[bytes | None, list[str]]:
+    """One mosaic: columns = canonical, then each deviation; rows = first, middle and last frame."""
+    from sim.video_io import decode_mp4
+
+    base = run_dir / "gens" / f"p{prompt_id:04d}"
+    rows, missing = [], []
+    for name, label in [("canonical", "canonical (validator)")] + [(_slug(d), d) for d in deviations]:
+        path = base / name / "video.mp4"
+        try:
+            frames = decode_mp4(path)
+        except (OSError, ValueError) as err:
+            missing.append(f"{label} ({type(err).__name__})")
+            continue
+        idx = sorted({0, frames.shape[0] // 2, frames.shape[0] - 1})[:n_frames]
+        rows.append((label, [frames[i] for i in idx], idx))
+    if not rows:
+        return None, missing
+    h = max(im.shape[0] for _, ims, _ in rows for im in ims)
+    w = max(im.shape[1] for _, ims, _ in rows for im in ims)
+    n_fr = max(len(ims) for _, ims, _ in rows)
+    pad = max(2, h // 16)
+    # Columns: canonical, then each deviation; rows: first, middle, last frame.
+    mosaic = np.full((n_fr * (h + pad), len(rows) * (w + pad), 3), 255, np.uint8)
+    for j, (_, ims, _) in enumerate(rows):
+        for i, im in enumerate(ims):  # smaller frames (e.g. a low-resolution cheat) sit top-left, unscaled
+            mosaic[i * (h + pad):i * (h + pad) + im.shape[0], j * (w + pad):j * (w + pad) + im.shape[1]] = im
+    scale = max(1.0, 80 / h)
+    fig = _figure(mosaic.shape[1] * scale / 100 + 0.8, mosaic.shape[0] * scale / 100 + 1.3)
+    ax = fig.subplots()
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_xticks([j * (w + pad) + w / 2 for j in range(len(rows))], [r[0] for r in rows], fontsize=7, rotation=50,
+                  ha="right", rotation_mode="anchor")
+    ax.set_yticks([i * (h + pad) + h / 2 for i in range(len(rows[0][2]))], [f"frame {k}" for k in rows[0][2]], fontsize=7)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    return _png(fig), missing
+
+
+# ---------------------------------------------------------------------------------------------
+# Assembly
+
+
+def _b64(png: bytes | None) -> str | None:
+    return base64.b64encode(png).decode("ascii") if png else None
+
+
+def _css(sep: str) -> str:
+    return {"separated": "sep", "not separated": "notsep"}.get(sep, "und")
+
+
+def _verdict_rows(v: pd.DataFrame, best_only: bool) -> list[dict]:
+    rows = []
+    src = v[v["is_best"]] if best_only else v
+    for _, r in src.iterrows():
+        rows.append({
+            "deviation": r["deviation"], "policy": r["policy"], "metric": r["metric"], "is_best": bool(r["is_best"]),
+            "separation": r["separation"], "css": _css(r["separation"]), "explanation": r["explanation"],
+            "frr": fmt_ci(r["frr_at_far"], r["frr_at_far_lo"], r["frr_at_far_hi"], pct=True),
+            "far": fmt_pct(r["test_far_at_far"]),
+            "far_at_frr": fmt_ci(r["far_at_frr"], r["far_at_frr_lo"], r["far_at_frr_hi"], pct=True),
+            "auc": fmt_num(r["auc"]), "pauc": fmt_num(r["pauc"]),
+            "benign_median": fmt_num(r["benign_median"]), "malign_median": fmt_num(r["malign_median"]),
+            "bytes": fmt_bytes(r["bytes_kept"]), "compute": fmt_share(r["validator_compute_share"]),
+        })
+    return rows
+
+
+def _table_row(r: pd.Series) -> dict:
+    return {
+        "policy": r["policy"], "metric": r["metric"], "deviation": r["deviation"],
+        "auc": fmt_ci(r["auc"], r["auc_lo"], r["auc_hi"]), "pauc": fmt_ci(r["pauc"], r["pauc_lo"], r["pauc_hi"]),
+        "frr": fmt_ci(r["frr_at_far"], r["frr_at_far_lo"], r["frr_at_far_hi"], pct=True),
+        "far": fmt_ci(r["far_at_frr"], r["far_at_frr_lo"], r["far_at_frr_hi"], pct=True),
+        "noise": f"{fmt_num(r['benign_median'])} / {fmt_num(r['benign_p99'])}",
+        "malign_median": fmt_num(r["malign_median"]), "threshold": fmt_num(r["threshold_at_far"]),
+        "n": f"{r['n_benign_test']} / {r['n_malign_test']}", "reason": r.get("reason", "") or "",
+    }
+
+
+def build_context(run_dir: Path, df: pd.DataFrame, params: dict, stats: Stats) -> tuple[dict, dict[str, bytes]]:
+    """The template's variables and the PNG figures (name -> bytes)."""
+    cfg = stats.config
+    table = stats.table
+    best = best_metric_per_policy(table)
+    pngs: dict[str, bytes] = {}
+    split = df.drop_duplicates("prompt_id").set_index("prompt_id")["split"]
+    malign_set = sorted(df.loc[df["kind"] == "malign", "deviation"].astype(str).unique())
+
+    far_tables = []
+    for policy, metric in best.items():
+        t = table[(table["policy"] == policy) & (table["metric"] == metric)]
+        t = pd.concat([t[t["deviation"] == ALL_MALIGN], t[t["deviation"] != ALL_MALIGN]])
+        far_tables.append({"policy": policy, "metric": metric, "rows": [_table_row(r) for _, r in t.iterrows()]})
+    all_rows = [_table_row(r) for _, r in table[table["deviation"] == ALL_MALIGN].iterrows()]
+
+    noise_policies = list(best)
+    bn = stats.benign_noise
+    noise_rows = []
+    for dev in sorted(bn["deviation"].astype(str).unique()) if len(bn) else []:
+        cells = []
+        for policy in noise_policies:
+            r = bn[(bn["deviation"] == dev) & (bn["policy"] == policy) & (bn["metric"] == best[policy])]
+            cells.append(f"{fmt_num(r['median'].iloc[0])} / {fmt_num(r['p99'].iloc[0])}" if len(r) else "n/a")
+        noise_rows.append({"deviation": dev, "emulation": dev.startswith("hwnoise"), "cells": cells})
+
+    pngs["roc"] = roc_figure(stats, best)
+    thresholds = {}
+    for policy, metric in best.items():
+        r = table[(table["policy"] == policy) & (table["metric"] == metric) & (table["deviation"] == ALL_MALIGN)]
+        thresholds[policy] = float(r["threshold_at_far"].iloc[0]) if len(r) else None
+    pngs["hist"] = hist_figure(df, best, thresholds, stats.benign_set)
+
+    cost_rows, cost_recs = [], []
+    for policy in sorted(df["policy"].unique()):
+        g = df[(df["policy"] == policy) & (df["kind"] == "benign")]
+        b = pd.to_numeric(g.get("bytes_kept"), errors="coerce").dropna() if "bytes_kept" in g else pd.Series(dtype=float)
+        c = pd.to_numeric(g.get("validator_compute_share"), errors="coerce").dropna() if "validator_compute_share" in g else pd.Series(dtype=float)
+        metric = best.get(policy)
+        r = table[(table["policy"] == policy) & (table["metric"] == metric) & (table["deviation"] == ALL_MALIGN)]
+        rec = {"policy": policy, "bytes": float(b.median()) if len(b) else math.nan,
+               "compute": float(c.median()) if len(c) else math.nan, "metric": metric or "n/a",
+               "frr": float(r["frr_at_far"].iloc[0]) if len(r) else math.nan,
+               "far": float(r["far_at_frr"].iloc[0]) if len(r) else math.nan}
+        cost_recs.append(rec)
+        cost_rows.append({**rec, "bytes": fmt_bytes(rec["bytes"]), "compute": fmt_share(rec["compute"]),
+                          "frr": fmt_ci(r["frr_at_far"].iloc[0], r["frr_at_far_lo"].iloc[0], r["frr_at_far_hi"].iloc[0], pct=True) if len(r) else "n/a",
+                          "far": fmt_ci(r["far_at_frr"].iloc[0], r["far_at_frr_lo"].iloc[0], r["far_at_frr_hi"].iloc[0], pct=True) if len(r) else "n/a"})
+    cost_png = cost_figure(pd.DataFrame(cost_recs))
+    if cost_png:
+        pngs["cost"] = cost_png
+
+    eps_png = eps_figure(stats.eps_curve, best, cfg)
+    eps_rows, eps_policies = [], list(best)
+    if eps_png:
+        pngs["eps"] = eps_png
+        e = stats.eps_curve[stats.eps_curve["deviation"] == ALL_MALIGN]
+        for eps in sorted(e["eps"].unique()):
+            cells = []
+            for policy in eps_policies:
+                r = e[(e["eps"] == eps) & (e["policy"] == policy) & (e["metric"] == best[policy])]
+                cells.append(" / ".join([fmt_pct(r["far_at_frr"].iloc[0]), fmt_pct(r["frr_at_far"].iloc[0]),
+                                         fmt_num(r["benign_median"].iloc[0])]) if len(r) else "n/a")
+            eps_rows.append({"eps": fmt_num(eps), "cells": cells})
+
+    strips = []
+    n_strips = int(params.get("strips", 3)) if isinstance(params, dict) else 3
+    prompts = df.drop_duplicates("prompt_id").sort_values("prompt_id")
+    order = pd.concat([prompts[prompts["split"] == "test"], prompts[prompts["split"] != "test"]])
+    devs = list(stats.benign_set) + [d for d in malign_set if d not in stats.benign_set]
+    for _, pr in order.head(n_strips).iterrows():
+        pid = int(pr["prompt_id"])
+        png, missing = strip_figure(Path(run_dir), pid, devs)
+        key = f"frames_p{pid:04d}"
+        if png:
+            pngs[key] = png
+        strips.append({"prompt_id": pid, "prompt": str(pr.get("prompt", "")), "png": _b64(png), "file": f"{key}.png",
+                       "missing": ", ".join(missing)})
+
+    ctx = {
+        "run_id": str(df["run_id"].iloc[0]) if "run_id" in df and len(df) else Path(run_dir).name,
+        "preset": str(df["preset"].iloc[0]) if "preset" in df and len(df) else str(params.get("preset", "?")),
+        "n_prompts": int(df["prompt_id"].nunique()), "n_calib": int((split == "calib").sum()),
+        "n_test": int((split == "test").sum()), "n_rows": len(df),
+        "written": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "ci_pct": f"{100 * cfg.ci_level:.0f}", "max_fpr_pct": f"{cfg.max_fpr:.0%}",
+        "far_pct": f"{cfg.far_target:.0%}", "frr_pct": f"{cfg.frr_target:.0%}",
+        "benign_set": list(stats.benign_set), "malign_set": malign_set,
+        "verdicts": _verdict_rows(stats.verdicts, True) if len(stats.verdicts) else [],
+        "verdicts_all": _verdict_rows(stats.verdicts, False) if len(stats.verdicts) else [],
+        "far_tables": far_tables, "all_rows": all_rows,
+        "noise_policies": noise_policies, "noise_rows": noise_rows,
+        "cost_rows": cost_rows, "eps_rows": eps_rows, "eps_policies": eps_policies,
+        "strips": strips,
+        "img": {k: _b64(pngs.get(k)) for k in ("roc", "hist", "cost", "eps")},
+        "params_json": json.dumps(params, indent=2, default=str, sort_keys=True),
+        "stats_json": json.dumps(stats.summary()["config"], indent=2, default=str),
+    }
+    return ctx, pngs
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def render_markdown(ctx: dict) -> str:
+    L = [f"# Validation experiment {ctx['run_id']}", "",
+         f"Preset `{ctx['preset']}`, {ctx['n_prompts']} prompts ({ctx['n_calib']} calibration, {ctx['n_test']} held-out "
+         f"test), {ctx['n_rows']} score rows. Malign = positive class; FRR = benign rejected, FAR = malign accepted; "
+         f"thresholds chosen on calibration prompts, rates measured on test prompts; intervals are "
+         f"{ctx['ci_pct']}% bootstrap intervals over prompts. `hwnoise:EPS` is an emulation of hardware noise.", "",
+         "Benign class: " + ", ".join(f"`{d}`" + (" (emulation)" if d.startswith("hwnoise") else "") for d in ctx["benign_set"]), "",
+         "## Verdict per malign deviation", "",
+         f"| malign deviation | verdict | best policy / metric | test FRR at FAR<={ctx['far_pct']} | test FAR there | benign noise (median) | malign median | bytes kept | validator compute | why |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+    for v in ctx["verdicts"]:
+        L.append(f"| `{v['deviation']}` | {v['separation']} | {v['policy']} / `{v['metric']}` | {v['frr']} | {v['far']} | "
+                 f"{v['benign_median']} | {v['malign_median']} | {v['bytes']} | {v['compute']} | {v['explanation']} |")
+    L += ["", "## FAR/FRR table (each policy's best metric, chosen on calibration)", ""]
+    for p in ctx["far_tables"]:
+        L += [f"### {p['policy']} · `{p['metric']}`", "",
+              f"| vs | AUC | pAUC | test FRR at FAR<={ctx['far_pct']} | test FAR at FRR<={ctx['frr_pct']} | benign noise median / p99 | malign median | n test (benign / malign) | note |",
+              "|---|---|---|---|---|---|---|---|---|"]
+        for r in p["rows"]:
+            L.append(f"| `{r['deviation']}` | {r['auc']} | {r['pauc']} | {r['frr']} | {r['far']} | {r['noise']} | {r['malign_median']} | {r['n']} | {r['reason']} |")
+        L.append("")
+    L += ["## Benign noise per benign deviation (median / p99 score)", "",
+          "| benign deviation | " + " | ".join(ctx["noise_policies"]) + " |", "|---" * (len(ctx["noise_policies"]) + 1) + "|"]
+    for r in ctx["noise_rows"]:
+        L.append(f"| `{r['deviation']}`{' (emulation)' if r['emulation'] else ''} | " + " | ".join(r["cells"]) + " |")
+    L += ["", "## Compute and bytes per policy", "",
+          f"| policy | bytes kept | validator compute | best metric | test FRR at FAR<={ctx['far_pct']} vs all malign | test FAR at FRR<={ctx['frr_pct']} vs all malign |",
+          "|---|---|---|---|---|---|"]
+    for r in ctx["cost_rows"]:
+        L.append(f"| {r['policy']} | {r['bytes']} | {r['compute']} | `{r['metric']}` | {r['frr']} | {r['far']} |")
+    if ctx["eps_rows"]:
+        L += ["", "## FAR/FRR against emulated hardware noise EPS (emulation)", "",
+              "Per policy: FAR at FRR<=1% / FRR at FAR<=1% / benign median, benign = that EPS's hwnoise rows only.", "",
+              "| EPS | " + " | ".join(ctx["eps_policies"]) + " |", "|---" * (len(ctx["eps_policies"]) + 1) + "|"]
+        for r in ctx["eps_rows"]:
+            L.append(f"| {r['eps']} | " + " | ".join(r["cells"]) + " |")
+        L += ["", f"![EPS curve]({FILES_DIR}/eps.png)"]
+    L += ["", "## Figures", "", f"![ROC curves]({FILES_DIR}/roc.png)", ""]
+    L.append(f"![score histograms per deviation]({FILES_DIR}/hist.png)")
+    if "cost" in ctx["img"] and ctx["img"]["cost"]:
+        L.append(f"![cost]({FILES_DIR}/cost.png)")
+    for s in ctx["strips"]:
+        if s["png"]:
+            L.append(f"![frames prompt {s['prompt_id']}]({FILES_DIR}/{s['file']})")
+    return "\n".join(L) + "\n"
+
+
+def write_report(run_dir: str | Path, scores_df: pd.DataFrame, params: dict, stats: Stats | None = None) -> tuple[Path, Path]:
+    """Write RUN/report.html (self-contained) and RUN/report.md (+ RUN/report_files/*.png); return both paths."""
+    import jinja2
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ReportError(f"run_dir {run_dir} is not a directory")
+    if scores_df is None or len(scores_df) == 0:
+        raise ReportError("scores_df is empty: nothing to report")
+    params = dict(params or {})
+    if stats is None:
+        n_boot = params.get("bootstrap")
+        stats = compute_stats(scores_df, **({"n_boot": int(n_boot)} if isinstance(n_boot, int) else {}))
+    ctx, pngs = build_context(run_dir, scores_df, params, stats)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=jinja2.select_autoescape(["html", "j2"]),
+                             undefined=jinja2.StrictUndefined)
+    html = env.get_template("report.html.j2").render(**ctx)
+    for name, png in pngs.items():
+        _atomic_write(run_dir / FILES_DIR / f"{name}.png", png)
+    html_path, md_path = run_dir / "report.html", run_dir / "report.md"
+    _atomic_write(md_path, render_markdown(ctx).encode("utf-8"))
+    _atomic_write(html_path, html.encode("utf-8"))
+    return html_path, md_path

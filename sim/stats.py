@@ -1,0 +1,546 @@
+"""Statistics of a validation experiment: ROC, (partial) AUC, FAR/FRR at operating points, with
+bootstrap confidence intervals, from the tidy scores table (`RUN/scores.parquet`).
+
+Conventions (fixed everywhere in the project):
+- the positive class is *malign* (the validator should reject it); a score is a distance and a
+  verdict is "reject" iff `score > threshold`;
+- FRR (false reject rate) = share of benign rows rejected = the ROC's false positive rate;
+  FAR (false accept rate) = share of malign rows accepted = 1 - true positive rate;
+- partial AUC is scikit-learn's standardised (McClish) `roc_auc_score(max_fpr=0.01)`: 0.5 is chance,
+  1.0 perfect, over FRR <= 1%;
+- thresholds are chosen on the "calib" split of prompts and evaluated on the "test" split only;
+  they are never tuned on test. Two operating points per comparison:
+  `far`: the threshold with calib FAR <= far_target and the smallest calib FRR ("FRR at FAR <= 1%");
+  `frr`: the threshold with calib FRR <= frr_target and the smallest calib FAR ("FAR at FRR <= 1%").
+  The threshold sits midway between the calib score where the ROC operating point lies and the next
+  lower calib score (so calib rates are those of the operating point and a held-out score equal to
+  a calib score is judged like it);
+- confidence intervals are percentile bootstraps (95%) that resample *prompts* (every row of a
+  drawn prompt comes along), since rows of one prompt are correlated: test-split rates resample
+  test prompts at the fixed calib threshold; AUC and partial AUC are computed on all prompts (no
+  tuning is involved) and resample all prompts;
+- every comparison reports the benign noise level: the median benign score (and its 99th
+  percentile) of the benign rows it used.
+
+Small samples: a comparison with no benign or no malign rows in a split gets NaN in the affected
+columns and a `reason`; constant scores give AUC 0.5 and rates of 0 or 1, never a crash.
+
+`inf` scores (shape mismatches) are ranked above every finite score (they are replaced by +-1e300
+before scikit-learn sees them).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+REQUIRED_COLUMNS: tuple[str, ...] = ("prompt_id", "split", "deviation", "kind", "policy", "metric", "score")
+OPTIONAL_NUMERIC: dict[str, float] = {"validator_compute_share": math.nan, "executor_compute_share": math.nan,
+                                      "bytes_kept": math.nan, "hwnoise_eps": 0.0}
+ALL_MALIGN = "all malign"
+ALL_BENIGN = "all benign"
+BIG = 1e300  # stand-in for +-inf scores (keeps the ranking; scikit-learn rejects inf)
+
+
+class StatsError(ValueError):
+    """The scores table cannot be analysed (missing columns, unknown labels)."""
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """Settings of the analysis; defaults from the issue (1% operating points, as in DiFR) and
+    conventional bootstrap sizes."""
+
+    far_target: float = 0.01  # FAR bound of the "FRR at FAR <= 1%" operating point (DiFR, issue 3)
+    frr_target: float = 0.01  # FRR bound of the "FAR at FRR <= 1%" operating point
+    max_fpr: float = 0.01  # partial AUC region (DiFR: FPR < 1%)
+    ci_level: float = 0.95
+    n_boot: int = 1000  # replicates for rate and AUC intervals (vectorised: cheap)
+    n_boot_pauc: int = 100  # replicates for partial-AUC intervals (one scikit-learn call each, ~2 ms)
+    pauc_ci: str = "all_malign"  # which comparisons get a partial-AUC interval: "all" | "all_malign" | "none"
+    seed: int = 0
+    benign_eps: Any = "all"  # hwnoise EPS levels in the benign class: "all", None (no hwnoise), or a float
+
+    def __post_init__(self):
+        for name in ("far_target", "frr_target", "max_fpr"):
+            v = getattr(self, name)
+            if not (0.0 < v < 1.0):
+                raise StatsError(f"{name} must be in (0, 1), got {v!r}")
+        if not 0.5 < self.ci_level < 1.0:
+            raise StatsError(f"ci_level must be in (0.5, 1), got {self.ci_level!r}")
+        if self.n_boot < 0 or self.n_boot_pauc < 0:
+            raise StatsError("n_boot and n_boot_pauc must be >= 0")
+        if self.pauc_ci not in ("all", "all_malign", "none"):
+            raise StatsError(f"pauc_ci must be one of all, all_malign, none; got {self.pauc_ci!r}")
+        if not (self.benign_eps in ("all", None) or isinstance(self.benign_eps, (int, float))):
+            raise StatsError(f"benign_eps must be 'all', None or a number, got {self.benign_eps!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Input
+
+
+def validate_scores(df: pd.DataFrame) -> pd.DataFrame:
+    """A checked copy of the scores table with optional columns filled in."""
+    if not isinstance(df, pd.DataFrame):
+        raise StatsError(f"scores must be a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise StatsError(f"scores table lacks column(s) {', '.join(missing)}; required: {', '.join(REQUIRED_COLUMNS)}")
+    df = df.reset_index(drop=True)  # a fresh, unique index (tables are often concatenated)
+    bad_kind = sorted(set(df["kind"].astype(str)) - {"benign", "malign"})
+    if bad_kind:
+        raise StatsError(f"column 'kind': unknown value(s) {bad_kind}; allowed: benign, malign")
+    bad_split = sorted(set(df["split"].astype(str)) - {"calib", "test"})
+    if bad_split:
+        raise StatsError(f"column 'split': unknown value(s) {bad_split}; allowed: calib, test")
+    for col, default in OPTIONAL_NUMERIC.items():
+        if col not in df.columns:
+            df[col] = default
+    df["score"] = pd.to_numeric(df["score"], errors="raise").astype(float)
+    if df["score"].isna().any():
+        n = int(df["score"].isna().sum())
+        raise StatsError(f"column 'score': {n} NaN value(s); a scorer must return a number or inf")
+    df["hwnoise_eps"] = pd.to_numeric(df["hwnoise_eps"]).fillna(0.0).astype(float)
+    return df
+
+
+def _finite(scores: np.ndarray) -> np.ndarray:
+    return np.clip(np.nan_to_num(np.asarray(scores, dtype=float), posinf=BIG, neginf=-BIG), -BIG, BIG)
+
+
+def is_hwnoise(deviation: pd.Series) -> pd.Series:
+    return deviation.astype(str).str.startswith("hwnoise:") | (deviation.astype(str) == "hwnoise")
+
+
+def benign_mask(df: pd.DataFrame, benign_eps: Any = "all") -> pd.Series:
+    """Rows of the benign class: every benign deviation, with hwnoise rows filtered by `benign_eps`."""
+    benign = df["kind"] == "benign"
+    hw = is_hwnoise(df["deviation"])
+    if benign_eps == "all":
+        return benign
+    if benign_eps is None:
+        return benign & ~hw
+    return benign & (~hw | np.isclose(df["hwnoise_eps"], float(benign_eps), rtol=1e-9, atol=0.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Operating points
+
+
+@dataclass
+class OperatingPoint:
+    threshold: float  # reject iff score > threshold
+    calib_frr: float
+    calib_far: float
+    reason: str = ""
+
+
+def _nan_point(reason: str) -> OperatingPoint:
+    return OperatingPoint(math.nan, math.nan, math.nan, reason)
+
+
+def choose_threshold(benign: np.ndarray, malign: np.ndarray, *, rule: str, target: float) -> OperatingPoint:
+    """Threshold from calib scores. rule "far": calib FAR <= target, least FRR; "frr": calib FRR <=
+    target, least FAR. Uses scikit-learn's ROC (`drop_intermediate=False`, so every distinct score
+    is a candidate)."""
+    from sklearn.metrics import roc_curve
+
+    if rule not in ("far", "frr"):
+        raise StatsError(f"rule must be 'far' or 'frr', got {rule!r}")
+    benign, malign = _finite(benign), _finite(malign)
+    if benign.size == 0 or malign.size == 0:
+        which = "benign" if benign.size == 0 else "malign"
+        return _nan_point(f"no {which} rows in the calib split")
+    y = np.r_[np.zeros(benign.size), np.ones(malign.size)]
+    fpr, tpr, thr = roc_curve(y, np.r_[benign, malign], drop_intermediate=False)
+    tol = 1e-12
+    if rule == "far":
+        idx = int(np.flatnonzero(tpr >= 1.0 - target - tol)[0])
+    else:
+        idx = int(np.flatnonzero(fpr <= target + tol)[-1])
+    # thr[idx]: reject iff score >= thr[idx]; thr[idx + 1] is the next lower distinct calib score.
+    if not np.isfinite(thr[idx]):  # reject nothing
+        t = float(thr[idx + 1]) if idx + 1 < thr.size else math.inf
+    elif idx + 1 < thr.size:
+        t = float(thr[idx] / 2 + thr[idx + 1] / 2)
+    else:  # reject everything in calib
+        t = float(np.nextafter(thr[idx], -np.inf))
+    frr, far = _rates(benign, malign, t)  # exact counts at the chosen threshold
+    return OperatingPoint(t, frr, far)
+
+
+def _rates(benign: np.ndarray, malign: np.ndarray, t: float) -> tuple[float, float]:
+    frr = float(np.mean(_finite(benign) > t)) if benign.size else math.nan
+    far = float(np.mean(_finite(malign) <= t)) if malign.size else math.nan
+    return frr, far
+
+
+# ---------------------------------------------------------------------------------------------
+# Bootstrap helpers
+
+
+def _prompt_index(prompts: np.ndarray, universe: np.ndarray) -> np.ndarray:
+    return np.searchsorted(universe, prompts)
+
+
+def _boot_weights(n_prompts: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, n_prompts) counts of each prompt in each replicate (resampling prompts)."""
+    return rng.multinomial(n_prompts, np.full(n_prompts, 1.0 / n_prompts), size=n_boot)
+
+
+def _ci(values: np.ndarray, level: float) -> tuple[float, float]:
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return math.nan, math.nan
+    a = (1.0 - level) / 2.0
+    lo, hi = np.quantile(values, [a, 1.0 - a])
+    return float(lo), float(hi)
+
+
+def _rate_ci(flags: np.ndarray, prompt_idx: np.ndarray, weights: np.ndarray, level: float) -> tuple[float, float]:
+    """CI of mean(flags) when prompts are resampled by `weights` (n_boot, n_prompts)."""
+    if flags.size == 0 or weights.size == 0:
+        return math.nan, math.nan
+    n_prompts = weights.shape[1]
+    hits = np.bincount(prompt_idx, weights=flags.astype(float), minlength=n_prompts)
+    counts = np.bincount(prompt_idx, minlength=n_prompts).astype(float)
+    num, den = weights @ hits, weights @ counts
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _ci(num / den, level)
+
+
+def _resample_matrix(scores: np.ndarray, prompt_idx: np.ndarray, draws: np.ndarray) -> np.ndarray | None:
+    """Scores of each replicate as a (n_boot, m) matrix when every prompt has the same row count."""
+    order = np.argsort(prompt_idx, kind="stable")
+    counts = np.bincount(prompt_idx, minlength=draws.max(initial=0) + 1)
+    present = counts[counts > 0]
+    if present.size == 0 or np.any(present != present[0]) or np.any(counts[np.unique(draws)] == 0):
+        return None
+    per = present[0]
+    table = np.full((counts.size, per), np.nan)
+    table[np.flatnonzero(counts)] = scores[order].reshape(-1, per)
+    return table[draws].reshape(draws.shape[0], -1)
+
+
+def _auc_boot(benign: np.ndarray, b_idx: np.ndarray, malign: np.ndarray, m_idx: np.ndarray,
+              n_prompts: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap AUCs (Mann-Whitney U / (n_b n_m), scipy, vectorised over replicates)."""
+    from scipy.stats import mannwhitneyu
+    from sklearn.metrics import roc_auc_score
+
+    draws = rng.integers(0, n_prompts, size=(n_boot, n_prompts))
+    bm, mm = _resample_matrix(benign, b_idx, draws), _resample_matrix(malign, m_idx, draws)
+    if bm is not None and mm is not None and bm.shape[1] and mm.shape[1]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            u = mannwhitneyu(mm, bm, axis=1, method="asymptotic").statistic
+        return np.asarray(u, dtype=float) / (bm.shape[1] * mm.shape[1])
+    out = np.full(n_boot, np.nan)  # ragged: one scikit-learn call per replicate
+    for i, d in enumerate(draws):
+        b = np.concatenate([benign[b_idx == p] for p in d])
+        m = np.concatenate([malign[m_idx == p] for p in d])
+        if b.size and m.size:
+            out[i] = roc_auc_score(np.r_[np.zeros(b.size), np.ones(m.size)], np.r_[b, m])
+    return out
+
+
+def _pauc(benign: np.ndarray, malign: np.ndarray, max_fpr: float) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    if benign.size == 0 or malign.size == 0:
+        return math.nan
+    y = np.r_[np.zeros(benign.size), np.ones(malign.size)]
+    return float(roc_auc_score(y, np.r_[benign, malign], max_fpr=max_fpr))
+
+
+def _pauc_boot(benign, b_idx, malign, m_idx, n_prompts, n_boot, max_fpr, rng) -> np.ndarray:
+    out = np.full(n_boot, np.nan)
+    b_rows = [np.flatnonzero(b_idx == p) for p in range(n_prompts)]
+    m_rows = [np.flatnonzero(m_idx == p) for p in range(n_prompts)]
+    for i in range(n_boot):
+        d = rng.integers(0, n_prompts, size=n_prompts)
+        b = benign[np.concatenate([b_rows[p] for p in d])]
+        m = malign[np.concatenate([m_rows[p] for p in d])]
+        if b.size and m.size:
+            out[i] = _pauc(b, m, max_fpr)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# One comparison
+
+
+def compare(benign: pd.DataFrame, malign: pd.DataFrame, cfg: StatsConfig, rng: np.random.Generator,
+            *, auc_ci: bool = True, pauc_ci: bool = True, roc_out: dict | None = None) -> dict[str, Any]:
+    """All numbers of one benign-vs-malign comparison (rows of one policy and metric)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    reasons: list[str] = []
+    row: dict[str, Any] = {}
+    b_all, m_all = _finite(benign["score"].to_numpy()), _finite(malign["score"].to_numpy())
+    bc = benign["split"].to_numpy() == "calib"
+    mc = malign["split"].to_numpy() == "calib"
+    row.update(n_benign_calib=int(bc.sum()), n_malign_calib=int(mc.sum()),
+               n_benign_test=int((~bc).sum()), n_malign_test=int((~mc).sum()),
+               n_prompts_calib=int(pd.concat([benign.loc[bc, "prompt_id"], malign.loc[mc, "prompt_id"]]).nunique()),
+               n_prompts_test=int(pd.concat([benign.loc[~bc, "prompt_id"], malign.loc[~mc, "prompt_id"]]).nunique()))
+    raw_b = benign["score"].to_numpy(dtype=float)
+    raw_m = malign["score"].to_numpy(dtype=float)
+    row["benign_median"] = float(np.median(raw_b)) if raw_b.size else math.nan
+    row["benign_p99"] = float(np.quantile(raw_b, 0.99, method="higher")) if raw_b.size else math.nan
+    row["benign_max"] = float(np.max(raw_b)) if raw_b.size else math.nan
+    row["malign_median"] = float(np.median(raw_m)) if raw_m.size else math.nan
+    row["malign_min"] = float(np.min(raw_m)) if raw_m.size else math.nan
+    for col, src in (("validator_compute_share", benign), ("bytes_kept", benign)):
+        vals = pd.to_numeric(src[col], errors="coerce").dropna()
+        row[col] = float(vals.median()) if len(vals) else math.nan
+    ex = pd.to_numeric(malign["executor_compute_share"], errors="coerce").dropna()
+    row["executor_compute_share"] = float(ex.median()) if len(ex) else math.nan
+
+    # AUC and partial AUC on all prompts (no tuning involved), CIs resampling all prompts.
+    universe = np.union1d(benign["prompt_id"].to_numpy(), malign["prompt_id"].to_numpy())
+    b_idx = _prompt_index(benign["prompt_id"].to_numpy(), universe)
+    m_idx = _prompt_index(malign["prompt_id"].to_numpy(), universe)
+    auc_cols = ("auc", "auc_lo", "auc_hi", "pauc", "pauc_lo", "pauc_hi")
+    if b_all.size == 0 or m_all.size == 0:
+        row.update(dict.fromkeys(auc_cols, math.nan))
+        reasons.append("no benign rows" if b_all.size == 0 else "no malign rows")
+    else:
+        y = np.r_[np.zeros(b_all.size), np.ones(m_all.size)]
+        s = np.r_[b_all, m_all]
+        row["auc"] = float(roc_auc_score(y, s))
+        row["pauc"] = float(roc_auc_score(y, s, max_fpr=cfg.max_fpr))
+        if roc_out is not None:
+            fpr, tpr, _ = roc_curve(y, s)
+            roc_out["fpr"], roc_out["tpr"] = fpr, tpr
+        if auc_ci and cfg.n_boot and universe.size > 1:
+            row["auc_lo"], row["auc_hi"] = _ci(_auc_boot(b_all, b_idx, m_all, m_idx, universe.size, cfg.n_boot, rng), cfg.ci_level)
+        else:
+            row["auc_lo"] = row["auc_hi"] = math.nan
+        if pauc_ci and cfg.n_boot_pauc and universe.size > 1:
+            row["pauc_lo"], row["pauc_hi"] = _ci(
+                _pauc_boot(b_all, b_idx, m_all, m_idx, universe.size, cfg.n_boot_pauc, cfg.max_fpr, rng), cfg.ci_level)
+        else:
+            row["pauc_lo"] = row["pauc_hi"] = math.nan
+
+    # Operating points: thresholds on calib, rates on test, CIs resampling test prompts.
+    bt, mt = b_all[~bc], m_all[~mc]
+    test_universe = np.union1d(benign.loc[~bc, "prompt_id"].to_numpy(), malign.loc[~mc, "prompt_id"].to_numpy())
+    weights = _boot_weights(test_universe.size, cfg.n_boot, rng) if (cfg.n_boot and test_universe.size > 1) else np.empty((0, 0))
+    bt_idx = _prompt_index(benign.loc[~bc, "prompt_id"].to_numpy(), test_universe)
+    mt_idx = _prompt_index(malign.loc[~mc, "prompt_id"].to_numpy(), test_universe)
+    for rule, target, main, other in (("far", cfg.far_target, "frr", "far"), ("frr", cfg.frr_target, "far", "frr")):
+        op = choose_threshold(b_all[bc], m_all[mc], rule=rule, target=target)
+        p = f"at_{rule}"  # e.g. frr_at_far = test FRR at the calib threshold with FAR <= target
+        row[f"threshold_{p}"] = op.threshold
+        row[f"calib_frr_{p}"], row[f"calib_far_{p}"] = op.calib_frr, op.calib_far
+        if op.reason:
+            reasons.append(f"{rule} rule: {op.reason}")
+            row.update({f"{main}_{p}": math.nan, f"{main}_{p}_lo": math.nan, f"{main}_{p}_hi": math.nan,
+                        f"test_{other}_{p}": math.nan})
+            continue
+        frr, far = _rates(bt, mt, op.threshold)
+        if bt.size == 0 or mt.size == 0:
+            reasons.append(f"{rule} rule: no {'benign' if bt.size == 0 else 'malign'} rows in the test split")
+        rates = {"frr": frr, "far": far}
+        row[f"{main}_{p}"] = rates[main]
+        row[f"test_{other}_{p}"] = rates[other]
+        flags = (bt > op.threshold) if main == "frr" else (mt <= op.threshold)
+        idx = bt_idx if main == "frr" else mt_idx
+        row[f"{main}_{p}_lo"], row[f"{main}_{p}_hi"] = (
+            _rate_ci(flags, idx, weights, cfg.ci_level) if weights.size and flags.size else (math.nan, math.nan))
+    row["reason"] = "; ".join(dict.fromkeys(reasons))
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole tables
+
+
+@dataclass
+class Stats:
+    """Results of `compute_stats`: tidy tables plus ROC points for plotting."""
+
+    config: StatsConfig
+    table: pd.DataFrame  # one row per (policy, metric, comparison)
+    eps_curve: pd.DataFrame  # one row per (hwnoise EPS, policy, metric, comparison)
+    verdicts: pd.DataFrame  # one row per (malign deviation, policy): best metric chosen on calib
+    benign_noise: pd.DataFrame  # median/p99 score per (policy, metric, benign deviation)
+    roc: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    benign_set: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready digest: per malign deviation, the best policy's verdict."""
+        best = self.verdicts[self.verdicts["is_best"]] if len(self.verdicts) else self.verdicts
+        return {
+            "config": {k: getattr(self.config, k) for k in self.config.__dataclass_fields__},
+            "benign_set": self.benign_set,
+            "deviations": [_jsonable(r) for r in best.to_dict("records")],
+        }
+
+
+def _jsonable(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, (np.floating, float)):
+            v = float(v)
+            out[k] = None if math.isnan(v) else (str(v) if math.isinf(v) else v)
+        elif isinstance(v, np.integer):
+            out[k] = int(v)
+        elif isinstance(v, np.bool_):
+            out[k] = bool(v)
+        else:
+            out[k] = v
+    return out
+
+
+def _groups(df: pd.DataFrame) -> Iterable[tuple[tuple[str, str], pd.DataFrame]]:
+    return df.groupby(["policy", "metric"], sort=True, observed=True)
+
+
+def compute_stats(df: pd.DataFrame, config: StatsConfig | None = None, **overrides) -> Stats:
+    """Every comparison of the experiment: per policy and metric, the benign class against each
+    malign deviation and against all malign rows; the EPS curve; per-deviation verdicts."""
+    import sklearn
+
+    cfg = config or StatsConfig(**overrides)
+    if config is not None and overrides:
+        cfg = StatsConfig(**{**{k: getattr(config, k) for k in config.__dataclass_fields__}, **overrides})
+    df = validate_scores(df)
+    with sklearn.config_context(assume_finite=True):  # scores are made finite before scikit-learn sees them
+        return _compute_stats(df, cfg)
+
+
+def _compute_stats(df: pd.DataFrame, cfg: StatsConfig) -> Stats:
+    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed))
+    bmask = benign_mask(df, cfg.benign_eps)
+    benign_set = sorted(df.loc[bmask, "deviation"].astype(str).unique())
+    malign_devs = sorted(df.loc[df["kind"] == "malign", "deviation"].astype(str).unique())
+
+    rows, roc = [], {}
+    for (policy, metric), g in _groups(df):
+        gb = g[bmask.loc[g.index]]
+        gm_all = g[g["kind"] == "malign"]
+        for comp in [ALL_MALIGN, *malign_devs]:
+            gm = gm_all if comp == ALL_MALIGN else gm_all[gm_all["deviation"].astype(str) == comp]
+            pauc_ci = cfg.pauc_ci == "all" or (cfg.pauc_ci == "all_malign" and comp == ALL_MALIGN)
+            curve: dict = {}
+            r = compare(gb, gm, cfg, rng, pauc_ci=pauc_ci, roc_out=curve)
+            if curve:
+                roc[(policy, metric, comp)] = (curve["fpr"], curve["tpr"])
+            rows.append({"policy": policy, "metric": metric, "deviation": comp, **r})
+    table = pd.DataFrame(rows)
+    return Stats(config=cfg, table=table, eps_curve=eps_curve(df, cfg, rng), verdicts=verdicts(table, cfg),
+                 benign_noise=benign_noise(df), roc=roc, benign_set=benign_set)
+
+
+def eps_curve(df: pd.DataFrame, cfg: StatsConfig, rng: np.random.Generator | None = None) -> pd.DataFrame:
+    """FAR/FRR against the emulated hardware noise EPS: for each EPS, benign = that EPS's hwnoise
+    rows, malign = all malign rows (and each malign deviation); thresholds on calib, rates on test."""
+    rng = rng or np.random.default_rng(np.random.SeedSequence(cfg.seed))
+    hw = df[is_hwnoise(df["deviation"]) & (df["kind"] == "benign")]
+    if hw.empty:
+        return pd.DataFrame()
+    malign = df[df["kind"] == "malign"]
+    devs = sorted(malign["deviation"].astype(str).unique())
+    rows = []
+    for eps in sorted(hw["hwnoise_eps"].unique()):
+        he = hw[hw["hwnoise_eps"] == eps]
+        for (policy, metric), gb in _groups(he):
+            gm_all = malign[(malign["policy"] == policy) & (malign["metric"] == metric)]
+            for comp in [ALL_MALIGN, *devs]:
+                gm = gm_all if comp == ALL_MALIGN else gm_all[gm_all["deviation"].astype(str) == comp]
+                r = compare(gb, gm, cfg, rng, auc_ci=False, pauc_ci=False)
+                rows.append({"eps": float(eps), "policy": policy, "metric": metric, "deviation": comp, **r})
+    return pd.DataFrame(rows)
+
+
+def benign_noise(df: pd.DataFrame) -> pd.DataFrame:
+    """Median and 99th-percentile score of each benign deviation, per policy and metric."""
+    b = df[df["kind"] == "benign"]
+    if b.empty:
+        return pd.DataFrame(columns=["policy", "metric", "deviation", "median", "p99", "n"])
+    g = b.groupby(["policy", "metric", "deviation"], observed=True)["score"]
+    out = g.agg(median="median", p99=lambda s: float(np.quantile(s, 0.99, method="higher")), n="size").reset_index()
+    return out
+
+
+def _separation(row: pd.Series, cfg: StatsConfig) -> tuple[str, str]:
+    frr, far = row.get("frr_at_far"), row.get("test_far_at_far")
+    if row.get("reason") and (pd.isna(frr) or pd.isna(far)):
+        return "undetermined", str(row["reason"])
+    if pd.isna(frr) or pd.isna(far):
+        return "undetermined", "too few rows"
+    if frr <= cfg.frr_target and far <= cfg.far_target:
+        return "separated", (f"on held-out prompts, {frr:.1%} of benign rows rejected and {far:.1%} of malign rows "
+                             f"accepted at the calib threshold {row['threshold_at_far']:.4g}")
+    if row["malign_median"] <= row["benign_p99"]:
+        why = (f"its median score {row['malign_median']:.3g} lies within benign noise (benign 99th percentile "
+               f"{row['benign_p99']:.3g}): the deviation is about as large as benign differences under this metric")
+    else:
+        why = (f"its median score {row['malign_median']:.3g} exceeds benign noise (benign 99th percentile "
+               f"{row['benign_p99']:.3g}) but the tails overlap (lowest malign {row['malign_min']:.3g} vs highest "
+               f"benign {row['benign_max']:.3g})")
+    return "not separated", f"test FRR {frr:.1%} / FAR {far:.1%} at the calib threshold; {why}"
+
+
+def verdicts(table: pd.DataFrame, cfg: StatsConfig) -> pd.DataFrame:
+    """Per malign deviation and policy, the metric with the best *calib* operating point (least calib
+    FRR at FAR <= target, then highest partial AUC), and its held-out result. `is_best` marks the
+    best policy per deviation, chosen on calib too (ties: less validator compute, then fewer bytes)."""
+    if table.empty:
+        return pd.DataFrame()
+    t = table[table["deviation"] != ALL_MALIGN].copy()
+    if t.empty:
+        return pd.DataFrame()
+    t["_calib_frr"] = t["calib_frr_at_far"].fillna(np.inf)
+    t["_pauc"] = -t["pauc"].fillna(-np.inf)
+    t["_compute"] = t["validator_compute_share"].fillna(np.inf)
+    t["_bytes"] = t["bytes_kept"].fillna(np.inf)
+    keys = ["_calib_frr", "_pauc", "_compute", "_bytes", "metric"]
+    per_policy = (t.sort_values(keys, kind="stable").groupby(["deviation", "policy"], sort=True).head(1).copy())
+    per_policy["is_best"] = False
+    best_idx = per_policy.sort_values(["_calib_frr", "_compute", "_bytes", "_pauc", "policy"], kind="stable") \
+        .groupby("deviation").head(1).index
+    per_policy.loc[best_idx, "is_best"] = True
+    sep = per_policy.apply(lambda r: _separation(r, cfg), axis=1, result_type="expand")
+    per_policy["separation"], per_policy["explanation"] = sep[0], sep[1]
+    cols = ["deviation", "policy", "metric", "is_best", "separation", "explanation", "frr_at_far", "frr_at_far_lo",
+            "frr_at_far_hi", "test_far_at_far", "far_at_frr", "far_at_frr_lo", "far_at_frr_hi", "auc", "pauc",
+            "threshold_at_far", "benign_median", "benign_p99", "malign_median", "validator_compute_share",
+            "bytes_kept", "executor_compute_share", "n_prompts_test"]
+    return per_policy[cols].sort_values(["deviation", "policy"]).reset_index(drop=True)
+
+
+def choose_thresholds(df: pd.DataFrame, *, rule: str = "frr", target: float = 0.01, benign_eps: Any = "all") -> dict[str, dict]:
+    """Per `policy/metric`, the verdict threshold chosen on the calib split (benign class against all
+    malign rows), in the `RUN/thresholds.json` shape. Default rule "frr": the lowest threshold that
+    rejects at most `target` of benign calib rows (protecting honest executors), i.e. least calib FAR
+    at calib FRR <= 1%. A comparison without both classes in calib gets `threshold: None` and the
+    reason in `rule`."""
+    if rule not in ("far", "frr"):
+        raise StatsError(f"rule must be 'far' or 'frr', got {rule!r}")
+    df = validate_scores(df)
+    bmask = benign_mask(df, benign_eps)
+    out: dict[str, dict] = {}
+    calib = df["split"] == "calib"
+    for (policy, metric), g in _groups(df):
+        b = g.loc[bmask.loc[g.index] & calib.loc[g.index], "score"].to_numpy()
+        m = g.loc[(g["kind"] == "malign") & calib.loc[g.index], "score"].to_numpy()
+        op = choose_threshold(b, m, rule=rule, target=target)
+        what = (f"reject iff score > threshold; calib FRR <= {target:g}, least calib FAR" if rule == "frr"
+                else f"reject iff score > threshold; calib FAR <= {target:g}, least calib FRR")
+        if op.reason:
+            out[f"{policy}/{metric}"] = {"threshold": None, "rule": f"{what}; undetermined: {op.reason}", "split": "calib"}
+        else:
+            out[f"{policy}/{metric}"] = {"threshold": float(op.threshold),
+                                         "rule": f"{what} (calib FRR {op.calib_frr:.4f}, FAR {op.calib_far:.4f})",
+                                         "split": "calib"}
+    return out
