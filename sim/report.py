@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sim.stats import ALL_MALIGN, Stats, compute_stats, is_hwnoise
+from sim.stats import ALL_MALIGN, Stats, best_metric_per_policy, compute_stats
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 FILES_DIR = "report_files"
@@ -80,22 +80,6 @@ def fmt_bytes(b: Any) -> str:
 def fmt_share(x: Any) -> str:
     s = fmt_num(x)
     return s if s == "n/a" else f"{s}x"
-
-
-# ---------------------------------------------------------------------------------------------
-# Choices shown in the report (all made on the calibration split)
-
-
-def best_metric_per_policy(table: pd.DataFrame) -> dict[str, str]:
-    """Per policy, the metric with the least calib FRR at FAR <= target against all malign rows
-    (then the highest partial AUC, then the name)."""
-    t = table[table["deviation"] == ALL_MALIGN].copy()
-    if t.empty:
-        return {}
-    t["_f"] = t["calib_frr_at_far"].fillna(np.inf)
-    t["_p"] = -t["pauc"].fillna(-np.inf)
-    best = t.sort_values(["_f", "_p", "metric"], kind="stable").groupby("policy", sort=True).head(1)
-    return dict(zip(best["policy"], best["metric"]))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -60,9 +60,12 @@ class StatsConfig:
     frr_target: float = 0.01  # FRR bound of the "FAR at FRR <= 1%" operating point
     max_fpr: float = 0.01  # partial AUC region (DiFR: FPR < 1%)
     ci_level: float = 0.95
-    n_boot: int = 1000  # replicates for rate and AUC intervals (vectorised: cheap)
+    n_boot: int = 1000  # replicates for test-split rate intervals (vectorised: cheap)
+    n_boot_auc: int = 300  # replicates for AUC intervals (one vectorised Mann-Whitney U over all replicates)
     n_boot_pauc: int = 100  # replicates for partial-AUC intervals (one scikit-learn call each, ~2 ms)
-    pauc_ci: str = "all_malign"  # which comparisons get a partial-AUC interval: "all" | "all_malign" | "none"
+    # which comparisons get a partial-AUC interval: "best" (each policy's best metric, chosen on calib,
+    # against all malign rows), "all_malign" (every metric against all malign rows), "all", "none"
+    pauc_ci: str = "best"
     seed: int = 0
     benign_eps: Any = "all"  # hwnoise EPS levels in the benign class: "all", None (no hwnoise), or a float
 
@@ -73,10 +76,10 @@ class StatsConfig:
                 raise StatsError(f"{name} must be in (0, 1), got {v!r}")
         if not 0.5 < self.ci_level < 1.0:
             raise StatsError(f"ci_level must be in (0.5, 1), got {self.ci_level!r}")
-        if self.n_boot < 0 or self.n_boot_pauc < 0:
-            raise StatsError("n_boot and n_boot_pauc must be >= 0")
-        if self.pauc_ci not in ("all", "all_malign", "none"):
-            raise StatsError(f"pauc_ci must be one of all, all_malign, none; got {self.pauc_ci!r}")
+        if self.n_boot < 0 or self.n_boot_pauc < 0 or self.n_boot_auc < 0:
+            raise StatsError("n_boot, n_boot_auc and n_boot_pauc must be >= 0")
+        if self.pauc_ci not in ("best", "all", "all_malign", "none"):
+            raise StatsError(f"pauc_ci must be one of best, all, all_malign, none; got {self.pauc_ci!r}")
         if not (self.benign_eps in ("all", None) or isinstance(self.benign_eps, (int, float))):
             raise StatsError(f"benign_eps must be 'all', None or a number, got {self.benign_eps!r}")
 
@@ -320,8 +323,8 @@ def compare(benign: pd.DataFrame, malign: pd.DataFrame, cfg: StatsConfig, rng: n
         if roc_out is not None:
             fpr, tpr, _ = roc_curve(y, s)
             roc_out["fpr"], roc_out["tpr"] = fpr, tpr
-        if auc_ci and cfg.n_boot and universe.size > 1:
-            row["auc_lo"], row["auc_hi"] = _ci(_auc_boot(b_all, b_idx, m_all, m_idx, universe.size, cfg.n_boot, rng), cfg.ci_level)
+        if auc_ci and cfg.n_boot_auc and universe.size > 1:
+            row["auc_lo"], row["auc_hi"] = _ci(_auc_boot(b_all, b_idx, m_all, m_idx, universe.size, cfg.n_boot_auc, rng), cfg.ci_level)
         else:
             row["auc_lo"] = row["auc_hi"] = math.nan
         if pauc_ci and cfg.n_boot_pauc and universe.size > 1:
@@ -414,7 +417,8 @@ def compute_stats(df: pd.DataFrame, config: StatsConfig | None = None, **overrid
     if config is not None and overrides:
         cfg = StatsConfig(**{**{k: getattr(config, k) for k in config.__dataclass_fields__}, **overrides})
     df = validate_scores(df)
-    with sklearn.config_context(assume_finite=True):  # scores are made finite before scikit-learn sees them
+    # scores are made finite before scikit-learn sees them; arguments are ours, so skip re-validation
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
         return _compute_stats(df, cfg)
 
 
@@ -437,19 +441,32 @@ def _compute_stats(df: pd.DataFrame, cfg: StatsConfig) -> Stats:
                 roc[(policy, metric, comp)] = (curve["fpr"], curve["tpr"])
             rows.append({"policy": policy, "metric": metric, "deviation": comp, **r})
     table = pd.DataFrame(rows)
+    if cfg.pauc_ci == "best" and cfg.n_boot_pauc and len(table):
+        for policy, metric in best_metric_per_policy(table).items():
+            i = table.index[(table["policy"] == policy) & (table["metric"] == metric) & (table["deviation"] == ALL_MALIGN)][0]
+            g = df[(df["policy"] == policy) & (df["metric"] == metric)]
+            gb, gm = g[bmask.loc[g.index]], g[g["kind"] == "malign"]
+            universe = np.union1d(gb["prompt_id"].to_numpy(), gm["prompt_id"].to_numpy())
+            if universe.size > 1 and len(gb) and len(gm):
+                boot = _pauc_boot(_finite(gb["score"].to_numpy()), _prompt_index(gb["prompt_id"].to_numpy(), universe),
+                                  _finite(gm["score"].to_numpy()), _prompt_index(gm["prompt_id"].to_numpy(), universe),
+                                  universe.size, cfg.n_boot_pauc, cfg.max_fpr, rng)
+                table.loc[i, ["pauc_lo", "pauc_hi"]] = _ci(boot, cfg.ci_level)
     return Stats(config=cfg, table=table, eps_curve=eps_curve(df, cfg, rng), verdicts=verdicts(table, cfg),
                  benign_noise=benign_noise(df), roc=roc, benign_set=benign_set)
 
 
-def eps_curve(df: pd.DataFrame, cfg: StatsConfig, rng: np.random.Generator | None = None) -> pd.DataFrame:
+def eps_curve(df: pd.DataFrame, cfg: StatsConfig, rng: np.random.Generator | None = None,
+              per_deviation: bool = False) -> pd.DataFrame:
     """FAR/FRR against the emulated hardware noise EPS: for each EPS, benign = that EPS's hwnoise
-    rows, malign = all malign rows (and each malign deviation); thresholds on calib, rates on test."""
+    rows, malign = all malign rows (and each malign deviation with `per_deviation`); thresholds on
+    calib, rates on test (with intervals), AUC without interval."""
     rng = rng or np.random.default_rng(np.random.SeedSequence(cfg.seed))
     hw = df[is_hwnoise(df["deviation"]) & (df["kind"] == "benign")]
     if hw.empty:
         return pd.DataFrame()
     malign = df[df["kind"] == "malign"]
-    devs = sorted(malign["deviation"].astype(str).unique())
+    devs = sorted(malign["deviation"].astype(str).unique()) if per_deviation else []
     rows = []
     for eps in sorted(hw["hwnoise_eps"].unique()):
         he = hw[hw["hwnoise_eps"] == eps]
@@ -470,6 +487,18 @@ def benign_noise(df: pd.DataFrame) -> pd.DataFrame:
     g = b.groupby(["policy", "metric", "deviation"], observed=True)["score"]
     out = g.agg(median="median", p99=lambda s: float(np.quantile(s, 0.99, method="higher")), n="size").reset_index()
     return out
+
+
+def best_metric_per_policy(table: pd.DataFrame) -> dict[str, str]:
+    """Per policy, the metric with the least calib FRR at FAR <= target against all malign rows
+    (then the highest partial AUC, then the name): chosen on the calib split only."""
+    t = table[table["deviation"] == ALL_MALIGN].copy()
+    if t.empty:
+        return {}
+    t["_f"] = t["calib_frr_at_far"].fillna(np.inf)
+    t["_p"] = -t["pauc"].fillna(-np.inf)
+    best = t.sort_values(["_f", "_p", "metric"], kind="stable").groupby("policy", sort=True).head(1)
+    return dict(zip(best["policy"], best["metric"]))
 
 
 def _separation(row: pd.Series, cfg: StatsConfig) -> tuple[str, str]:
