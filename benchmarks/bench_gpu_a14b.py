@@ -52,13 +52,13 @@ def main() -> None:
     ap.add_argument("--skip-generate", action="store_true")
     ap.add_argument("--preset", default="a14b-random", help="a14b-random on a GPU; tiny for a dry run on a CPU")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--offload", action="store_true", help="idle components in host memory (needed to generate A14B on 80 GB)")
+    ap.add_argument("--skip-forward", action="store_true", help="skip the forward-pass timings and differences")
     args = ap.parse_args()
     global DEVICE
     DEVICE = args.device
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from models.deviations import parse_deviation
-    from models.engine import _attention_backend
     from models.presets import build_pipeline, preset_spec, seeded_tensor
     from models.request import Runtime
 
@@ -67,7 +67,8 @@ def main() -> None:
     import diffusers
 
     res["diffusers"] = diffusers.__version__
-    rt = Runtime(device=DEVICE, dtype="bfloat16")
+    rt = Runtime(device=DEVICE, dtype="bfloat16", offload=args.offload)
+    res["offload"] = args.offload
     reset_peak()
     t0 = time.perf_counter()
     pipe = build_pipeline(args.preset, rt)
@@ -89,6 +90,17 @@ def main() -> None:
     print(json.dumps(res, indent=1), flush=True)
 
     spec = preset_spec(args.preset)
+    diffs: dict[str, dict] = {}
+    if not args.skip_forward:
+        forward_differences(args, pipe, spec, rt, res, diffs)
+    generate_once(args, rt, res)
+    write(args, res, diffs, checks)
+
+
+def forward_differences(args, pipe, spec, rt, res, diffs) -> None:
+    from models.deviations import parse_deviation
+    from models.engine import _attention_backend
+
     t, h, w = (int(x) for x in args.latent.split("x"))
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 16, t, h, w, generator=g).to(DEVICE, torch.bfloat16)
@@ -115,7 +127,6 @@ def main() -> None:
     def rel(o):
         return float((o.float() - ref).norm() / ref.norm())
 
-    diffs: dict[str, dict] = {}
     sec2, again = cuda_time(fwd, 1)
     diffs["rerun"] = {"rel_l2": rel(again), "seconds": sec2}
     for backend in ("_native_cudnn", "_native_flash", "_native_efficient", "_native_math"):
@@ -144,8 +155,9 @@ def main() -> None:
     s, o = cuda_time(lambda: fwd(tt=torch.tensor([690.0], device=DEVICE)), 1)
     diffs["timestep 690 instead of 700"] = {"rel_l2": rel(o), "seconds": s}
     res["per_forward"] = diffs
-    del ref, o, again
 
+
+def generate_once(args, rt, res) -> None:
     if not args.skip_generate:
         from models.engine import generate
         from models.request import GenerationRequest
@@ -155,7 +167,7 @@ def main() -> None:
             reset_peak()
             t0 = time.perf_counter()
             gen = generate(req, rt)
-            res["generate"] = {"request": "832x480, 17 frames, 4 steps", "wall_seconds": time.perf_counter() - t0,
+            res["generate"] = {"request": f"{req.width}x{req.height}, {req.frames} frames, {req.steps} steps", "wall_seconds": time.perf_counter() - t0,
                                "cost": gen.cost.to_dict(), "peak_gb": peak_gb(),
                                "sha256": gen.sha256}
             gen2 = generate(req, rt)
@@ -166,21 +178,27 @@ def main() -> None:
             res["generate"] = {"error": f"out of memory: {str(err)[:200]}"}
         print(json.dumps(res.get("generate"), default=str), flush=True)
 
-    stem = "gpu_a14b" if args.preset == "a14b-random" else f"gpu_{args.preset}_{DEVICE}"
+
+def write(args, res, diffs, checks) -> None:
+    tokens = res.get("forward", {}).get("tokens")
+    out_dir = Path(args.out)
+    stem = ("gpu_a14b" if args.preset == "a14b-random" else f"gpu_{args.preset}_{DEVICE}") + ("_offload" if args.offload else "")
     (out_dir / f"{stem}.json").write_text(json.dumps(res, indent=1, default=str))
     lines = [f"# {args.preset} on {res['device']} (bf16, diffusers {res['diffusers']}, torch {res['torch']})", "",
              f"- build: {res['build_seconds']:.1f} s, weights {res['weights_gb']:.1f} GB, peak during build "
              f"{res['build_peak_gb']:.1f} GB; expert parameters {res['expert_params'] / 1e9:.2f} B; GPU weights equal "
              f"the CPU draws: {all(checks.values())}",
-             f"- one expert forward, latent {args.latent} ({tokens} tokens): {res['forward']['seconds_median3']:.3f} s "
-             f"(median of 3), {res['forward']['tflops_per_s']:.0f} TFLOP/s by the block FLOP count",
-             "", "| change (one expert forward, bf16) | rel. L2 vs default | seconds |", "|---|---|---|"]
+             ]
+    if "forward" in res:
+        lines += [f"- one expert forward, latent {args.latent} ({tokens} tokens): {res['forward']['seconds_median3']:.3f} s "
+                  f"(median of 3), {res['forward']['tflops_per_s']:.0f} TFLOP/s by the block FLOP count"]
+    lines += ["", "| change (one expert forward, bf16) | rel. L2 vs default | seconds |", "|---|---|---|"]
     for k, v in diffs.items():
         lines.append(f"| {k} | {v.get('rel_l2', float('nan')):.2e} | {v.get('seconds', float('nan')):.3f} |"
                      if "rel_l2" in v else f"| {k} | error: {v['error'][:60]} | |")
     if "generate" in res and "cost" in res["generate"]:
         gcost = res["generate"]["cost"]
-        lines += ["", f"- generate 832x480, 17 frames, 4 steps: {res['generate']['wall_seconds']:.1f} s wall, "
+        lines += ["", f"- generate {res['generate']['request']}: {res['generate']['wall_seconds']:.1f} s wall, "
                       f"stages {json.dumps({k: round(v, 2) for k, v in gcost['seconds'].items()})}, peak "
                       f"{res['generate']['peak_gb']:.1f} GB, rerun gives the same MP4: {res['generate']['rerun_same_mp4']}"]
     (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")

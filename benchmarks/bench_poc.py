@@ -43,6 +43,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--offload", action="store_true", help="keep idle experts in host memory (a14b-random on 80 GB)")
     ap.add_argument("--dtype", default=None, help="reference dtype (default float32 on cpu, bfloat16 on cuda)")
     ap.add_argument("--nonces", type=int, default=256, help="nonces per measured condition (0: skip)")
     ap.add_argument("--conditions", default=None, help="comma-separated conditions (default: all for the device)")
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
 
     rows = []
     for bs in [int(b) for b in args.batch_sizes.split(",") if b.strip()]:
-        r = throughput(args.preset, Runtime(device=args.device, dtype=dtype, batch_size=bs),
+        r = throughput(args.preset, Runtime(device=args.device, dtype=dtype, batch_size=bs, offload=args.offload),
                        args.throughput_nonces, args.frames)
         rows.append(r)
         console.print(f"batch {bs}: {r['nonces_per_s']:.2f} nonces/s")
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
     if args.nonces > 0:
         conds = tuple(c.strip() for c in args.conditions.split(",")) if args.conditions else None
         data = measure(args.preset, nonces=args.nonces, conditions=conds, frames=args.frames,
-                       reference=Runtime(device=args.device, dtype=dtype, batch_size=1),
+                       reference=Runtime(device=args.device, dtype=dtype, batch_size=1, offload=args.offload),
                        progress=lambda c: console.print(f"measuring {c}"))
         result["measurement"] = {k: v for k, v in data.items() if k != "conditions"}
         result["measurement"]["medians"] = {

@@ -4,8 +4,6 @@ statistics and the report. Thin wiring over `sim.experiment`; the same flow runs
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task

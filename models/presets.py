@@ -312,22 +312,25 @@ def byte_tokenizer(text_len: int):
 
 def _build_random(spec: PresetSpec, runtime: "Runtime", weights_seed: int) -> "WanPipeline":
     import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
-    device, dtype = torch.device(runtime.device), runtime.torch_dtype
+    dtype = runtime.torch_dtype
+    device = torch.device("cpu") if runtime.offload else torch.device(runtime.device)
     with _parameters_on_meta():
         experts = [WanTransformer3DModel(**spec.transformer_config) for _ in range(2)]
         vae = AutoencoderKLWan(**spec.vae_config)
         text_encoder = UMT5EncoderModel(UMT5Config(**spec.text_config))
     for prefix, expert in zip(("transformer.", "transformer_2."), experts):
         materialize(expert, weights_seed, dtype, device, prefix=prefix)
-    materialize(vae, weights_seed, torch.float32, device, prefix="vae.")  # the VAE runs in float32
+    materialize(vae, weights_seed, torch.float32, torch.device(runtime.device), prefix="vae.")  # float32
     materialize(text_encoder, weights_seed, dtype, device, prefix="text_encoder.")
-    for m in (*experts, vae, text_encoder):
+    for m in (*experts, text_encoder):
         m.to(device)  # buffers (rope tables, relative-position constants)
         m.eval().requires_grad_(False)
-    return WanPipeline(
+    vae.to(runtime.device).eval().requires_grad_(False)
+    pipe_cls = OffloadedWanPipeline if runtime.offload else _wan_pipeline_class()
+    pipe = pipe_cls(
         tokenizer=byte_tokenizer(spec.text_len),
         text_encoder=text_encoder,
         vae=vae,
@@ -336,6 +339,69 @@ def _build_random(spec: PresetSpec, runtime: "Runtime", weights_seed: int) -> "W
         transformer_2=experts[1],
         boundary_ratio=spec.boundary_ratio,
     )
+    if runtime.offload:
+        pipe.enable_offload(runtime.device)
+    return pipe
+
+
+def _wan_pipeline_class():
+    from diffusers import WanPipeline
+
+    return WanPipeline
+
+
+def _make_offloaded_class():
+    import torch
+    from diffusers import WanPipeline
+
+    class _Offloaded(WanPipeline):
+        """WanPipeline whose big components live in host memory and visit the device one at a time.
+
+        A forward pre-hook moves the called component (text encoder or one expert) to the device,
+        after moving the others back to the host, and moves its tensor inputs along; the VAE stays on
+        the device. Peak device memory: one expert plus activations, instead of all weights.
+        """
+
+        _offload_device = None
+
+        @property
+        def _execution_device(self):
+            return torch.device(self._offload_device) if self._offload_device else super()._execution_device
+
+        def enable_offload(self, device: str) -> None:
+            self._offload_device = device
+            movable = [m for m in (self.text_encoder, self.transformer, self.transformer_2) if m is not None]
+            dev = torch.device(device)
+
+            def to_dev(x):
+                return x.to(dev) if isinstance(x, torch.Tensor) else x
+
+            def make_hook(module):
+                def hook(mod, args, kwargs):
+                    if next(mod.parameters()).device != dev:
+                        for other in movable:
+                            if other is not mod and next(other.parameters()).device.type != "cpu":
+                                other.to("cpu")
+                        mod.to(dev)
+                    return tuple(to_dev(a) for a in args), {k: to_dev(v) for k, v in kwargs.items()}
+                return hook
+
+            for m in movable:
+                m.register_forward_pre_hook(make_hook(m), with_kwargs=True)
+
+    return _Offloaded
+
+
+class _LazyOffloaded:
+    cls = None
+
+    def __call__(self, *a, **k):
+        if _LazyOffloaded.cls is None:
+            _LazyOffloaded.cls = _make_offloaded_class()
+        return _LazyOffloaded.cls(*a, **k)
+
+
+OffloadedWanPipeline = _LazyOffloaded()
 
 
 def _load_path(spec: PresetSpec, runtime: "Runtime") -> "WanPipeline":
@@ -345,7 +411,13 @@ def _load_path(spec: PresetSpec, runtime: "Runtime") -> "WanPipeline":
     vae = AutoencoderKLWan.from_pretrained(spec.path, subfolder="vae", torch_dtype=torch.float32,
                                            local_files_only=True)
     pipe = WanPipeline.from_pretrained(spec.path, vae=vae, torch_dtype=runtime.torch_dtype, local_files_only=True)
-    pipe.to(runtime.device)
+    if runtime.offload:
+        OffloadedWanPipeline(**pipe.components)  # make sure the class exists
+        pipe.__class__ = _LazyOffloaded.cls
+        pipe.vae.to(runtime.device)
+        pipe.enable_offload(runtime.device)
+    else:
+        pipe.to(runtime.device)
     for m in (pipe.transformer, pipe.transformer_2, pipe.text_encoder, pipe.vae):
         if m is not None:
             m.eval().requires_grad_(False)
@@ -353,11 +425,11 @@ def _load_path(spec: PresetSpec, runtime: "Runtime") -> "WanPipeline":
 
 
 @functools.lru_cache(maxsize=3)
-def _cached_pipeline(preset: str, device: str, dtype: str, weights_seed: int) -> "WanPipeline":
+def _cached_pipeline(preset: str, device: str, dtype: str, weights_seed: int, offload: bool = False) -> "WanPipeline":
     from models.request import Runtime
 
     spec = preset_spec(preset)
-    runtime = Runtime(device=device, dtype=dtype)
+    runtime = Runtime(device=device, dtype=dtype, offload=offload)
     pipe = _build_random(spec, runtime, weights_seed) if spec.is_random else _load_path(spec, runtime)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -371,7 +443,7 @@ def build_pipeline(preset: str, runtime: "Runtime | None" = None, weights_seed: 
     preset_spec(preset)  # a clear error for unknown names before any work
     if weights_seed < 0:
         raise ValueError(f"weights_seed must be >= 0, got {weights_seed}")
-    return _cached_pipeline(preset, runtime.device, runtime.dtype, weights_seed)
+    return _cached_pipeline(preset, runtime.device, runtime.dtype, weights_seed, runtime.offload)
 
 
 def weights_digest(module) -> str:

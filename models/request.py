@@ -169,6 +169,11 @@ class Runtime(BaseModel):
     deterministic: bool = Field(True, description="torch.use_deterministic_algorithms and cuDNN determinism")
     compile: bool = Field(False, description="torch.compile the transformers")
     tf32: bool = Field(False, description="allow TF32 matrix products and convolutions on the GPU")
+    offload: bool = Field(
+        False,
+        description="keep the text encoder and the experts in host memory and move each to the device only "
+        "while it runs (A14B: 73 GB of weights do not fit an 80 GB card with activations)",
+    )
 
     @field_validator("device")
     @classmethod

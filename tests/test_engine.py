@@ -115,3 +115,10 @@ def test_bad_resume_and_capture_arguments(base):
 
     with pytest.raises(ValueError, match="solver state"):
         generate(REQ, resume_from=Checkpoint(step=1, latents=base.latents["step:0"], solver=None))
+
+
+def test_offloaded_pipeline_gives_the_same_result(base):
+    from models.request import Runtime
+
+    off = generate(REQ, Runtime(offload=True), capture=("init", "step:0", "switch", "step:2", "final"))
+    assert off.sha256 == base.sha256
