@@ -1,0 +1,48 @@
+"""Run the validation experiment without Prefect (same functions the flow wires), e.g. on a GPU
+machine that has no Prefect installed:
+
+    python benchmarks/run_experiment.py --preset small --prompts 6 --device cuda --out runs/small-gpu
+
+Prints the verdict table and the wall time per stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--offload", action="store_true")
+    ap.add_argument("--out", default="runs/direct")
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    args = ap.parse_args()
+    from sim import experiment as ex
+
+    params = ex.ExperimentParams(preset=args.preset, prompts=args.prompts, out=args.out, request={"steps": args.steps},
+                                 bootstrap=args.bootstrap,
+                                 validator_runtime={"device": args.device, "offload": args.offload})
+    t0 = time.perf_counter()
+    ex.open_run(params)
+    prompts = ex.load_prompts(params)
+    for i, p in enumerate(prompts):
+        t = time.perf_counter()
+        ex.run_prompt(params, i, p, len(prompts))
+        print(f"prompt {i}: {time.perf_counter() - t:.1f} s", flush=True)
+    t_gen = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    summary = ex.analyse(params, len(prompts))
+    t_an = time.perf_counter() - t1
+    for row in summary["verdicts"]:
+        print(json.dumps(row))
+    print(f"generation+scoring {t_gen:.1f} s, statistics+report {t_an:.1f} s, report {summary['report']}")
+
+
+if __name__ == "__main__":
+    main()
