@@ -17,10 +17,13 @@ import numpy as np
 CODEC_SETTINGS: dict[str, Any] = {
     "codec": "libx264",
     "pix_fmt": "yuv420p",
-    # x264's own thread count must be pinned through x264-params: the codec-level thread option
-    # alone left the output varying from run to run.
-    "options": {"crf": "12", "preset": "medium", "tune": "film", "flags": "+bitexact",
-                "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0"},
+    # Constant QP, one x264 thread (pinned through x264-params: the codec-level thread option alone
+    # left the output varying), no psychovisual RD and no macroblock tree: with CRF rate control and
+    # psy-rd, x264 produced one of two byte streams for the same frames depending on what had run
+    # earlier in the process (measured: 1-4 of 12 encodes inside a generation loop under load);
+    # constant QP without psy-rd/mbtree gave a single stream in every trial.
+    "options": {"qp": "12", "preset": "medium", "flags": "+bitexact",
+                "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0:psy=0:mbtree=0"},
     "container": "mp4",
     "container_options": {"fflags": "+bitexact"},
 }

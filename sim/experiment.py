@@ -126,10 +126,14 @@ class ExperimentParams(BaseModel):
 
     @model_validator(mode="after")
     def _check_request(self):
+        from pydantic import ValidationError
+
         try:
             self.base_request("p", 0)
-        except Exception as err:  # pydantic ValidationError or ValueError
-            raise ValueError(f"request: {err}") from None
+        except ValidationError as err:
+            detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'model'}: {e['msg'].removeprefix('Value error, ')}"
+                               for e in err.errors())
+            raise ValueError(f"request: {detail}") from None
         if isinstance(self.prompts, int) and self.prompts < 2:
             raise ValueError(f"prompts: a count must be >= 2 (one calibration and one test prompt), got {self.prompts}")
         return self
