@@ -58,6 +58,13 @@ def register(app: typer.Typer) -> None:
                 params = ExperimentParams(**fields)
         except ValidationError as err:
             fail(pydantic_message(err))
+        from sim.experiment import load_prompts, open_run
+
+        try:  # refuse a mismatched run directory or a bad prompt file before any work starts
+            open_run(params)
+            load_prompts(params)
+        except ExperimentError as err:
+            fail(str(err))
         from flows.experiment import experiment_flow
 
         try:
@@ -67,9 +74,9 @@ def register(app: typer.Typer) -> None:
         t = Table(title=f"Best policy per malign deviation (held-out prompts), {params.preset}")
         cols = list(summary["verdicts"][0]) if summary["verdicts"] else []
         for c in cols:
-            t.add_column(c)
+            t.add_column(c, overflow="fold")
         for row in summary["verdicts"]:
             t.add_row(*(str(row[c]) for c in cols))
-        console = Console()
+        console = Console(width=max(160, Console().width))
         console.print(t)
         console.print(f"report: {summary['report']}")

@@ -13,7 +13,18 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from sim import experiment as ex
 
 
-@task(name="open-run", retries=2, retry_delay_seconds=1, cache_policy=NONE)  # I/O only
+def _io_error(task, task_run, state) -> bool:
+    """Retry only on I/O errors; a bad parameter or a model error is final."""
+    try:
+        state.result()
+    except OSError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(name="open-run", retries=2, retry_delay_seconds=1, retry_condition_fn=_io_error, cache_policy=NONE)
 def open_run(params: ex.ExperimentParams) -> list[str]:
     ex.open_run(params)
     return ex.load_prompts(params)
@@ -27,7 +38,8 @@ def generate_and_score(params: ex.ExperimentParams, prompt_id: int, prompt: str,
     return len(ex.run_prompt(params, prompt_id, prompt, n_prompts, on_generation=on_generation))
 
 
-@task(name="statistics-and-report", retries=2, retry_delay_seconds=1, cache_policy=NONE)
+@task(name="statistics-and-report", retries=2, retry_delay_seconds=1, retry_condition_fn=_io_error,
+      cache_policy=NONE)
 def analyse(params: ex.ExperimentParams, n_prompts: int) -> dict[str, Any]:
     return ex.analyse(params, n_prompts)
 
