@@ -25,7 +25,7 @@ def main() -> None:
     args = ap.parse_args()
     from sim import experiment as ex
 
-    params = ex.ExperimentParams(preset=args.preset, prompts=args.prompts, out=args.out, request={"steps": args.steps},
+    params = ex.ExperimentParams(preset=args.preset, prompts=args.prompts, out=args.out, request={"steps": args.steps, "truncate_prompt": True},
                                  bootstrap=args.bootstrap,
                                  validator_runtime={"device": args.device, "offload": args.offload})
     t0 = time.perf_counter()

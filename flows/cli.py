@@ -3,7 +3,13 @@ commands, so `t2vsim --help` stays fast."""
 
 from __future__ import annotations
 
+import os
+
 import typer
+
+# A local Prefect server started on demand must not try to reach the network.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
 
 from flows.cli_generate import register as _register_generate
 

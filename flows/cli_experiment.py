@@ -20,6 +20,7 @@ def register(app: typer.Typer) -> None:
         metric: Optional[List[str]] = typer.Option(None, help="frame metric of the full policy (repeat)"),
         policy: Optional[List[str]] = typer.Option(None, help="full, checkpoint, fingerprint, segment (repeat)"),
         steps: int = typer.Option(8, help="denoising steps of every request"),
+        truncate_prompt: bool = typer.Option(True, help="truncate prompts over the text encoder's limit (recorded)"),
         seed: int = typer.Option(0, help="run seed"),
         fingerprint_k: int = typer.Option(32, help="fingerprint dimensions"),
         bootstrap: int = typer.Option(1000, help="bootstrap resamples"),
@@ -44,7 +45,7 @@ def register(app: typer.Typer) -> None:
                     fail(f"config: cannot read {config}: {err}")
             else:
                 fields = dict(preset=preset, prompts=int(prompts) if prompts.isdigit() else prompts, out=str(out),
-                              request={"steps": steps}, seed=seed, fingerprint_k=fingerprint_k, bootstrap=bootstrap,
+                              request={"steps": steps, "truncate_prompt": truncate_prompt}, seed=seed, fingerprint_k=fingerprint_k, bootstrap=bootstrap,
                               hwnoise_headline=hwnoise_headline,
                               validator_runtime={"device": device, "dtype": dtype})
                 if deviation:

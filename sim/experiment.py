@@ -58,8 +58,10 @@ class ExperimentParams(BaseModel):
     preset: str = Field("tiny", description="model preset of every generation")
     prompts: int | str = Field(20, description="a count (a seeded sample of the bundled VBench set), "
                                                "'vbench' (all 946), or a path to a file with one prompt a line")
-    request: dict[str, Any] = Field(default_factory=lambda: {"steps": 8},
-                                    description="overrides of the preset's request defaults (e.g. steps, width)")
+    request: dict[str, Any] = Field(default_factory=lambda: {"steps": 8, "truncate_prompt": True},
+                                    description="overrides of the preset's request defaults (e.g. steps, width); "
+                                                "prompts over the text encoder's limit (tiny: 64 byte tokens) are "
+                                                "truncated and each generation records it")
     deviations: tuple[str, ...] = Field(BENIGN_DEFAULT + MALIGN_DEFAULT,
                                         description="deviation specs or import paths (benign and malign)")
     hwnoise_eps: tuple[float, ...] = Field(DEFAULT_HWNOISE_EPS,
