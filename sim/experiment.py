@@ -284,10 +284,15 @@ def run_prompt(params: ExperimentParams, prompt_id: int, prompt: str, n_prompts:
             return pd.read_parquet(score_file)
         except Exception:
             score_file.unlink()  # truncated by a kill: redo
+    import time
+
     request = params.base_request(prompt, prompt_id)
     gdir = run / "gens" / f"p{prompt_id:04d}"
     rt = params.validator_runtime
+    timing = {"generation": 0.0, "validator_replay": 0.0, "scoring": 0.0}
+    t0 = time.perf_counter()
     canonical = load_or_generate(gdir / "canonical", request, rt, None, 0, params.capture)
+    timing["generation"] += time.perf_counter() - t0
     if on_generation:
         on_generation("canonical")
     ctx = ValidationContext(runtime=rt, fingerprint_k=params.fingerprint_k, fingerprint_seed=params.seed,
@@ -298,14 +303,19 @@ def run_prompt(params: ExperimentParams, prompt_id: int, prompt: str, n_prompts:
     rows = []
     for spec in params.all_deviations():
         rseed = run_seed_of(prompt_id, spec, params)
+        t0 = time.perf_counter()
         gen = load_or_generate(gdir / slug(spec), request, rt, spec, rseed, params.capture)
+        timing["generation"] += time.perf_counter() - t0
         if on_generation:
             on_generation(spec)
         claim = Claim(request=request, sha256=gen.sha256, directory=gdir / slug(spec))
         eps = float(spec.split(":", 1)[1]) if spec.startswith("hwnoise:") else 0.0
         size = _final_rel_l2(canonical, gen)
         for policy in policies:
+            t0, r0 = time.perf_counter(), ctx.replay_seconds
             res = policy.score(claim, ctx)
+            timing["validator_replay"] += ctx.replay_seconds - r0
+            timing["scoring"] += time.perf_counter() - t0 - (ctx.replay_seconds - r0)
             for metric, score in res.scores.items():
                 rows.append({
                     "run_id": run.name, "preset": params.preset, "prompt_id": prompt_id, "prompt": prompt,
@@ -317,6 +327,7 @@ def run_prompt(params: ExperimentParams, prompt_id: int, prompt: str, n_prompts:
                 })
     df = pd.DataFrame(rows)
     score_file.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(score_file.with_suffix(".timing.json"), json.dumps(timing))
     fd, tmp = tempfile.mkstemp(prefix=f".{score_file.name}.", dir=score_file.parent)
     os.close(fd)
     df.to_parquet(tmp, index=False)
@@ -364,7 +375,10 @@ def analyse(params: ExperimentParams, n_prompts: int) -> dict[str, Any]:
     from sim.report import write_report
     from sim.stats import choose_thresholds, compute_stats
 
+    import time
+
     run = Path(params.out)
+    t0 = time.perf_counter()
     df = collect_scores(params, n_prompts)
     benign_eps = params.hwnoise_headline if params.hwnoise_headline is not None else None
     stats = compute_stats(df, n_boot=params.bootstrap, seed=params.seed, benign_eps=benign_eps)
@@ -375,9 +389,23 @@ def analyse(params: ExperimentParams, n_prompts: int) -> dict[str, Any]:
     summary["n_prompts"] = n_prompts
     _atomic_write(run / "summary.json", json.dumps(summary, indent=1, default=str))
     html, md = write_report(run, df, json.loads(params.model_dump_json()), stats=stats)
+    timing = stage_seconds(params, n_prompts)
+    timing["statistics_and_report"] = time.perf_counter() - t0
+    _atomic_write(run / "timing.json", json.dumps(timing, indent=1))
     verdicts = verdict_rows(stats)
     return {"report": str(html), "markdown": Path(md).read_text(), "verdicts": verdicts,
-            "n_rows": int(len(df)), "run": str(run)}
+            "n_rows": int(len(df)), "run": str(run), "timing": timing}
+
+
+def stage_seconds(params: ExperimentParams, n_prompts: int) -> dict[str, float]:
+    """Wall seconds per stage summed over prompts (as last computed; a resumed prompt keeps its own)."""
+    total = {"generation": 0.0, "validator_replay": 0.0, "scoring": 0.0}
+    for i in range(n_prompts):
+        f = Path(params.out) / "scores" / f"p{i:04d}.timing.json"
+        if f.exists():
+            for k, v in json.loads(f.read_text()).items():
+                total[k] = total.get(k, 0.0) + v
+    return total
 
 
 def verdict_rows(stats) -> list[dict[str, Any]]:

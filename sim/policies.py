@@ -65,6 +65,7 @@ class ValidationContext:
 
     runtime: Runtime = field(default_factory=Runtime)
     replays: dict[str, Any] = field(default_factory=dict)  # request key -> Generation
+    replay_seconds: float = 0.0  # wall time spent regenerating (the rest of a policy's time is scoring)
     fingerprint_k: int = 32
     fingerprint_seed: int = 0
     metrics: tuple[str, ...] = ("ssim", "psnr", "gmsd", "haarpsi")
@@ -73,12 +74,22 @@ class ValidationContext:
 
     def replay(self, request: GenerationRequest):
         """The validator's own generation of the request (cached by request)."""
-        from models.engine import generate
-
         key = request.key()
         if key not in self.replays:
-            self.replays[key] = generate(request, self.runtime)
+            self.replays[key] = self.run(request)
         return self.replays[key]
+
+    def run(self, request: GenerationRequest, **kwargs):
+        """A validator generation (timed as replay, not scoring)."""
+        import time
+
+        from models.engine import generate
+
+        t0 = time.perf_counter()
+        try:
+            return generate(request, self.runtime, **kwargs)
+        finally:
+            self.replay_seconds += time.perf_counter() - t0
 
 
 def _checkpoints_or_none(claim: Claim):
@@ -173,8 +184,6 @@ class CheckpointReplay(ValidationPolicy):
         return "rel_l2.max"
 
     def score(self, claim, ctx):
-        from models.engine import generate
-
         cks, err = _checkpoints_or_none(claim)
         if cks is None:
             return PolicyResult({"rel_l2.max": INF, "cosine.max": INF}, 0.0, 0, reason=err)
@@ -186,7 +195,7 @@ class CheckpointReplay(ValidationPolicy):
         last = max(at.values())
         # Continue from the executor's latent after every checkpoint but the last one.
         substitute = {at[n]: cks[n].latents for n in names if 0 <= at[n] < last}
-        run = generate(claim.request, ctx.runtime, capture=names, substitute=substitute, decode=False)
+        run = ctx.run(claim.request, capture=names, substitute=substitute, decode=False)
         pairs = {}
         for n in names:
             ref = run.latents[n] if n != "init" else run.latents["init"]
@@ -237,7 +246,7 @@ class SegmentReplay(ValidationPolicy):
         return pairs[int.from_bytes(h[:8], "little") % len(pairs)]
 
     def score(self, claim, ctx):
-        from models.engine import Checkpoint, forward_passes, generate, initial_noise
+        from models.engine import Checkpoint, forward_passes, initial_noise
         from sim.metrics import rel_l2
 
         keys = ("rel_l2.end", "cosine.end", "rel_l2.start")
@@ -259,7 +268,7 @@ class SegmentReplay(ValidationPolicy):
             scores["rel_l2.start"] = 0.0
         if at[b] <= at[a]:
             return PolicyResult({k: INF for k in keys}, 0.0, _latent_bytes(cks, True), reason="empty segment")
-        run = generate(claim.request, ctx.runtime, capture=(b,),
+        run = ctx.run(claim.request, capture=(b,),
                        resume_from=Checkpoint(step=at[a], latents=start.latents, solver=start.solver),
                        stop_after=at[b], decode=False)
         from sim.metrics import score_latents
