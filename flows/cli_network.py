@@ -17,7 +17,8 @@ def _fail(message: str) -> None:
 
 
 def _params(run_dir, fidelity, epochs, requests, blocks, honest, malicious, deviation, cheat_rate, policy, metric,
-            threshold, seed, preset, sampling_hash, config):
+            threshold, seed, preset, sampling_hash, config, weights=None, poc_fidelity=None, poc_strategy=None,
+            poc_cheaters=0, poc_cheat=None, poc_nonces=None, score_draw=None):
     import json
 
     from pydantic import ValidationError
@@ -26,13 +27,24 @@ def _params(run_dir, fidelity, epochs, requests, blocks, honest, malicious, devi
 
     try:
         data = json.loads(Path(config).read_text()) if config else {}
-        hosts = [ExecutorGroup(count=honest)]
+        if poc_cheaters > honest:
+            raise ValueError(f"poc_cheaters ({poc_cheaters}) must be <= honest ({honest}): they are honest hosts "
+                             "that cheat in the PoC stage only")
+        hosts = []
+        if honest - poc_cheaters:
+            hosts.append(ExecutorGroup(count=honest - poc_cheaters))
+        if poc_cheaters:
+            hosts.append(ExecutorGroup(count=poc_cheaters, poc_strategy=poc_cheat or "inflate:2"))
         if malicious:
-            hosts.append(ExecutorGroup(count=malicious, strategy="malicious", deviation=deviation, cheat_rate=cheat_rate))
+            hosts.append(ExecutorGroup(count=malicious, strategy="malicious", deviation=deviation, cheat_rate=cheat_rate,
+                                       poc_strategy=poc_strategy or "honest"))
         data.setdefault("hosts", hosts)
+        if weights is None and (poc_cheaters or (poc_strategy or "honest") != "honest"):
+            weights = "poc"  # a PoC strategy only means something in a PoC stage
         for k, v in dict(run_dir=run_dir, fidelity=fidelity, epochs=epochs, requests_per_epoch=requests,
                          blocks_per_epoch=blocks, policy=policy, metric=metric, threshold=threshold, seed=seed,
-                         preset=preset, sampling_hash=sampling_hash).items():
+                         preset=preset, sampling_hash=sampling_hash, weights_source=weights, poc_fidelity=poc_fidelity,
+                         poc_nonces=poc_nonces, score_draw=score_draw).items():
             if v is not None:
                 data[k] = v
         if data.get("fidelity") == "real" and "mix" not in data and data.get("preset", "tiny").startswith("tiny"):
@@ -58,7 +70,7 @@ def _table(df, title: str, columns: list[str] | None = None):
 
 
 EPOCH_COLUMNS = ["epoch", "requests", "units", "mean_unit_price_ngonka", "validations", "cheats", "cheats_caught",
-                 "cheats_missed", "false_rejections", "honest_mean_gain_gnk", "malicious_mean_gain_gnk",
+                 "cheats_missed", "false_rejections", "poc_rejected", "honest_mean_gain_gnk", "malicious_mean_gain_gnk",
                  "malicious_became_invalid", "statuses"]
 
 
@@ -86,6 +98,17 @@ def register(app: typer.Typer) -> None:
         preset: Optional[str] = typer.Option(None, help="model preset (real fidelity: tiny on a CPU)"),
         seed: int = typer.Option(0, help="run seed"),
         sampling_hash: Optional[str] = typer.Option(None, help="sha256 (Gonka) or splitmix64 (fast)"),
+        score_draw: Optional[str] = typer.Option(None, help="surrogate: per_inference (validators of an inference "
+                                                 "share its measured score; default) or per_validation"),
+        weights: Optional[str] = typer.Option(None, help="epoch weights: capacity (default) or poc (a sim.poc stage "
+                                              "each epoch; implied by --poc-strategy/--poc-cheaters)"),
+        poc_fidelity: Optional[str] = typer.Option(None, help="PoC stage fidelity: surrogate (default) or real"),
+        poc_strategy: Optional[str] = typer.Option(None, help="PoC strategy of the malicious hosts (honest, fp8, "
+                                                   "int4, one-expert, fabricate:F, inflate:X, duplicate:K, copy:HOST)"),
+        poc_cheaters: int = typer.Option(0, help="of the honest hosts, how many cheat in the PoC stage only"),
+        poc_cheat: Optional[str] = typer.Option(None, help="PoC strategy of those hosts (default inflate:2)"),
+        poc_nonces: Optional[int] = typer.Option(None, help="nonces per PoC stage for a host of the reference speed "
+                                                 "(default 1000)"),
         db: Optional[str] = typer.Option(None, help="database URL or SQLite path (default OUT/chain.db)"),
         out: Path = typer.Option(Path("runs/network"), help="output directory"),
         config: Optional[Path] = typer.Option(None, help="JSON file with NetworkParams fields"),
@@ -94,16 +117,17 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         p = _params(run_dir and str(run_dir), fidelity, epochs, requests, blocks, honest, malicious, deviation,
-                    cheat_rate, policy, metric, threshold, seed, preset, sampling_hash, config)
+                    cheat_rate, policy, metric, threshold, seed, preset, sampling_hash, config, weights, poc_fidelity,
+                    poc_strategy, poc_cheaters, poc_cheat, poc_nonces, score_draw)
         if out.exists() and (out / "chain.db").exists() and db is None:
             _fail(f"{out / 'chain.db'} already exists; choose another --out or --db")
         from flows.network import network_flow
         from sim.chain import ChainDatabaseError
-        from sim.network import RunDirError, SurrogateBackend
+        from sim.network import RunDirError
 
         try:
             if p.fidelity == "surrogate":  # fail fast, before any flow starts
-                backend = SurrogateBackend(p.run_dir, p.policy, p.metric, p.threshold, p.score_split)
+                backend = p.surrogate_backend()
                 for g in p.hosts:
                     if g.deviation:
                         backend.check_deviation(g.deviation)
@@ -112,6 +136,10 @@ def register(app: typer.Typer) -> None:
             _fail(str(err))
         con = Console()
         con.print(_table(res["epochs"], "Per-epoch results", EPOCH_COLUMNS))
+        if res.get("poc") is not None:
+            poc = res["poc"].groupby(["epoch", "poc_strategy"]).agg(
+                hosts=("host", "count"), accepted=("accepted", "sum"), mean_weight=("weight", "mean")).reset_index()
+            con.print(_table(poc, "PoC stage per epoch and strategy"))
         con.print(f"{res['blocks']} blocks, {res['messages']} messages in {res['seconds']:.1f} s; tables in {out}")
 
     @net.command()
@@ -123,23 +151,28 @@ def register(app: typer.Typer) -> None:
         policy: str = typer.Option("full", help="validation policy"),
         metric: Optional[str] = typer.Option(None, help="metric"),
         threshold: Optional[float] = typer.Option(None, help="override the calibrated threshold"),
+        score_draw: Optional[str] = typer.Option(None, help="per_inference (default) or per_validation"),
+        out: Optional[Path] = typer.Option(None, help="also write the table as Parquet"),
     ):
         """Per cheating strategy: compute saving, catch chance per epoch, expected profit vs honest."""
         from rich.console import Console
 
-        from sim.network import SurrogateBackend
-        from sim.network.economics import setting_from, strategy_table
-
         from sim.network import ExecutorGroup, NetworkParams
+        from sim.network.economics import setting_from, strategy_table
 
         try:
             p = NetworkParams(run_dir=str(run_dir), requests_per_epoch=requests, policy=policy, metric=metric,
-                              threshold=threshold, hosts=(ExecutorGroup(count=honest + malicious),))
-            b = SurrogateBackend(run_dir, policy, metric, threshold, p.score_split)
+                              threshold=threshold, hosts=(ExecutorGroup(count=honest + malicious),),
+                              **({"score_draw": score_draw} if score_draw else {}))
+            b = p.surrogate_backend()
         except ValueError as err:
             _fail(str(err))
         tab = strategy_table({d: b.fail_rate(d) for d in b.malign}, b.executor_share, b.fail_rate(None), p.chain,
                              setting_from(p))
+        if out:
+            from flows.network import _write_parquet
+
+            _write_parquet(tab, out)
         Console().print(_table(tab, f"Does cheating pay? ({b.policy}/{b.metric}, threshold {b.threshold:.4g})",
                                ["strategy", "cheat_rate", "compute_saving", "q_fail", "p_checked", "p_invalid_epoch",
                                 "profit_ngonka", "gain_vs_honest_ngonka", "pays"]))

@@ -32,14 +32,15 @@ def simulate(params_json: str, db_url: str) -> dict:
 
     params = NetworkParams.model_validate_json(params_json)
     res = run_network(params, db_url)
-    return {"epochs": res.epochs, "hosts": res.hosts, "seconds": res.seconds, "blocks": res.blocks,
-            "messages": res.messages}
+    return {"epochs": res.epochs, "hosts": res.hosts, "poc": res.extra.get("poc"), "seconds": res.seconds,
+            "blocks": res.blocks, "messages": res.messages}
 
 
 @flow(name="network-epochs")
 def network_flow(params: dict[str, Any], out: str, db_url: str | None = None) -> dict:
-    """Run the network simulation, write epochs/hosts Parquet and params.json under `out`, and
-    publish the per-epoch table as Prefect artifacts."""
+    """Run the network simulation, write epochs/hosts Parquet (and poc.parquet when the weights
+    come from a PoC stage) and params.json under `out`, and publish the per-epoch table as Prefect
+    artifacts."""
     from sim.network import NetworkParams
     from sim.pricing import write_json_atomic
 
@@ -51,6 +52,10 @@ def network_flow(params: dict[str, Any], out: str, db_url: str | None = None) ->
     res = simulate(p.model_dump_json(), db_url)
     _write_parquet(res["epochs"], out_dir / "epochs.parquet")
     _write_parquet(res["hosts"], out_dir / "hosts.parquet")
+    if res.get("poc") is not None:
+        _write_parquet(res["poc"], out_dir / "poc.parquet")
+        create_table_artifact(key="network-poc", table=_records(res["poc"]),
+                              description="per epoch and host: PoC strategy, claimed count, mismatches, verdict, weight")
     create_table_artifact(key="network-epochs", table=_records(res["epochs"]),
                           description="per-epoch requests, units, price, validations, cheats caught/missed")
     create_markdown_artifact(key="network-summary", markdown=epochs_markdown(res["epochs"], res, db_url))
@@ -59,7 +64,8 @@ def network_flow(params: dict[str, Any], out: str, db_url: str | None = None) ->
 
 def epochs_markdown(epochs, res: dict, db_url: str) -> str:
     cols = ["epoch", "requests", "units", "mean_unit_price_ngonka", "validations", "cheats", "cheats_caught",
-            "cheats_missed", "false_rejections", "honest_mean_gain_gnk", "malicious_mean_gain_gnk", "statuses"]
+            "cheats_missed", "false_rejections", "poc_rejected", "honest_mean_gain_gnk", "malicious_mean_gain_gnk",
+            "statuses"]
     cols = [c for c in cols if c in epochs.columns]
     lines = ["# Network simulation", "", f"{res['blocks']} blocks, {res['messages']} messages, "
              f"{res['seconds']:.1f} s; chain: `{db_url}`", "", "| " + " | ".join(cols) + " |",
@@ -87,11 +93,11 @@ def calibration_flow(preset: str = "tiny", device: str = "cpu", dtype: str = "fl
 @flow(name="network-sweep")
 def sweep_flow(params: dict[str, Any], out: str) -> str:
     """Where does cheating stop paying? Sampling rate x threshold x slash fraction (tidy Parquet)."""
-    from sim.network import NetworkParams, SurrogateBackend
+    from sim.network import NetworkParams
     from sim.network.economics import setting_from, sweep
 
     p = NetworkParams.model_validate(params)
-    backend = SurrogateBackend(p.run_dir, p.policy, p.metric, p.threshold, p.score_split)
+    backend = p.surrogate_backend()
     rows = sweep(backend, p.chain, setting_from(p), seed=p.seed)
     path = _write_parquet(rows, Path(out))
     summary = rows.groupby(["strategy", "reward_share"])["pays"].mean().reset_index()

@@ -51,7 +51,8 @@ class SurrogateBackend:
     """Validation scores drawn from an experiment's measured distributions."""
 
     def __init__(self, run_dir: str | Path, policy: str = "full", metric: str | None = None,
-                 threshold: float | None = None, split: str = "test"):
+                 threshold: float | None = None, split: str = "test", benign_eps: "float | str | None" = "run",
+                 score_draw: str = "per_inference"):
         import pandas as pd
 
         root = Path(run_dir).expanduser()
@@ -79,9 +80,9 @@ class SurrogateBackend:
         df = df[df["policy"] == policy]
         metrics = sorted(df["metric"].unique())
         if metric is None:
-            if len(metrics) != 1:
+            metric = metrics[0] if len(metrics) == 1 else _primary_metric(root, policy)
+            if metric not in metrics:
                 raise RunDirError(f"policy {policy!r} has metrics {metrics}; choose one with metric=")
-            metric = metrics[0]
         if metric not in metrics:
             raise RunDirError(f"metric {metric!r} is not measured for policy {policy!r}; allowed: {metrics}")
         df = df[df["metric"] == metric]
@@ -89,16 +90,31 @@ class SurrogateBackend:
         if threshold is None:
             if key not in thresholds or "threshold" not in thresholds[key]:
                 raise RunDirError(f"{thr_path} has no threshold for {key!r}; keys: {sorted(thresholds)}")
+            if thresholds[key]["threshold"] is None:
+                usable = sorted(k for k, v in thresholds.items() if isinstance(v, dict) and v.get("threshold") is not None)
+                raise RunDirError(f"{thr_path}: the threshold of {key!r} is undetermined ({thresholds[key].get('rule')}); "
+                                  f"pass threshold= or choose one of {usable}")
             threshold = float(thresholds[key]["threshold"])
+        if score_draw not in ("per_inference", "per_validation"):
+            raise ValueError(f"score_draw must be 'per_inference' or 'per_validation', got {score_draw!r}")
+        benign_eps = _resolve_benign_eps(root, benign_eps)
         if split != "all":
             part = df[df["split"] == split]
             if part.empty:
                 raise RunDirError(f"{scores_path}: no rows with split {split!r} for {key}; use split='all'")
             df = part
         benign = df[df["kind"] == "benign"]
+        if benign_eps != "all" and "hwnoise_eps" in benign.columns:
+            hw = benign["deviation"].astype(str).str.startswith("hwnoise:")
+            keep = ~hw if benign_eps is None else (~hw | np.isclose(benign["hwnoise_eps"].astype(float),
+                                                                   float(benign_eps), rtol=1e-9, atol=0.0))
+            benign = benign[keep]
         if benign.empty:
-            raise RunDirError(f"{scores_path}: no benign rows for {key}: honest executors need them")
+            raise RunDirError(f"{scores_path}: no benign rows for {key} (benign_eps={benign_eps!r}): honest "
+                              "executors need them")
         self.run_dir, self.policy, self.metric, self.threshold, self.split = root, policy, metric, threshold, split
+        self.benign_eps, self.score_draw = benign_eps, score_draw
+        self._salt: int | None = None
         self.presets = sorted(df["preset"].unique())
         self.benign = benign["score"].to_numpy(float)
         self.benign_deviations = sorted(benign["deviation"].unique())
@@ -130,11 +146,67 @@ class SurrogateBackend:
         return Execution(shas, share)
 
     def validate(self, inference_ids, deviations, validators, rng: np.random.Generator):
+        """Scores of the given (inference, validator) pairs.
+
+        `per_inference` (default): an inference gets one measured row (a keyed draw from its
+        deviation's rows) and every validator of it sees that score, as deterministic replays of
+        one output do in the experiment (one score per prompt and deviation); `per_validation`:
+        every validation draws its own row (independent validators)."""
         n = len(inference_ids)
         scores = np.empty(n, float)
         devs = np.array([d or "" for d in deviations], dtype=object)
+        if self.score_draw == "per_inference" and self._salt is None:
+            self._salt = int(rng.integers(0, 2**62))
         for d in set(devs.tolist()):
             idx = np.nonzero(devs == d)[0]
             pool = self.scores_for(d or None)
-            scores[idx] = pool[rng.integers(0, len(pool), size=len(idx))]
+            if self.score_draw == "per_inference":
+                u = keyed_uniforms(self._salt, [inference_ids[i] for i in idx])
+                pick = np.minimum((u * len(pool)).astype(np.int64), len(pool) - 1)
+            else:
+                pick = rng.integers(0, len(pool), size=len(idx))
+            scores[idx] = pool[pick]
         return scores, ~(scores > self.threshold)
+
+
+def keyed_uniforms(salt: int, keys: Sequence[str]) -> np.ndarray:
+    """Uniforms in [0, 1) from SHA-256 of "salt:key" (the same key always gives the same value)."""
+    prefix = f"{salt}:".encode()
+    out = np.fromiter((int.from_bytes(hashlib.sha256(prefix + k.encode()).digest()[:8], "big") for k in keys),
+                      dtype=np.uint64, count=len(keys))
+    return out.astype(np.float64) / float(2**64)
+
+
+def _primary_metric(root: Path, policy: str) -> str | None:
+    """The policy's primary metric for the run's frame metrics (RUN/params.json), or None."""
+    from types import SimpleNamespace
+
+    try:
+        from sim.policies import get_policy
+
+        run = json.loads((root / "params.json").read_text())
+        return get_policy(policy).primary_metric(SimpleNamespace(metrics=tuple(run.get("metrics") or ())))
+    except Exception:  # no params.json, an unknown policy or metric list: the caller names the choices
+        return None
+
+
+def _resolve_benign_eps(root: Path, benign_eps):
+    """Which emulated-hardware-noise rows count as honest work: "run" reads the experiment's
+    `hwnoise_headline` from RUN/params.json (the class its thresholds were chosen on), "all" keeps
+    every hwnoise level, None none, a number that level."""
+    if benign_eps == "run":
+        pfile = root / "params.json"
+        if not pfile.is_file():
+            return "all"
+        try:
+            return json.loads(pfile.read_text()).get("hwnoise_headline", "all")
+        except json.JSONDecodeError as err:
+            raise RunDirError(f"{pfile}: not valid JSON ({err})") from None
+    if benign_eps == "all" or benign_eps is None:
+        return benign_eps
+    if isinstance(benign_eps, str) and benign_eps.lower() == "none":
+        return None
+    try:
+        return float(benign_eps)
+    except (TypeError, ValueError):
+        raise ValueError(f"benign_eps must be 'run', 'all', None or a number, got {benign_eps!r}") from None

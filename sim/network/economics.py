@@ -7,8 +7,11 @@ The model of one epoch for one host that receives `requests` requests and cheats
   equal-weight validators, P(checked) = 1 - (1 - P)^(n-1);
 - one validation fails with the measured rate q (malign rows of the experiment above the
   threshold; honest work: the benign rows' rate, i.e. the false-reject rate);
-- a failed validation opens a vote: the reporter and a committee of k, each failing with q; the
-  work is invalidated when the failing weight exceeds the quorum (equal weights);
+- a failed validation opens a vote: the reporter and a committee of k; the work is invalidated
+  when the failing weight exceeds the quorum (equal weights). With `correlated=True` (the
+  surrogate's default `score_draw="per_inference"`: every validator of an inference sees the same
+  measured score) the committee fails exactly when the reporter did, so P(invalidated) =
+  P(checked) x q; with `correlated=False` each member fails independently with q;
 - invalidated work earns nothing (refunded); the sequence of checked outcomes runs through the
   consecutive rule and the SPRT (Monte Carlo, `trials` paths); INVALID stops the host's work for
   the rest of the epoch, forfeits its epoch reward and slashes its collateral;
@@ -46,6 +49,7 @@ class Setting:
     gpu_cost_ngonka_per_second: float = 478.0  # 50% of the revenue per GPU-second at the base price
     collateral_ngonka: float = 1e12
     reward_ngonka: float = 323_000e9 / 10  # the epoch reward split over `hosts` equal weights
+    correlated: bool = True  # validators of one inference see one score (score_draw="per_inference")
 
 
 def p_checked(chain: ChainParams, s: Setting) -> tuple[float, float]:
@@ -65,7 +69,9 @@ def p_vote_invalid(q: float, chain: ChainParams) -> float:
 
 def p_invalidated(q: float, chain: ChainParams, s: Setting) -> float:
     """P(a request is invalidated) when one validation fails with probability q."""
-    per, _ = p_checked(chain, s)
+    per, checked = p_checked(chain, s)
+    if s.correlated:
+        return checked * q
     p_any_fail = 1.0 - (1.0 - per * q) ** (s.hosts - 1)
     return p_any_fail * p_vote_invalid(q, chain)
 
@@ -188,7 +194,8 @@ def setting_from(params, backend=None, host_share: float | None = None) -> Setti
     gpu_s = mean_units * pricing.unit_seconds
     revenue_per_s = price / pricing.unit_seconds
     collateral = float(np.mean([g.collateral_gnk for g in params.hosts for _ in range(g.count)])) * 1e9
-    return Setting(hosts=n, requests=max(1, int(round(params.requests_per_epoch * share))),
+    return Setting(correlated=params.score_draw == "per_inference",
+                   hosts=n, requests=max(1, int(round(params.requests_per_epoch * share))),
                    traffic=params.requests_per_epoch, reputation=0, revenue_per_request_ngonka=mean_units * price,
                    gpu_seconds_per_request=gpu_s, gpu_cost_ngonka_per_second=params.gpu_cost_fraction * revenue_per_s,
                    collateral_ngonka=collateral, reward_ngonka=chain.epoch_reward_ngonka(0) * share)

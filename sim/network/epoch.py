@@ -10,7 +10,8 @@ Order of one block (agents decide, the chain applies; `apply_block` is the only 
 3. the vote committees of validations that failed in the previous block re-validate and vote;
 4. requesters submit the block's new requests to executors chosen by PoC weight;
 5. at the epoch's last block: `EndEpoch` (rewards by weight, reputation), then the next epoch's
-   PoC weights (`weights_fn`).
+   PoC weights (`weights_fn`: capacity weights, or sim.poc's stage with each group's PoC
+   strategy when `weights_source="poc"`, its commits and verdicts recorded on chain).
 
 Requests arrive in the first blocks of an epoch (all finish before it ends); payment, votes and
 expiry may run into the next epoch. After the last epoch the chain runs until every inference is
@@ -50,7 +51,17 @@ class Host:
     gpu_type: str
 
 
-WeightsFn = Callable[[int, Sequence[Host], int], dict[str, int]]
+@dataclass
+class EpochWeights:
+    """The outcome of an epoch's PoC stage: weights, plus the PoC messages recorded on chain
+    before them and one report row per host."""
+
+    weights: dict[str, int]
+    messages: list = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
+
+
+WeightsFn = Callable[[int, Sequence[Host], int], "dict[str, int] | EpochWeights"]
 
 
 def capacity_weights(epoch: int, hosts: Sequence[Host], seed: int) -> dict[str, int]:
@@ -59,21 +70,62 @@ def capacity_weights(epoch: int, hosts: Sequence[Host], seed: int) -> dict[str, 
     return {h.id: max(1, int(round(1000.0 / h.seconds_per_unit * 0.1))) for h in hosts}
 
 
-def poc_stage_weights(fidelity: str = "surrogate", preset: str = "tiny", nonces_per_unit_rate: float = 20.0,
-                      strategies: dict[str, str] | None = None) -> WeightsFn:
-    """PoC weights from sim.poc's stage (issue 5): each host computes nonces in proportion to its
-    capacity; `strategies` maps host ids to a PoC strategy (default honest)."""
+def poc_stage_weights(fidelity: str = "surrogate", preset: str = "tiny", nonces: int = 1_000,
+                      strategies: dict[str, str] | None = None, poc_params=None,
+                      reference_seconds_per_unit: float | None = None) -> WeightsFn:
+    """PoC weights from sim.poc's stage (issue 5), run at the start of every epoch.
 
-    def weights(epoch: int, hosts: Sequence[Host], seed: int) -> dict[str, int]:
+    A host computes `nonces x reference_seconds_per_unit / seconds_per_unit` nonces (the reference
+    is the pricing unit's GPU), behaves as `strategies[host id]` (a sim.poc strategy spec, default
+    honest), and gets weight = accepted count x weight_per_nonce (0 when the stage rejects it). The
+    commitments and verdicts go on chain (`PocCommitMsg`, `PocValidationMsg`) before the weights;
+    the stage's single validator is recorded under the next host in id order (validator of record)."""
+    from sim.chain.params import ChainParams
+
+    ref = reference_seconds_per_unit or ChainParams().pricing.unit_seconds
+
+    def weights(epoch: int, hosts: Sequence[Host], seed: int) -> EpochWeights:
+        from sim.chain import PocCommitMsg, PocValidationMsg
+        from sim.poc.params import PocParams
         from sim.poc.stage import PocParticipant, public_key_for, run_poc_stage
 
-        parts = [PocParticipant(h.id, public_key_for(h.id, seed), max(1, int(round(
-            nonces_per_unit_rate * 0.1 / h.seconds_per_unit))), (strategies or {}).get(h.id, "honest")) for h in hosts]
+        strat = strategies or {}
+        parts = [PocParticipant(h.id, public_key_for(h.id, seed), max(1, int(round(nonces * ref / h.seconds_per_unit))),
+                                strat.get(h.id, "honest")) for h in hosts]
         block_hash = hashlib.sha256(f"t2vsim/network/{seed}/epoch{epoch}".encode()).hexdigest()
-        res = run_poc_stage(parts, block_hash=block_hash, fidelity=fidelity, preset=preset, seed=seed + epoch)
-        return {pid: int(round(w)) for pid, w in res.weights.items()}
+        res = run_poc_stage(parts, block_hash=block_hash, params=poc_params or PocParams(), fidelity=fidelity,
+                            preset=preset, seed=seed + epoch)
+        ids = [h.id for h in hosts]
+        msgs: list = []
+        rows = []
+        for k, h in enumerate(hosts):
+            c, v = res.commitments[h.id], res.verdicts[h.id]
+            msgs.append(PocCommitMsg(id=f"poc:{epoch}:commit:{h.id}", epoch=epoch, participant=h.id,
+                                     merkle_root=c.root.hex(), nonce_count=int(c.count)))
+            msgs.append(PocValidationMsg(id=f"poc:{epoch}:validation:{h.id}", epoch=epoch,
+                                         validator=ids[(k + 1) % len(ids)], participant=h.id, sampled=int(v.sampled),
+                                         mismatches=int(v.mismatches), accepted=bool(v.accepted)))
+            rows.append(dict(epoch=epoch, host=h.id, poc_strategy=res.strategies[h.id], count=int(c.count),
+                             nonces_computed=int(res.nonces_computed[h.id]), sampled=int(v.sampled),
+                             mismatches=int(v.mismatches), p_value=float(v.p_value), accepted=bool(v.accepted),
+                             reason=v.reason, weight=int(round(res.weights[h.id]))))
+        return EpochWeights({pid: int(round(w)) for pid, w in res.weights.items()}, msgs, rows)
 
     return weights
+
+
+def weights_fn_from(params: NetworkParams) -> WeightsFn:
+    """The weights function `params.weights_source` names."""
+    if params.weights_source == "capacity":
+        return capacity_weights
+    strategies = {}
+    k = 0
+    for g in params.hosts:
+        for _ in range(g.count):
+            strategies[f"host{k:03d}"] = g.poc_strategy
+            k += 1
+    return poc_stage_weights(params.poc_fidelity, params.poc_preset, params.poc_nonces, strategies, params.poc,
+                             params.chain.pricing.unit_seconds)
 
 
 def splitmix_draws(seed: int, numbers: np.ndarray) -> np.ndarray:
@@ -103,11 +155,10 @@ class NetworkSimulation:
                  backend: Backend | None = None):
         self.p = params
         self.db_url = db_url
-        self.weights_fn = weights_fn or capacity_weights
+        self.weights_fn = weights_fn or weights_fn_from(params)
         if backend is None:
             if params.fidelity == "surrogate":
-                backend = SurrogateBackend(params.run_dir, params.policy, params.metric, params.threshold,
-                                           params.score_split)
+                backend = params.surrogate_backend()
             else:
                 from sim.network.real import RealBackend
 
@@ -143,6 +194,7 @@ class NetworkSimulation:
         self.n_blocks = 0
         self.epoch = 0
         self.invalid_events: list[tuple[int, str]] = []
+        self.poc_rows: list[dict] = []
         self._counter = 0
 
     # ---- chain helpers ---------------------------------------------------------------------
@@ -180,11 +232,14 @@ class NetworkSimulation:
         self.start_balance = {pid: p["balance_ngonka"] + p["collateral_ngonka"] for pid, p in self._participants().items()}
 
     def _start_epoch(self, epoch: int) -> None:
-        self.weights = {k: int(v) for k, v in self.weights_fn(epoch, self.hosts, self.p.seed).items()}
+        out = self.weights_fn(epoch, self.hosts, self.p.seed)
+        ew = out if isinstance(out, EpochWeights) else EpochWeights(dict(out))
+        self.weights = {k: int(v) for k, v in ew.weights.items()}
         unknown = set(self.weights) - set(self.by_id)
         if unknown:
             raise ValueError(f"weights_fn returned unknown participants {sorted(unknown)[:5]}")
-        rep = self._apply([SetWeights(id=f"weights:{epoch}", epoch=epoch, weights=self.weights)])
+        self.poc_rows.extend(ew.rows)
+        rep = self._apply([*ew.messages, SetWeights(id=f"weights:{epoch}", epoch=epoch, weights=self.weights)])
         if rep.rejected:
             raise RuntimeError(f"weights rejected: {rep.rejected}")
         parts = self._participants()
@@ -253,16 +308,10 @@ class NetworkSimulation:
         numbers = np.array([int(i.split("-", 1)[1]) for i in ids], dtype=np.uint64)
         execs = np.array([m.executor for m in finished], dtype=object)
         truth = [m.truth_deviation for m in finished]
-        cp: ChainParams = self.p.chain
-        total_w = float(sum(self.weights.get(h.id, 0) for h in self.hosts if self.status[h.id] == "ACTIVE"))
-        exec_w = np.array([self.weights.get(e, 0) for e in execs], float)
-        target = np.array([rules.target_validators(self.reputation[e], self.traffic, cp) for e in execs], float)
         pairs_i: list[int] = []
         pairs_v: list[str] = []
-        for h in self.hosts:
-            if self.status[h.id] != "ACTIVE" or self.weights.get(h.id, 0) <= 0:
-                continue
-            prob = rules.validation_probability(target, self.weights[h.id], total_w, exec_w)
+        for vid, prob in self.check_probabilities(execs).items():
+            h = self.by_id[vid]
             if self.p.sampling_hash == "sha256":
                 u = rules.seed_draws(self.seeds[h.id], ids)
             else:
@@ -278,6 +327,24 @@ class NetworkSimulation:
         return [SubmitValidation.model_construct(id=f"val:{iid}:{v}", kind="validation", inference_id=iid, validator=v,
                                                  score=float(s), passed=bool(ok))
                 for iid, v, s, ok in zip(sel_ids, pairs_v, scores, passed)]
+
+    def check_probabilities(self, executors: Sequence[str]) -> dict[str, np.ndarray]:
+        """Gonka's P(validator v checks an inference of executor e), for every active validator
+        with weight: min(1, target(reputation_e, traffic) x w_v / (W - w_e)), W the power of the
+        active participants and w_e the executor's (0 once it is INVALID: it is out of W). The
+        executor's own entry is 0 (it cannot validate itself)."""
+        cp: ChainParams = self.p.chain
+        execs = np.asarray(executors, dtype=object)
+        total_w = float(sum(self.weights.get(h.id, 0) for h in self.hosts if self.status[h.id] == "ACTIVE"))
+        exec_w = np.array([self.weights.get(e, 0) if self.status[e] == "ACTIVE" else 0 for e in execs], float)
+        target = np.array([rules.target_validators(self.reputation[e], self.traffic, cp) for e in execs], float)
+        out = {}
+        for h in self.hosts:
+            if self.status[h.id] != "ACTIVE" or self.weights.get(h.id, 0) <= 0:
+                continue
+            prob = rules.validation_probability(target, self.weights[h.id], total_w, exec_w)
+            out[h.id] = np.where(execs == h.id, 0.0, prob)
+        return out
 
     def _finish_of(self, inference_id: str):
         return FinishInference.model_construct(inference_id=inference_id)
@@ -375,8 +442,12 @@ class NetworkSimulation:
         final = self._participants()
         epochs = self._epoch_table(snapshots)
         hosts = self._host_table(final)
+        import pandas as pd
+
+        extra = {"poc": pd.DataFrame(self.poc_rows)} if self.poc_rows else {}
         return NetworkResult(params=p, db_url=self.db_url, epochs=epochs, hosts=hosts,
-                             seconds=time.perf_counter() - t0, blocks=self.n_blocks, messages=self.n_messages)
+                             seconds=time.perf_counter() - t0, blocks=self.n_blocks, messages=self.n_messages,
+                             extra=extra)
 
     # ---- reports ---------------------------------------------------------------------------------
     def _epoch_table(self, snapshots: list[dict]) -> Any:
@@ -416,6 +487,9 @@ class NetworkSimulation:
                       "false_rejections", "expired"):
                 row[k] = int(r.get(k) or 0)
             row["reward_ngonka"] = rewards.get(ep, 0)
+            poc = [r for r in self.poc_rows if r["epoch"] == ep]
+            if poc:
+                row["poc_rejected"] = sum(1 for r in poc if not r["accepted"])
             for g, ids in groups.items():
                 if ids:
                     gain = [snap[pid]["balance_ngonka"] + snap[pid]["collateral_ngonka"] - prev[pid] for pid in ids]
@@ -445,6 +519,7 @@ class NetworkSimulation:
             p = final[h.id]
             e = earned.get(h.id, {})
             rows.append(dict(host=h.id, group=h.group, strategy=h.strategy, deviation=h.deviation or "",
+                             poc_strategy=self.p.hosts[h.group].poc_strategy,
                              cheat_rate=h.cheat_rate, status=p["status"], reputation=p["reputation"],
                              weight=p["poc_weight"], checked=p["checked_count"], invalidated=p["invalidated_count"],
                              payments_ngonka=e.get("payment", 0), validator_fees_ngonka=e.get("validator_fee", 0),

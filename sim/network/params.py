@@ -6,11 +6,12 @@ for requests (facts.md section 1), and project assumptions where neither says (e
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sim.chain.params import ChainParams
+from sim.poc.params import PocParams
 
 
 class RequestShape(BaseModel):
@@ -65,6 +66,19 @@ class ExecutorGroup(BaseModel):
     deviation: Optional[str] = Field(None, description="malign deviation spec the group cheats with (malicious)")
     cheat_rate: float = Field(0.0, ge=0, le=1, description="share of its requests a malicious host cheats on")
     collateral_gnk: float = Field(1_000.0, ge=0, description="collateral per host (project assumption)")
+    poc_strategy: str = Field(
+        "honest", description="behaviour in the PoC stage when NetworkParams.weights_source='poc': a sim.poc "
+        "strategy spec (honest, one-expert[:high|low], fp8, int4, fabricate:F, inflate:X, duplicate:K, copy:HOST)")
+
+    @field_validator("poc_strategy")
+    @classmethod
+    def _poc_strategy(cls, v: str) -> str:
+        from sim.poc.strategies import StrategyError, parse_strategy
+
+        try:
+            return parse_strategy(v).spec
+        except StrategyError as err:
+            raise ValueError(str(err)) from None
 
     @model_validator(mode="after")
     def _strategy(self) -> "ExecutorGroup":
@@ -88,6 +102,13 @@ class NetworkParams(BaseModel):
     threshold: Optional[float] = Field(None, description="override the run's calibrated threshold")
     score_split: Literal["test", "calib", "all"] = Field("test", description="which rows of scores.parquet "
                                                          "to draw from (test: not used for the threshold)")
+    benign_eps: Union[float, Literal["run", "all", "none"]] = Field(
+        "run", description="emulated-hardware-noise rows (hwnoise:EPS) that count as honest work: run (the "
+        "experiment's hwnoise_headline, the class its thresholds were chosen on), all, none, or a level")
+    score_draw: Literal["per_inference", "per_validation"] = Field(
+        "per_inference", description="surrogate: per_inference gives every validator of an inference the same "
+        "measured score (deterministic replays of one output, as in the experiment); per_validation draws "
+        "independently per validation (validators that disagree, e.g. on different hardware)")
     preset: str = Field("a14b-random", description="model preset recorded on chain (real fidelity: the one run)")
     epochs: int = Field(2, ge=1, le=10_000)
     blocks_per_epoch: int = Field(
@@ -103,6 +124,17 @@ class NetworkParams(BaseModel):
     sampling_hash: Literal["sha256", "splitmix64"] = Field(
         "sha256", description="validator draw: Gonka's SHA256(seed:id) or a vectorised SplitMix64 of the "
         "same inputs (same distribution, 50x faster, for large sweeps)")
+    weights_source: Literal["capacity", "poc"] = Field(
+        "capacity", description="where each epoch's weights come from: capacity (what an honest PoC stage "
+        "measures: proportional to GPU speed) or poc (sim.poc's stage, with each group's poc_strategy)")
+    poc_fidelity: Literal["surrogate", "real"] = Field(
+        "surrogate", description="PoC stage fidelity (weights_source='poc'): surrogate draws leaf distances "
+        "from the PoC measurement; real runs the PoC forward of `poc_preset`")
+    poc_preset: str = Field("tiny", description="model preset of a real PoC stage")
+    poc_nonces: int = Field(
+        1_000, ge=1, le=1_000_000, description="nonces one PoC stage yields for a host of the pricing unit's "
+        "speed (project assumption; a host's count scales with 1/seconds_per_unit, as its PoC throughput does)")
+    poc: PocParams = Field(default_factory=PocParams, description="PoC validation rules (sim/poc/params.py)")
     gpu_cost_fraction: float = Field(
         0.5, ge=0, description="GPU cost per second as a share of the revenue per GPU-second at the base "
         "price (project assumption; only the economics use it)")
@@ -123,8 +155,23 @@ class NetworkParams(BaseModel):
             raise ValueError("hosts: at least two hosts are needed (an executor cannot validate itself)")
         if not self.mix:
             raise ValueError("mix: at least one request shape is needed")
+        ids = [f"host{i:03d}" for i in range(self.n_hosts)]
+        for gi, g in enumerate(self.hosts):
+            if g.poc_strategy != "honest" and self.weights_source != "poc":
+                raise ValueError(f"hosts.{gi}.poc_strategy {g.poc_strategy!r} needs weights_source='poc' "
+                                 "(capacity weights run no PoC stage)")
+            if g.poc_strategy.startswith("copy:") and g.poc_strategy.split(":", 1)[1] not in ids:
+                raise ValueError(f"hosts.{gi}.poc_strategy {g.poc_strategy!r}: copy needs a host id; "
+                                 f"allowed: {ids[0]}..{ids[-1]}")
         return self
 
     @property
     def n_hosts(self) -> int:
         return sum(g.count for g in self.hosts)
+
+    def surrogate_backend(self):
+        """The surrogate backend these parameters describe (reads and checks `run_dir`)."""
+        from sim.network.backends import SurrogateBackend
+
+        return SurrogateBackend(self.run_dir, self.policy, self.metric, self.threshold, self.score_split,
+                                None if self.benign_eps == "none" else self.benign_eps, self.score_draw)
