@@ -50,6 +50,24 @@ class ExperimentError(ValueError):
     pass
 
 
+def numerics_fingerprint(preset: str) -> str:
+    """What else decides the numbers besides the parameters: the preset's configuration, the
+    scheduler, the codec settings and the torch/diffusers/x264-carrying PyAV versions."""
+    import dataclasses
+    from importlib.metadata import version
+
+    from models.presets import SCHEDULER_CONFIG, preset_spec
+    from models.video import CODEC_SETTINGS
+
+    try:
+        spec = dataclasses.asdict(preset_spec(preset))
+    except ValueError:
+        spec = {"preset": preset}
+    blob = json.dumps({"preset": spec, "scheduler": SCHEDULER_CONFIG, "codec": CODEC_SETTINGS,
+                       "versions": {p: version(p) for p in ("torch", "diffusers", "av")}}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 class ExperimentParams(BaseModel):
     """Every setting of one experiment run; saved as RUN/params.json."""
 
@@ -80,6 +98,8 @@ class ExperimentParams(BaseModel):
     bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for confidence intervals")
     strips: int = Field(3, ge=0, description="prompts shown as frame strips in the report")
     out: str = Field("runs/experiment", description="run directory")
+    numerics: str = Field("", description="fingerprint of the preset, scheduler, codec and library versions "
+                                          "(filled in; a run directory made under another one is refused)")
 
     @field_validator("deviations")
     @classmethod
@@ -102,6 +122,12 @@ class ExperimentParams(BaseModel):
             if not 0 < e <= 1:
                 raise ValueError(f"hwnoise_eps: each level must be in (0, 1], got {e}")
         return tuple(v)
+
+    @model_validator(mode="after")
+    def _fill_numerics(self):
+        if not self.numerics:
+            object.__setattr__(self, "numerics", numerics_fingerprint(self.preset))
+        return self
 
     @model_validator(mode="after")
     def _check_headline(self):

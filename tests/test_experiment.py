@@ -177,3 +177,14 @@ def test_bundled_prompt_set_and_split():
     assert len(prompts) == 946
     splits = [ex.split_of(i, 20, p) for i in range(20)]
     assert splits.count("calib") == 10 and splits.count("test") == 10
+
+
+def test_a_run_made_under_other_numerics_is_refused(tmp_path):
+    params = small_params(tmp_path / "run")
+    ex.open_run(params)
+    pfile = Path(params.out) / "params.json"
+    data = json.loads(pfile.read_text())
+    data["numerics"] = "0" * 16  # as if made by another torch/diffusers/codec/preset configuration
+    pfile.write_text(json.dumps(data))
+    with pytest.raises(ex.ExperimentError, match="numerics"):
+        ex.open_run(params)
