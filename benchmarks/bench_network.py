@@ -4,6 +4,15 @@
 
 Prints seconds per size and writes benchmarks/results/network.json and network.md. The run
 directory is synthetic (scores drawn in tests/network_fixtures.py), which does not change the cost.
+
+    .venv/bin/python benchmarks/bench_network.py --economics runs/tiny20 [--label tiny20-cpu]
+
+instead tabulates the economics of cheating on a real experiment run directory: for every policy
+with a calibrated threshold (its primary metric), each malign deviation's measured fail rate and
+compute share, P(INVALID) per epoch and expected profit against honest work (default
+NetworkParams: the A14B request mix, 10 hosts, 1,000 requests per epoch, Gonka's rules), plus the
+sweep (sampling rate x threshold x slash fraction x reward) summarised as the share of the grid
+where each strategy pays. Writes benchmarks/results/network_economics_LABEL.{json,md}.
 """
 
 from __future__ import annotations
@@ -20,14 +29,86 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def economics(run_dir: str, label: str, out: Path) -> None:
+    import pandas as pd
+
+    from sim.network import ExecutorGroup, NetworkParams, RunDirError
+    from sim.network.backends import _primary_metric
+    from sim.network.economics import Setting, setting_from, strategy_table, sweep
+
+    scores = pd.read_parquet(Path(run_dir) / "scores.parquet")
+    run_params = json.loads((Path(run_dir) / "params.json").read_text())
+    tables, sweeps, skipped = [], [], {}
+    for policy in sorted(scores["policy"].unique()):
+        metric = _primary_metric(Path(run_dir), policy)
+        try:
+            p = NetworkParams(run_dir=run_dir, policy=policy, metric=metric, hosts=(ExecutorGroup(count=10),))
+            b = p.surrogate_backend()
+        except RunDirError as err:
+            skipped[policy] = str(err)
+            continue
+        s = setting_from(p)
+        for reward in (1.0, 0.0):  # Gonka's epoch reward, and fees only (after subsidies end)
+            st = Setting(**{**s.__dict__, "reward_ngonka": s.reward_ngonka * reward})
+            tab = strategy_table({d: b.fail_rate(d) for d in b.malign}, b.executor_share, b.fail_rate(None), p.chain,
+                                 st, cheat_rates=(0.1, 0.5, 1.0), trials=2000, seed=0)
+            tab.insert(0, "policy", f"{policy}/{b.metric}")
+            tab.insert(1, "threshold", b.threshold)
+            tab.insert(2, "reward_share", reward)
+            tables.append(tab)
+        sw = sweep(b, p.chain, s, trials=500, seed=0)
+        g = sw.groupby(["strategy", "reward_share"])["pays"].mean().unstack("reward_share")
+        g.columns = [f"pays_share_reward_{c:g}" for c in g.columns]
+        g = g.reset_index()
+        g.insert(0, "policy", f"{policy}/{b.metric}")
+        sweeps.append(g)
+        print(f"{policy}/{b.metric}: threshold {b.threshold:.4g}, {len(b.benign)} honest rows, "
+              f"false-reject rate {b.fail_rate(None):.3f}")
+    tab = pd.concat(tables, ignore_index=True)
+    sw = pd.concat(sweeps, ignore_index=True)
+    gnk = 1e9
+    meta = dict(run_dir=run_dir, label=label, preset=run_params.get("preset"), prompts=run_params.get("prompts"),
+                steps=run_params.get("request", {}).get("steps"), device=run_params.get("validator_runtime", {}).get("device"),
+                hwnoise_headline=run_params.get("hwnoise_headline"), skipped=skipped,
+                setting="default NetworkParams: A14B mix, 10 hosts, 1,000 requests/epoch, Gonka rules, GPU cost 0.5 "
+                        "of revenue per GPU-second, score_draw per_inference",
+                machine=f"{platform.node()} ({platform.processor() or platform.machine()})",
+                measured_at=time.strftime("%Y-%m-%d %H:%M"))
+    (out / f"network_economics_{label}.json").write_text(json.dumps(
+        dict(meta=meta, strategies=json.loads(tab.to_json(orient="records")),
+             sweep=json.loads(sw.to_json(orient="records"))), indent=1))
+    lines = [f"Economics of cheating on `{run_dir}` ({meta['preset']} preset, {meta['prompts']} prompts, "
+             f"{meta['steps']} steps, {meta['device']}); {meta['setting']}. benchmarks/bench_network.py --economics",
+             "", "| policy/metric | reward | strategy | cheat rate | compute saving | q fail | P(INVALID)/epoch | "
+             "profit (GNK) | gain vs honest (GNK) | pays |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in tab.itertuples():
+        lines.append(f"| {r.policy} | {'Gonka' if r.reward_share else 'fees only'} | {r.strategy} | {r.cheat_rate:g} | "
+                     f"{r.compute_saving:.2f} | {r.q_fail:.2f} | {r.p_invalid_epoch:.2f} | {r.profit_ngonka / gnk:,.4g} | "
+                     f"{r.gain_vs_honest_ngonka / gnk:,.4g} | {'yes' if r.pays else 'no'} |")
+    cols = [c for c in sw.columns if c.startswith("pays_share")]
+    lines += ["", "Share of the sweep grid (sampling x threshold quantile x slash x cheat rate) where it pays:", "",
+              "| policy/metric | strategy | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for r in sw.to_dict("records"):
+        lines.append(f"| {r['policy']} | {r['strategy']} | " + " | ".join(f"{r[c]:.2f}" for c in cols) + " |")
+    (out / f"network_economics_{label}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--economics", metavar="RUN_DIR", help="tabulate the economics on an experiment run instead")
+    ap.add_argument("--label", default=None, help="name of the economics result files (default: the run's name)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--hash", default="sha256", choices=["sha256", "splitmix64"])
     ap.add_argument("--hosts", type=int, default=100)
     ap.add_argument("--blocks", type=int, default=100)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args()
+    if args.economics:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        economics(args.economics, args.label or Path(args.economics).name, out)
+        return
 
     from sim.network import ExecutorGroup, NetworkParams, run_network
     from tests.network_fixtures import make_synthetic_run

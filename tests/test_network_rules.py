@@ -139,3 +139,18 @@ def test_correlated_model_invalidates_every_failed_check():
     indep = Setting(hosts=10, traffic=1000, correlated=False)
     assert p_invalidated(0.2, c, indep) < p_invalidated(0.2, c, s)
     assert p_invalidated(1.0, c, indep) == pytest.approx(float(checked))
+
+
+def test_a_cheat_fails_at_least_as_often_as_honest_work(run_dir):
+    """A deviation that saves nothing and is never failed does not 'pay' by escaping the false
+    rejections honest work suffers (its work crosses hardware too); a real saving does pay."""
+    from sim.network.economics import strategy_table
+
+    p = NetworkParams(run_dir=str(run_dir))
+    s = setting_from(p)
+    fees_only = Setting(**{**s.__dict__, "reward_ngonka": 0.0})
+    tab = strategy_table({"free": 0.0, "saver": 0.0}, {"free": 1.0, "saver": 0.5}, 0.01, p.chain, fees_only,
+                         cheat_rates=(1.0,), trials=200)
+    free = tab[tab.strategy == "free"].iloc[0]
+    assert free.gain_vs_honest_ngonka == pytest.approx(0.0, abs=1.0) and not free.pays
+    assert tab[tab.strategy == "saver"].iloc[0].pays

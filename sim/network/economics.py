@@ -19,7 +19,13 @@ The model of one epoch for one host that receives `requests` requests and cheats
   compute share on cheated work.
 
 Expected profit = paid revenue + reward - compute - slash. A strategy "pays" when its expected
-profit exceeds the honest host's. Multi-epoch effects (reputation reset raising later sampling)
+profit exceeds the honest host's.
+
+A cheated inference fails a validation with probability max(q_cheat, q_honest): the experiment
+measures a malign deviation on the validator's own hardware, without the hardware differences
+that make honest work fail at q_honest, but a cheater's work crosses hardware too. (Without this
+floor a deviation that saves nothing but is never failed would "pay" by escaping the false
+rejections honest work suffers.) Multi-epoch effects (reputation reset raising later sampling)
 make cheating worse still and are left to the simulation (`run_network`).
 """
 
@@ -105,8 +111,10 @@ def invalid_time(p_inv_given_checked: float, n_checked: int, chain: ChainParams,
 
 def expected_profit(q_cheat: float, q_honest: float, share: float, cheat_rate: float, chain: ChainParams,
                     s: Setting, trials: int = 2000, seed: int = 0) -> dict:
-    """Expected one-epoch outcome of a host cheating on `cheat_rate` of its work."""
+    """Expected one-epoch outcome of a host cheating on `cheat_rate` of its work (a cheated
+    inference fails with max(q_cheat, q_honest): see the module docstring)."""
     rng = np.random.default_rng(seed)
+    q_cheat = max(q_cheat, q_honest)
     per, checked = p_checked(chain, s)
     pi_cheat = p_invalidated(q_cheat, chain, s)
     pi_honest = p_invalidated(q_honest, chain, s)
