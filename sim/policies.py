@@ -18,6 +18,7 @@ pass/fail under a threshold, so FAR/FRR can be recomputed at any threshold from 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -79,6 +80,15 @@ class ValidationContext:
             self.replays[key] = self.run(request)
         return self.replays[key]
 
+    def frames_of(self, replay):
+        """The validator's own video as decoded from its MP4 (decoded once per replay)."""
+        from sim.video_io import decode_mp4
+
+        key = ("frames", replay.sha256)
+        if key not in self.replays:
+            self.replays[key] = decode_mp4(replay.mp4)
+        return self.replays[key]
+
     def run(self, request: GenerationRequest, **kwargs):
         """A validator generation (timed as replay, not scoring)."""
         import time
@@ -107,10 +117,18 @@ def _latent_names(checkpoints) -> list[str]:
 
 def _claimed_steps(request: GenerationRequest, names: Iterable[str]) -> dict[str, int]:
     """Where each named checkpoint must lie on the claimed request's schedule."""
-    from models.engine import resolve_captures, schedule
-    from models.presets import SCHEDULER_CONFIG, preset_spec
+    from models.engine import resolve_captures
+    from models.presets import preset_spec
 
-    return resolve_captures(names, schedule(request, SCHEDULER_CONFIG), preset_spec(request.model).boundary_ratio)
+    return resolve_captures(names, list(_timesteps(request.steps, request.shift)), preset_spec(request.model).boundary_ratio)
+
+
+@functools.lru_cache(maxsize=256)
+def _timesteps(steps: int, shift: float) -> tuple[float, ...]:
+    from models.engine import schedule
+    from models.presets import SCHEDULER_CONFIG
+
+    return tuple(schedule(GenerationRequest(prompt="-", steps=steps, shift=shift), SCHEDULER_CONFIG))
 
 
 class ValidationPolicy:
@@ -138,7 +156,7 @@ class FullReplay(ValidationPolicy):
 
     def score(self, claim, ctx):
         from sim.metrics import score_frames
-        from sim.video_io import CorruptVideo, VideoHashMismatch, decode_mp4, read_committed_video
+        from sim.video_io import CorruptVideo, VideoHashMismatch, read_committed_video
 
         replay = ctx.replay(claim.request)
         keys = [f"{m}.{a}" for m in ctx.metrics for a in ctx.aggregations]
@@ -147,7 +165,7 @@ class FullReplay(ValidationPolicy):
             frames = read_committed_video(claim.video_path, claim.sha256)
         except (VideoHashMismatch, CorruptVideo, FileNotFoundError) as err:
             return PolicyResult({k: INF for k in keys}, 1.0, size, reason=str(err))
-        ref = decode_mp4(replay.mp4)
+        ref = ctx.frames_of(replay)
         scores = score_frames(ref, frames, ctx.metrics, ctx.aggregations, weights_dir=ctx.weights_dir)
         return PolicyResult(scores, replay.cost.compute_share, size)
 
