@@ -82,3 +82,22 @@ def test_unknown_preset_and_bad_seed():
         build_pipeline("huge")
     with pytest.raises(ValueError, match="weights_seed"):
         build_pipeline("tiny", weights_seed=-1)
+
+
+def test_path_preset_loads_a_local_diffusers_directory(tmp_path):
+    # A diffusers directory written by save_pretrained loads offline through `path:DIR`, with the
+    # same weights (float32 islands included) as the preset it was saved from.
+    from models.engine import generate
+    from models.request import GenerationRequest
+
+    tiny = build_pipeline("tiny")
+    tiny.save_pretrained(tmp_path / "wan")
+    spec = preset_spec(f"path:{tmp_path / 'wan'}")
+    assert spec.transformer_config["num_layers"] == 2 and spec.boundary_ratio == 0.875
+    loaded = build_pipeline(f"path:{tmp_path / 'wan'}")
+    for name in ("transformer", "transformer_2", "vae"):
+        assert weights_digest(getattr(loaded, name)) == GOLDEN["digests"][name], name
+    assert dict(loaded.transformer.named_parameters())["scale_shift_table"].dtype == torch.float32
+    gen = generate(GenerationRequest(model=f"path:{tmp_path / 'wan'}", prompt="a boat", width=64, height=64,
+                                     frames=9, steps=2), capture=("final",))
+    assert gen.frames.shape == (9, 64, 64, 3) and gen.cost.total_passes == 4
