@@ -408,9 +408,9 @@ def _load_path(spec: PresetSpec, runtime: "Runtime") -> "WanPipeline":
     import torch
     from diffusers import AutoencoderKLWan, WanPipeline
 
-    vae = AutoencoderKLWan.from_pretrained(spec.path, subfolder="vae", torch_dtype=torch.float32,
+    vae = AutoencoderKLWan.from_pretrained(spec.path, subfolder="vae", dtype=torch.float32,
                                            local_files_only=True)
-    pipe = WanPipeline.from_pretrained(spec.path, vae=vae, torch_dtype=runtime.torch_dtype, local_files_only=True)
+    pipe = WanPipeline.from_pretrained(spec.path, vae=vae, dtype=runtime.torch_dtype, local_files_only=True)
     if runtime.offload:
         OffloadedWanPipeline(**pipe.components)  # make sure the class exists
         pipe.__class__ = _LazyOffloaded.cls
