@@ -22,7 +22,7 @@ setup: $(STAMP)
 
 # The main job: a small validation experiment on the tiny preset (CPU, SQLite, local Prefect).
 demo: setup
-	$(BIN)/t2vsim experiment --preset tiny --prompts 8 --out runs/demo
+	$(BIN)/t2vsim experiment --preset tiny --prompts 20 --out runs/demo
 
 test: setup
 	bash scripts/test.sh
