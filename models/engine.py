@@ -441,17 +441,18 @@ def _skip_forward(modules, controller: _Controller) -> Iterator[callable]:
 
 
 @contextlib.contextmanager
-def _attention_backend(pipe, backend: str) -> Iterator[None]:
-    """Set an attention backend on both experts for one generation, then restore everything.
+def attention_backend(modules, backend: str) -> Iterator[None]:
+    """Set a diffusers attention backend on `modules` for one block, then restore everything.
 
     diffusers' `set_attention_backend` also changes a process-wide active backend that
-    `reset_attention_backend` leaves alone, so later runs would silently keep the other kernel;
-    the global is saved and restored here.
+    `reset_attention_backend` leaves alone, so later runs would silently keep the other kernel
+    (and a CPU run after a GPU-only kernel finds no viable kernel); the global is saved and
+    restored here.
     """
     from diffusers.models.attention_dispatch import _AttentionBackendRegistry
     from diffusers.utils import logging as dlogging
 
-    experts = list({id(m): m for m in (pipe.transformer, pipe.transformer_2) if m is not None}.values())
+    mods = list({id(m): m for m in modules if m is not None}.values())
     saved_global = _AttentionBackendRegistry._active_backend
     if backend == "native" and saved_global.value == "native":
         yield
@@ -459,14 +460,18 @@ def _attention_backend(pipe, backend: str) -> Iterator[None]:
     level = dlogging.get_verbosity()
     dlogging.set_verbosity_error()  # the "experimental feature" warning, once per call otherwise
     try:
-        for m in experts:
+        for m in mods:
             m.set_attention_backend(backend)
         yield
     finally:
-        for m in experts:
+        for m in mods:
             m.reset_attention_backend()
         _AttentionBackendRegistry.set_active_backend(saved_global)
         dlogging.set_verbosity(level)
+
+
+def _attention_backend(pipe, backend: str):
+    return attention_backend((pipe.transformer, pipe.transformer_2), backend)
 
 
 @contextlib.contextmanager

@@ -279,20 +279,12 @@ def rounded_weights(modules: Sequence, mode: WeightRounding | None) -> Iterator[
                 w.copy_(orig.to(w.device))
 
 
-@contextlib.contextmanager
-def attention_backend(modules: Sequence, backend: str) -> Iterator[None]:
-    """Set a diffusers attention backend on the experts for the block ('native' changes nothing)."""
-    mods = [m for m in {id(m): m for m in modules if m is not None}.values()]
-    if backend == "native":
-        yield
-        return
-    for m in mods:
-        m.set_attention_backend(backend)
-    try:
-        yield
-    finally:
-        for m in mods:
-            m.reset_attention_backend()
+def attention_backend(modules: Sequence, backend: str):
+    """Set a diffusers attention backend on the experts for the block ('native' changes nothing);
+    the engine's version, which also restores diffusers' process-wide active backend."""
+    from models.engine import attention_backend as engine_attention_backend
+
+    return engine_attention_backend(modules, backend)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -175,3 +175,18 @@ def test_poc_shape_checks_sizes():
         poc_shape("tiny", frames=6)
     with pytest.raises(ValueError, match="unknown preset"):
         poc_shape("huge")
+
+
+def test_poc_attention_backend_restores_the_process_wide_backend():
+    # diffusers' set_attention_backend also sets a global that reset_attention_backend leaves; a
+    # later CPU run then found no viable kernel (seen on an H100 after a GPU-only backend).
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    from models.poc import attention_backend
+    from models.presets import build_pipeline
+
+    pipe = build_pipeline("tiny")
+    before = _AttentionBackendRegistry._active_backend
+    with attention_backend([pipe.transformer, pipe.transformer_2], "_native_math"):
+        assert _AttentionBackendRegistry._active_backend != before
+    assert _AttentionBackendRegistry._active_backend == before
