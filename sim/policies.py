@@ -60,6 +60,11 @@ class PolicyResult:
     reason: str = ""
 
 
+def rejected(keys, reason: str, validator_compute_share: float = 0.0, bytes_kept: int = 0) -> PolicyResult:
+    """A claim that could not be scored (missing, tampered or malformed artifacts): every score inf."""
+    return PolicyResult({k: INF for k in keys}, validator_compute_share, bytes_kept, reason=reason)
+
+
 @dataclass
 class ValidationContext:
     """The validator's side: its runtime, and replays of requests it already regenerated."""
@@ -164,7 +169,7 @@ class FullReplay(ValidationPolicy):
         try:
             frames = read_committed_video(claim.video_path, claim.sha256)
         except (VideoHashMismatch, CorruptVideo, FileNotFoundError) as err:
-            return PolicyResult({k: INF for k in keys}, 1.0, size, reason=str(err))
+            return rejected(keys, str(err), 1.0, size)
         ref = ctx.frames_of(replay)
         scores = score_frames(ref, frames, ctx.metrics, ctx.aggregations, weights_dir=ctx.weights_dir)
         return PolicyResult(scores, replay.cost.compute_share, size)
@@ -204,20 +209,17 @@ class CheckpointReplay(ValidationPolicy):
     def score(self, claim, ctx):
         cks, err = _checkpoints_or_none(claim)
         if cks is None:
-            return PolicyResult({"rel_l2.max": INF, "cosine.max": INF}, 0.0, 0, reason=err)
+            return rejected(("rel_l2.max", "cosine.max"), err)
         names = _latent_names(cks)
         try:
             at = _claimed_steps(claim.request, names)
         except ValueError as e:
-            return PolicyResult({"rel_l2.max": INF, "cosine.max": INF}, 0.0, 0, reason=str(e))
+            return rejected(("rel_l2.max", "cosine.max"), str(e))
         last = max(at.values())
         # Continue from the executor's latent after every checkpoint but the last one.
         substitute = {at[n]: cks[n].latents for n in names if 0 <= at[n] < last}
         run = ctx.run(claim.request, capture=names, substitute=substitute, decode=False)
-        pairs = {}
-        for n in names:
-            ref = run.latents[n] if n != "init" else run.latents["init"]
-            pairs[n] = (ref, cks[n].latents)
+        pairs = {n: (run.latents[n], cks[n].latents) for n in names}
         return PolicyResult(_latent_scores(pairs), run.cost.compute_share, _latent_bytes(cks, False))
 
 
@@ -233,7 +235,7 @@ class FingerprintReplay(ValidationPolicy):
 
         cks, err = _checkpoints_or_none(claim)
         if cks is None:
-            return PolicyResult({"fp_dist.max": INF}, 0.0, 0, reason=err)
+            return rejected(("fp_dist.max",), err)
         fp = Fingerprinter(k=ctx.fingerprint_k, seed=ctx.fingerprint_seed)
         replay = ctx.replay(claim.request)
         scores: dict[str, float] = {}
@@ -270,22 +272,21 @@ class SegmentReplay(ValidationPolicy):
         keys = ("rel_l2.end", "cosine.end", "rel_l2.start")
         cks, err = _checkpoints_or_none(claim)
         if cks is None or len(cks) < 2:
-            return PolicyResult({k: INF for k in keys}, 0.0, 0, reason=err or "fewer than two checkpoints")
+            return rejected(keys, err or "fewer than two checkpoints")
         names = _latent_names(cks)
         at = _claimed_steps(claim.request, names)
         names = sorted(names, key=lambda n: at[n])
         a, b = self.pick(claim, names)
         start = cks[a]
         if at[a] >= 0 and start.solver is None:
-            return PolicyResult({k: INF for k in keys}, 0.0, _latent_bytes(cks, True),
-                                reason=f"checkpoint {a!r} has no solver state")
+            return rejected(keys, f"checkpoint {a!r} has no solver state", bytes_kept=_latent_bytes(cks, True))
         scores = {}
         if at[a] == -1:  # the validator knows the seeded noise: the start must match it exactly
             scores["rel_l2.start"] = rel_l2(initial_noise(claim.request), start.latents)
         else:
             scores["rel_l2.start"] = 0.0
         if at[b] <= at[a]:
-            return PolicyResult({k: INF for k in keys}, 0.0, _latent_bytes(cks, True), reason="empty segment")
+            return rejected(keys, "empty segment", bytes_kept=_latent_bytes(cks, True))
         run = ctx.run(claim.request, capture=(b,),
                        resume_from=Checkpoint(step=at[a], latents=start.latents, solver=start.solver),
                        stop_after=at[b], decode=False)
