@@ -52,7 +52,8 @@ def main() -> None:
     ap.add_argument("--skip-generate", action="store_true")
     ap.add_argument("--preset", default="a14b-random", help="a14b-random on a GPU; tiny for a dry run on a CPU")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--offload", action="store_true", help="idle components in host memory (needed to generate A14B on 80 GB)")
+    ap.add_argument("--offload", nargs="?", const="all", default="none", choices=("none", "text-encoder", "all"),
+                    help="components kept in host memory (bare --offload: all; a14b-random on 80 GB)")
     ap.add_argument("--skip-forward", action="store_true", help="skip the forward-pass timings and differences")
     args = ap.parse_args()
     global DEVICE
@@ -182,7 +183,7 @@ def generate_once(args, rt, res) -> None:
 def write(args, res, diffs, checks) -> None:
     tokens = res.get("forward", {}).get("tokens")
     out_dir = Path(args.out)
-    stem = ("gpu_a14b" if args.preset == "a14b-random" else f"gpu_{args.preset}_{DEVICE}") + ("_offload" if args.offload else "")
+    stem = ("gpu_a14b" if args.preset == "a14b-random" else f"gpu_{args.preset}_{DEVICE}") + ("" if args.offload == "none" else "_offload" if args.offload == "all" else f"_offload_{args.offload}")
     (out_dir / f"{stem}.json").write_text(json.dumps(res, indent=1, default=str))
     lines = [f"# {args.preset} on {res['device']} (bf16, diffusers {res['diffusers']}, torch {res['torch']})", "",
              f"- build: {res['build_seconds']:.1f} s, weights {res['weights_gb']:.1f} GB, peak during build "

@@ -34,22 +34,41 @@ def throughput(preset: str, runtime, nonces: int, frames: int | None) -> dict:
         poc_vectors(pipe, "bench-block", "bench", range(nonces), shape=shape, runtime=runtime)
         s = time.perf_counter() - t0
     tokens = shape.frames * (shape.height // 2) * (shape.width // 2)
-    return {"batch_size": runtime.batch_size, "dtype": runtime.dtype, "nonces": nonces, "seconds": s,
-            "nonces_per_s": nonces / s, "s_per_nonce": s / nonces, "latent": list(shape.latent),
-            "tokens_per_nonce": tokens, "pipeline_build_s": build_s}
+    return {"batch_size": runtime.batch_size, "dtype": runtime.dtype, "offload": runtime.offload, "nonces": nonces,
+            "seconds": s, "nonces_per_s": nonces / s, "s_per_nonce": s / nonces, "latent": list(shape.latent),
+            "tokens_per_nonce": tokens, "pipeline_build_s": build_s, "peak_gb": _peak_gb(runtime.device)}
+
+
+def _peak_gb(device: str) -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated(device) / 1e9 if device.startswith("cuda") else None
+
+
+def _throughput_plan(batch_sizes: str, frames: int | None, extra: str) -> list[tuple[int | None, int]]:
+    plan = [(frames, int(b)) for b in batch_sizes.split(",") if b.strip()]
+    for part in filter(None, (p.strip() for p in extra.split(","))):
+        f, _, b = part.partition("x")
+        if not (f.isdigit() and b.isdigit()):
+            raise SystemExit(f"--extra-throughput: {part!r} is not FRAMESxBATCH (e.g. 81x1)")
+        plan.append((int(f), int(b)))
+    return plan
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--offload", action="store_true", help="keep idle experts in host memory (a14b-random on 80 GB)")
+    ap.add_argument("--offload", nargs="?", const="all", default="none", choices=("none", "text-encoder", "all"),
+                    help="components kept in host memory (bare --offload: all; a14b-random on 80 GB)")
     ap.add_argument("--dtype", default=None, help="reference dtype (default float32 on cpu, bfloat16 on cuda)")
     ap.add_argument("--nonces", type=int, default=256, help="nonces per measured condition (0: skip)")
     ap.add_argument("--conditions", default=None, help="comma-separated conditions (default: all for the device)")
     ap.add_argument("--throughput-nonces", type=int, default=64)
     ap.add_argument("--batch-sizes", default="1,4,16")
     ap.add_argument("--frames", type=int, default=None, help="PoC frames (default: preset's smallest request)")
+    ap.add_argument("--extra-throughput", default="", help="more throughput points, FRAMESxBATCH,... (e.g. 81x1)")
+    ap.add_argument("--tag", default="", help="suffix of the result files (e.g. the card: h100)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
 
@@ -61,19 +80,25 @@ def main(argv=None) -> int:
     from sim.poc.params import PocParams
     from sim.poc.power import DEFAULT_CHEATS, DEFAULT_SAMPLE_SIZES, power_table
 
-    console = Console()
+    console = Console(width=160)
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     machine = machine_description(args.device)
     console.print(f"[bold]PoC benchmark[/] preset={args.preset} device={args.device} dtype={dtype} on {machine}")
     result: dict = {"preset": args.preset, "device": args.device, "dtype": dtype, "machine": machine,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"poc_{args.preset}_{args.device.split(':')[0]}" + (f"_{args.tag}" if args.tag else "")
+    result["offload"] = args.offload
     rows = []
-    for bs in [int(b) for b in args.batch_sizes.split(",") if b.strip()]:
+    for frames, bs in _throughput_plan(args.batch_sizes, args.frames, args.extra_throughput):
         r = throughput(args.preset, Runtime(device=args.device, dtype=dtype, batch_size=bs, offload=args.offload),
-                       args.throughput_nonces, args.frames)
+                       args.throughput_nonces, frames)
         rows.append(r)
-        console.print(f"batch {bs}: {r['nonces_per_s']:.2f} nonces/s")
+        console.print(f"batch {bs}, latent {r['latent']}: {r['nonces_per_s']:.2f} nonces/s")
+        result["throughput"] = rows
+        (out / f"{stem}.json").write_text(json.dumps(result, indent=1))  # partial results survive a time limit
     result["throughput"] = rows
     t = Table(title=f"PoC nonce throughput ({args.preset}, {machine})")
     for col in ("batch", "dtype", "latent", "tokens/nonce", "nonces", "seconds", "nonces/s", "s/nonce"):
@@ -88,6 +113,9 @@ def main(argv=None) -> int:
           "|---|---|---|---|---|---|"]
     md += [f"| {r['batch_size']} | {r['dtype']} | {'x'.join(map(str, r['latent']))} | {r['tokens_per_nonce']} | "
            f"{r['nonces_per_s']:.2f} | {r['s_per_nonce']:.4f} |" for r in rows]
+    if args.device.startswith("cuda"):
+        md += ["", f"Offload: {args.offload}; peak device memory {max(r['peak_gb'] for r in rows):.1f} GB; "
+               f"pipeline build {rows[0]['pipeline_build_s']:.1f} s."]
 
     if args.nonces > 0:
         conds = tuple(c.strip() for c in args.conditions.split(",")) if args.conditions else None
@@ -121,7 +149,7 @@ def main(argv=None) -> int:
         console.print(t)
         rec = data["recommended_threshold"]
         md += ["", f"Recommended threshold (smallest with every benign condition at most 2% mismatches): {rec}"]
-        raw = Path(args.out) / f"poc_measure_{args.preset}_{args.device.split(':')[0]}.json"
+        raw = out / f"poc_measure_{stem.removeprefix('poc_')}.json"
         from sim.poc.measure import write_measurement
 
         write_measurement(data, raw)
@@ -150,9 +178,6 @@ def main(argv=None) -> int:
             md.append(f"| {spec} | {q} | " + " | ".join(f"{x['p_reject']:.3f}" for x in r) + " |")
         console.print(t)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"poc_{args.preset}_{args.device.split(':')[0]}"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     (out / f"{stem}.md").write_text("\n".join(md) + "\n")
     console.print(f"wrote {out / stem}.json and .md")

@@ -19,7 +19,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--offload", action="store_true")
+    ap.add_argument("--offload", nargs="?", const="all", default="none", choices=("none", "text-encoder", "all"),
+                    help="components kept in host memory (bare --offload: all; a14b-random on 80 GB)")
     ap.add_argument("--out", default="runs/direct")
     ap.add_argument("--bootstrap", type=int, default=1000)
     args = ap.parse_args()

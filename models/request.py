@@ -28,6 +28,9 @@ A14B_DEFAULTS: dict[str, Any] = {
 
 DEFAULT_NEGATIVE_PROMPT = ""
 
+Offload = Literal["none", "text-encoder", "all"]
+OFFLOAD_MODES: tuple[str, ...] = ("none", "text-encoder", "all")
+
 
 class GenerationRequest(BaseModel):
     """A text-to-video request as the chain records it.
@@ -169,11 +172,22 @@ class Runtime(BaseModel):
     deterministic: bool = Field(True, description="torch.use_deterministic_algorithms and cuDNN determinism")
     compile: bool = Field(False, description="torch.compile the transformers")
     tf32: bool = Field(False, description="allow TF32 matrix products and convolutions on the GPU")
-    offload: bool = Field(
-        False,
-        description="keep the text encoder and the experts in host memory and move each to the device only "
-        "while it runs (A14B: 73 GB of weights do not fit an 80 GB card with activations)",
+    offload: Offload = Field(
+        "none",
+        description="which big components live in host memory and visit the device only while they run: "
+        "'none'; 'text-encoder' (the experts stay resident: what a PoC node or a 96+ GB card runs); "
+        "'all' (text encoder and both experts: A14B's 73 GB of weights do not fit an 80 GB card with "
+        "activations). true/false mean 'all'/'none'",
     )
+
+    @field_validator("offload", mode="before")
+    @classmethod
+    def _offload(cls, v):
+        if isinstance(v, bool):
+            return "all" if v else "none"
+        if v not in OFFLOAD_MODES:
+            raise ValueError(f"offload must be one of {list(OFFLOAD_MODES)} (or true/false), got {v!r}")
+        return v
 
     @field_validator("device")
     @classmethod

@@ -117,8 +117,24 @@ def test_bad_resume_and_capture_arguments(base):
         generate(REQ, resume_from=Checkpoint(step=1, latents=base.latents["step:0"], solver=None))
 
 
-def test_offloaded_pipeline_gives_the_same_result(base):
+@pytest.mark.parametrize("mode", [True, "all", "text-encoder"])
+def test_offloaded_pipeline_gives_the_same_result(base, mode):
+    from models.presets import build_pipeline
     from models.request import Runtime
 
-    off = generate(REQ, Runtime(offload=True), capture=("init", "step:0", "switch", "step:2", "final"))
+    rt = Runtime(offload=mode)
+    off = generate(REQ, rt, capture=("init", "step:0", "switch", "step:2", "final"))
     assert off.sha256 == base.sha256
+    pipe = build_pipeline(REQ.model, rt)
+    hooked = [name for name in ("text_encoder", "transformer", "transformer_2")
+              if getattr(pipe, name)._forward_pre_hooks]
+    # 'text-encoder' keeps the experts resident: only the text encoder moves
+    assert hooked == (["text_encoder"] if rt.offload == "text-encoder" else ["text_encoder", "transformer", "transformer_2"])
+
+
+def test_offload_modes_are_validated():
+    from models.request import Runtime
+
+    assert Runtime(offload=True).offload == "all" and Runtime(offload=False).offload == "none"
+    with pytest.raises(ValueError, match="offload must be one of"):
+        Runtime(offload="experts")
