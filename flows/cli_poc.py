@@ -48,6 +48,8 @@ def register(app: typer.Typer) -> None:
         threshold: Optional[float] = typer.Option(None, help="mismatch distance threshold (default: measured)"),
         allowed_rate: Optional[float] = typer.Option(None, help="allowed mismatch rate (default 0.1, Gonka)"),
         measurement: Optional[Path] = typer.Option(None, help="measurement file for surrogate fidelity"),
+        honest: Optional[str] = typer.Option(None, help="measured benign condition honest nodes draw from "
+                                             "(surrogate; default dtype:bfloat16)"),
         seed: int = typer.Option(0, help="stage seed (plans, sampling, surrogate draws)"),
         device: str = typer.Option("cpu", help="validator device for real fidelity"),
         dtype: str = typer.Option("float32", help="validator dtype for real fidelity"),
@@ -62,7 +64,7 @@ def register(app: typer.Typer) -> None:
         from sim.poc.measure import MeasurementError, write_measurement
 
         params = _params(samples=samples, distance_threshold=threshold, allowed_mismatch_rate=allowed_rate,
-                         measurement=str(measurement) if measurement else None)
+                         measurement=str(measurement) if measurement else None, honest_condition=honest)
         if fidelity not in ("surrogate", "real"):
             _fail(f"--fidelity must be surrogate or real, got {fidelity!r}")
         try:
@@ -160,6 +162,8 @@ def register(app: typer.Typer) -> None:
         threshold: Optional[float] = typer.Option(None, help="distance threshold (default: measured)"),
         samples: str = typer.Option("10,20,50,100,200,400", help="sample sizes, comma-separated"),
         cheats: Optional[str] = typer.Option(None, help="strategies, comma-separated (default: all cheats)"),
+        honest: Optional[str] = typer.Option(None, help="measured benign condition honest nodes draw from "
+                                             "(default dtype:bfloat16; e.g. attention:_native_flash in a GPU measurement)"),
     ) -> None:
         """Probability that the validator rejects each strategy, per sample size (exact binomial)."""
         from rich.console import Console
@@ -169,7 +173,7 @@ def register(app: typer.Typer) -> None:
         from sim.poc.power import DEFAULT_CHEATS, power_table
         from sim.poc.strategies import StrategyError
 
-        params = _params(distance_threshold=threshold)
+        params = _params(distance_threshold=threshold, honest_condition=honest)
         try:
             sizes = [int(s) for s in samples.split(",") if s.strip()]
             m = Measurement.load(measurement)

@@ -53,6 +53,18 @@ def test_poc_strategies_and_power(app):
     assert res.exit_code == 2 and "fabricate" in res.output
 
 
+def test_poc_power_honest_condition(app):
+    from sim.poc.measure import Measurement
+
+    m = Measurement.load()
+    # honest nodes drawn from the fp8 distances: the honest row shows fp8's mismatch rate at the threshold
+    res = runner.invoke(app, ["poc", "power", "--cheats", "honest", "--honest", "fp8", "--threshold", "0.03"])
+    assert res.exit_code == 0, res.output
+    assert f"{m.rate('fp8', 0.03):.3f}" in res.output
+    res = runner.invoke(app, ["poc", "power", "--honest", "attention:_native_cudnn"])
+    assert res.exit_code == 2 and "attention:_native_cudnn" in res.output and "no distances" in res.output
+
+
 @pytest.mark.slow
 def test_poc_measure_small(app, tmp_path):
     out = tmp_path / "m.json"

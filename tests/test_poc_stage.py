@@ -182,3 +182,28 @@ def test_power_grows_with_samples_and_gains_are_losses():
     assert leaf_mismatch_rate("inflate:2", m, params) is None
     assert expected_gain("fabricate:0.5", 200, m, params) < 0.01
     assert expected_gain("honest", 200, m, params) == pytest.approx(1.0)
+
+
+def test_threshold_benchmark_reports_rates_and_intervals(tmp_path):
+    """benchmarks/gpu_poc_threshold.py on the tiny preset: rates match the distances it stored."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_poc_threshold.py"
+    spec = importlib.util.spec_from_file_location("gpu_poc_threshold", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--preset", "tiny", "--device", "cpu", "--dtype", "float32", "--tag", "t",
+                     "--point", "5:6=dtype:bfloat16,fp8", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "poc_threshold_tiny_t.json").read_text())
+    raw = json.loads((tmp_path / "poc_measure_tiny_f5_t.json").read_text())
+    rows = {r["condition"]: r for r in result["points"][0]["rows"]}
+    for cond in ("dtype:bfloat16", "fp8"):
+        d = np.asarray(raw["conditions"][cond]["distances"])
+        at = rows[cond]["at"]["0.03"]
+        assert at["mismatches"] == int((d > 0.03).sum())
+        assert at["ci95"][0] <= at["rate"] <= at["ci95"][1]
+    assert rows["fp8"]["median"] > rows["dtype:bfloat16"]["median"]
+    with pytest.raises(SystemExit, match="FRAMES:NONCES"):
+        mod.main(["--point", "5x6=fp8"])

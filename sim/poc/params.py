@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-# Chosen from the measurement in docs/poc.md (tiny preset, this CPU): the smallest threshold of
-# the sweep at which honest nodes running in bfloat16 (the stand-in for another device class)
-# mismatch at most 2% of the time against a float32 validator, as Gonka's ~2% at its threshold.
-MEASURED_DISTANCE_THRESHOLD = 0.02
+# Chosen from the measurements in docs/poc.md. On the tiny preset (CPU) 0.02 was the smallest
+# threshold of the sweep at which bf16 honest nodes mismatch at most 2% against a float32
+# validator; at A14B scale (a14b-random, bf16, on an H200) other attention kernels and a batch of 4
+# put 3.7-5.6% of 160 nonces over 0.02 and none over 0.03, while FP8 weights still put 99.4% over
+# 0.03. So the default is 0.03: the smallest swept threshold that keeps every measured benign
+# condition, at every scale, at or below 2%.
+MEASURED_DISTANCE_THRESHOLD = 0.03
 
 
 class PocParams(BaseModel):
