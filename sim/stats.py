@@ -32,7 +32,6 @@ before scikit-learn sees them).
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -61,8 +60,8 @@ class StatsConfig:
     max_fpr: float = 0.01  # partial AUC region (DiFR: FPR < 1%)
     ci_level: float = 0.95
     n_boot: int = 1000  # replicates for test-split rate intervals (vectorised: cheap)
-    n_boot_auc: int = 300  # replicates for AUC intervals (one vectorised Mann-Whitney U over all replicates)
-    n_boot_pauc: int = 100  # replicates for partial-AUC intervals (one scikit-learn call each, ~2 ms)
+    n_boot_auc: int = 300  # replicates for AUC intervals (exact Mann-Whitney U of all replicates at once)
+    n_boot_pauc: int = 100  # replicates for partial-AUC intervals (one ROC curve each)
     # which comparisons get a partial-AUC interval: "best" (each policy's best metric, chosen on calib,
     # against all malign rows), "all_malign" (every metric against all malign rows), "all", "none"
     pauc_ci: str = "best"
@@ -148,20 +147,17 @@ def _nan_point(reason: str) -> OperatingPoint:
     return OperatingPoint(math.nan, math.nan, math.nan, reason)
 
 
-def choose_threshold(benign: np.ndarray, malign: np.ndarray, *, rule: str, target: float) -> OperatingPoint:
-    """Threshold from calib scores. rule "far": calib FAR <= target, least FRR; "frr": calib FRR <=
-    target, least FAR. Uses scikit-learn's ROC (`drop_intermediate=False`, so every distinct score
-    is a candidate)."""
+def _calib_roc(benign: np.ndarray, malign: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's ROC of calib scores with `drop_intermediate=False` (every distinct score a
+    candidate threshold); both rules of a comparison pick from the same curve."""
     from sklearn.metrics import roc_curve
 
-    if rule not in ("far", "frr"):
-        raise StatsError(f"rule must be 'far' or 'frr', got {rule!r}")
-    benign, malign = _finite(benign), _finite(malign)
-    if benign.size == 0 or malign.size == 0:
-        which = "benign" if benign.size == 0 else "malign"
-        return _nan_point(f"no {which} rows in the calib split")
     y = np.r_[np.zeros(benign.size), np.ones(malign.size)]
-    fpr, tpr, thr = roc_curve(y, np.r_[benign, malign], drop_intermediate=False)
+    return roc_curve(y, np.r_[benign, malign], drop_intermediate=False)
+
+
+def _pick_threshold(curve, benign: np.ndarray, malign: np.ndarray, rule: str, target: float) -> OperatingPoint:
+    fpr, tpr, thr = curve
     tol = 1e-12
     if rule == "far":
         idx = int(np.flatnonzero(tpr >= 1.0 - target - tol)[0])
@@ -176,6 +172,19 @@ def choose_threshold(benign: np.ndarray, malign: np.ndarray, *, rule: str, targe
         t = float(np.nextafter(thr[idx], -np.inf))
     frr, far = _rates(benign, malign, t)  # exact counts at the chosen threshold
     return OperatingPoint(t, frr, far)
+
+
+def choose_threshold(benign: np.ndarray, malign: np.ndarray, *, rule: str, target: float) -> OperatingPoint:
+    """Threshold from calib scores. rule "far": calib FAR <= target, least FRR; "frr": calib FRR <=
+    target, least FAR. Uses scikit-learn's ROC (`drop_intermediate=False`, so every distinct score
+    is a candidate)."""
+    if rule not in ("far", "frr"):
+        raise StatsError(f"rule must be 'far' or 'frr', got {rule!r}")
+    benign, malign = _finite(benign), _finite(malign)
+    if benign.size == 0 or malign.size == 0:
+        which = "benign" if benign.size == 0 else "malign"
+        return _nan_point(f"no {which} rows in the calib split")
+    return _pick_threshold(_calib_roc(benign, malign), benign, malign, rule, target)
 
 
 def _rates(benign: np.ndarray, malign: np.ndarray, t: float) -> tuple[float, float]:
@@ -219,51 +228,106 @@ def _rate_ci(flags: np.ndarray, prompt_idx: np.ndarray, weights: np.ndarray, lev
         return _ci(num / den, level)
 
 
-def _resample_matrix(scores: np.ndarray, prompt_idx: np.ndarray, draws: np.ndarray) -> np.ndarray | None:
-    """Scores of each replicate as a (n_boot, m) matrix when every prompt has the same row count."""
-    order = np.argsort(prompt_idx, kind="stable")
-    counts = np.bincount(prompt_idx, minlength=draws.max(initial=0) + 1)
-    present = counts[counts > 0]
-    if present.size == 0 or np.any(present != present[0]) or np.any(counts[np.unique(draws)] == 0):
-        return None
-    per = present[0]
-    table = np.full((counts.size, per), np.nan)
-    table[np.flatnonzero(counts)] = scores[order].reshape(-1, per)
-    return table[draws].reshape(draws.shape[0], -1)
+def _boot_counts(draws: np.ndarray, n_prompts: int) -> np.ndarray:
+    """(n_boot, n_prompts) multiplicity of each prompt in each row of `draws` (prompt indices)."""
+    n_boot = draws.shape[0]
+    flat = (draws + np.arange(n_boot)[:, None] * n_prompts).ravel()
+    return np.bincount(flat, minlength=n_boot * n_prompts).reshape(n_boot, n_prompts).astype(float)
+
+
+def _pair_counts(benign: np.ndarray, b_idx: np.ndarray, malign: np.ndarray, m_idx: np.ndarray,
+                 n_prompts: int) -> np.ndarray:
+    """C[p, q]: over benign rows of prompt p and malign rows of prompt q, the pairs with the malign
+    score above the benign one, ties counting 1/2 (the Mann-Whitney U restricted to two prompts)."""
+    c = np.zeros((n_prompts, n_prompts))
+    for p in np.unique(b_idx):
+        bp = np.sort(benign[b_idx == p])
+        lo = np.searchsorted(bp, malign, "left")
+        hi = np.searchsorted(bp, malign, "right")
+        c[p] = np.bincount(m_idx, weights=lo + 0.5 * (hi - lo), minlength=n_prompts)
+    return c
 
 
 def _auc_boot(benign: np.ndarray, b_idx: np.ndarray, malign: np.ndarray, m_idx: np.ndarray,
               n_prompts: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """Bootstrap AUCs (Mann-Whitney U / (n_b n_m), scipy, vectorised over replicates)."""
-    from scipy.stats import mannwhitneyu
-    from sklearn.metrics import roc_auc_score
-
+    """Bootstrap AUCs, each the Mann-Whitney U / (n_b n_m) of one prompt resample (what scipy's
+    `mannwhitneyu` and scikit-learn's `roc_auc_score` compute), for all replicates at once: with
+    prompt multiplicities w, U = w C w^T over the per-prompt-pair counts C. Every term is a multiple
+    of 1/2 far below 2**52, so U is exact whatever the summation order."""
     draws = rng.integers(0, n_prompts, size=(n_boot, n_prompts))
-    bm, mm = _resample_matrix(benign, b_idx, draws), _resample_matrix(malign, m_idx, draws)
-    if bm is not None and mm is not None and bm.shape[1] and mm.shape[1]:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            u = mannwhitneyu(mm, bm, axis=1, method="asymptotic").statistic
-        return np.asarray(u, dtype=float) / (bm.shape[1] * mm.shape[1])
-    out = np.full(n_boot, np.nan)  # ragged: one scikit-learn call per replicate
-    for i, d in enumerate(draws):
-        b = np.concatenate([benign[b_idx == p] for p in d])
-        m = np.concatenate([malign[m_idx == p] for p in d])
-        if b.size and m.size:
-            out[i] = roc_auc_score(np.r_[np.zeros(b.size), np.ones(m.size)], np.r_[b, m])
+    w = _boot_counts(draws, n_prompts)
+    c = _pair_counts(benign, b_idx, malign, m_idx, n_prompts)
+    u = ((w @ c) * w).sum(axis=1)
+    nb = w @ np.bincount(b_idx, minlength=n_prompts)
+    nm = w @ np.bincount(m_idx, minlength=n_prompts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = u / (nb * nm)
+    out[(nb == 0) | (nm == 0)] = np.nan
     return out
 
 
-def _pauc(benign: np.ndarray, malign: np.ndarray, max_fpr: float) -> float:
-    from sklearn.metrics import roc_auc_score
+def _roc(benign: np.ndarray, malign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's ROC curve (FPR, TPR) of benign (negative) against malign (positive) scores."""
+    from sklearn.metrics import roc_curve
 
+    y = np.r_[np.zeros(benign.size), np.ones(malign.size)]
+    fpr, tpr, _ = roc_curve(y, np.r_[benign, malign])
+    return fpr, tpr
+
+
+def _roc_replicate(benign: np.ndarray, malign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (FPR, TPR) that `roc_curve(y, s)` returns (default `drop_intermediate=True`), by the same
+    steps without its input checks, for bootstrap replicates: scores sorted in descending order, the
+    last row of each run of equal scores a threshold, cumulative counts there, collinear interior
+    points dropped. Counts are integers, so the rates equal scikit-learn's exactly (tested)."""
+    s = np.r_[benign, malign]
+    y = np.r_[np.zeros(benign.size), np.ones(malign.size)]
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    idx = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]
+    tps = np.cumsum(y)[idx]
+    fps = 1 + idx.astype(float) - tps
+    if fps.shape[0] > 2:
+        keep = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
+        fps, tps = fps[keep], tps[keep]
+    tps, fps = np.r_[0.0, tps], np.r_[0.0, fps]
+    return fps / fps[-1], tps / tps[-1]
+
+
+def _auc_area(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """`sklearn.metrics.auc` on an increasing FPR (the trapezoid rule it uses), without its input checks."""
+    from scipy.integrate import trapezoid
+
+    return float(1 * trapezoid(tpr, fpr))
+
+
+def _pauc_from_roc(fpr: np.ndarray, tpr: np.ndarray, max_fpr: float, area=None) -> float:
+    """scikit-learn's standardised partial AUC, `roc_auc_score(max_fpr=...)`, from the ROC curve that
+    `roc_auc_score` computes internally (same steps: interpolate at max_fpr, trapezoid area with
+    `sklearn.metrics.auc`, McClish correction), so one `roc_curve` call gives AUC and partial AUC."""
+    if area is None:
+        from sklearn.metrics import auc as area
+
+    stop = np.searchsorted(fpr, max_fpr, "right")
+    x_interp = [fpr[stop - 1], fpr[stop]]
+    y_interp = [tpr[stop - 1], tpr[stop]]
+    tpr = np.append(tpr[:stop], np.interp(max_fpr, x_interp, y_interp))
+    fpr = np.append(fpr[:stop], max_fpr)
+    partial_auc = area(fpr, tpr)
+    min_area = 0.5 * max_fpr**2
+    max_area = max_fpr
+    return float(0.5 * (1 + (partial_auc - min_area) / (max_area - min_area)))
+
+
+def _pauc(benign: np.ndarray, malign: np.ndarray, max_fpr: float) -> float:
     if benign.size == 0 or malign.size == 0:
         return math.nan
-    y = np.r_[np.zeros(benign.size), np.ones(malign.size)]
-    return float(roc_auc_score(y, np.r_[benign, malign], max_fpr=max_fpr))
+    return _pauc_from_roc(*_roc(benign, malign), max_fpr)
 
 
 def _pauc_boot(benign, b_idx, malign, m_idx, n_prompts, n_boot, max_fpr, rng) -> np.ndarray:
+    """Bootstrap partial AUCs (resampling prompts), each equal to `roc_auc_score(max_fpr=...)` of the
+    replicate, computed by `_roc_replicate` and the same interpolation and area."""
     out = np.full(n_boot, np.nan)
     b_rows = [np.flatnonzero(b_idx == p) for p in range(n_prompts)]
     m_rows = [np.flatnonzero(m_idx == p) for p in range(n_prompts)]
@@ -272,7 +336,7 @@ def _pauc_boot(benign, b_idx, malign, m_idx, n_prompts, n_boot, max_fpr, rng) ->
         b = benign[np.concatenate([b_rows[p] for p in d])]
         m = malign[np.concatenate([m_rows[p] for p in d])]
         if b.size and m.size:
-            out[i] = _pauc(b, m, max_fpr)
+            out[i] = _pauc_from_roc(*_roc_replicate(b, m), max_fpr, area=_auc_area)
     return out
 
 
@@ -280,48 +344,78 @@ def _pauc_boot(benign, b_idx, malign, m_idx, n_prompts, n_boot, max_fpr, rng) ->
 # One comparison
 
 
+@dataclass
+class _Side:
+    """The rows of one class of a comparison as arrays, in table order."""
+
+    score: np.ndarray  # finite (inf replaced by +-BIG)
+    raw: np.ndarray  # as stored
+    calib: np.ndarray  # bool: the row's prompt is in the calib split
+    prompt: np.ndarray
+    compute: np.ndarray  # validator_compute_share (NaN where missing)
+    bytes: np.ndarray  # bytes_kept
+    executor: np.ndarray  # executor_compute_share
+
+    def take(self, mask: np.ndarray) -> "_Side":
+        return _Side(*(getattr(self, f)[mask] for f in self.__dataclass_fields__))
+
+
+def _side(df: pd.DataFrame) -> _Side:
+    def num(col):
+        return pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
+
+    raw = df["score"].to_numpy(dtype=float)
+    return _Side(_finite(raw), raw, df["split"].to_numpy() == "calib", df["prompt_id"].to_numpy(),
+                 num("validator_compute_share"), num("bytes_kept"), num("executor_compute_share"))
+
+
+def _median(values: np.ndarray) -> float:
+    v = values[~np.isnan(values)]
+    return float(np.median(v)) if v.size else math.nan
+
+
 def compare(benign: pd.DataFrame, malign: pd.DataFrame, cfg: StatsConfig, rng: np.random.Generator,
             *, auc_ci: bool = True, pauc_ci: bool = True, roc_out: dict | None = None) -> dict[str, Any]:
     """All numbers of one benign-vs-malign comparison (rows of one policy and metric)."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+    return _compare(_side(benign), _side(malign), cfg, rng, auc_ci=auc_ci, pauc_ci=pauc_ci, roc_out=roc_out)
+
+
+def _compare(b: _Side, m: _Side, cfg: StatsConfig, rng: np.random.Generator,
+             *, auc_ci: bool = True, pauc_ci: bool = True, roc_out: dict | None = None) -> dict[str, Any]:
+    from sklearn.metrics import auc
 
     reasons: list[str] = []
     row: dict[str, Any] = {}
-    b_all, m_all = _finite(benign["score"].to_numpy()), _finite(malign["score"].to_numpy())
-    bc = benign["split"].to_numpy() == "calib"
-    mc = malign["split"].to_numpy() == "calib"
+    b_all, m_all = b.score, m.score
+    bc, mc = b.calib, m.calib
     row.update(n_benign_calib=int(bc.sum()), n_malign_calib=int(mc.sum()),
                n_benign_test=int((~bc).sum()), n_malign_test=int((~mc).sum()),
-               n_prompts_calib=int(pd.concat([benign.loc[bc, "prompt_id"], malign.loc[mc, "prompt_id"]]).nunique()),
-               n_prompts_test=int(pd.concat([benign.loc[~bc, "prompt_id"], malign.loc[~mc, "prompt_id"]]).nunique()))
-    raw_b = benign["score"].to_numpy(dtype=float)
-    raw_m = malign["score"].to_numpy(dtype=float)
+               n_prompts_calib=int(np.unique(np.r_[b.prompt[bc], m.prompt[mc]]).size),
+               n_prompts_test=int(np.unique(np.r_[b.prompt[~bc], m.prompt[~mc]]).size))
+    raw_b, raw_m = b.raw, m.raw
     row["benign_median"] = float(np.median(raw_b)) if raw_b.size else math.nan
     row["benign_p99"] = float(np.quantile(raw_b, 0.99, method="higher")) if raw_b.size else math.nan
     row["benign_max"] = float(np.max(raw_b)) if raw_b.size else math.nan
     row["malign_median"] = float(np.median(raw_m)) if raw_m.size else math.nan
     row["malign_min"] = float(np.min(raw_m)) if raw_m.size else math.nan
-    for col, src in (("validator_compute_share", benign), ("bytes_kept", benign)):
-        vals = pd.to_numeric(src[col], errors="coerce").dropna()
-        row[col] = float(vals.median()) if len(vals) else math.nan
-    ex = pd.to_numeric(malign["executor_compute_share"], errors="coerce").dropna()
-    row["executor_compute_share"] = float(ex.median()) if len(ex) else math.nan
+    row["validator_compute_share"] = _median(b.compute)
+    row["bytes_kept"] = _median(b.bytes)
+    row["executor_compute_share"] = _median(m.executor)
 
     # AUC and partial AUC on all prompts (no tuning involved), CIs resampling all prompts.
-    universe = np.union1d(benign["prompt_id"].to_numpy(), malign["prompt_id"].to_numpy())
-    b_idx = _prompt_index(benign["prompt_id"].to_numpy(), universe)
-    m_idx = _prompt_index(malign["prompt_id"].to_numpy(), universe)
+    universe = np.union1d(b.prompt, m.prompt)
+    b_idx = _prompt_index(b.prompt, universe)
+    m_idx = _prompt_index(m.prompt, universe)
     auc_cols = ("auc", "auc_lo", "auc_hi", "pauc", "pauc_lo", "pauc_hi")
     if b_all.size == 0 or m_all.size == 0:
         row.update(dict.fromkeys(auc_cols, math.nan))
         reasons.append("no benign rows" if b_all.size == 0 else "no malign rows")
     else:
-        y = np.r_[np.zeros(b_all.size), np.ones(m_all.size)]
-        s = np.r_[b_all, m_all]
-        row["auc"] = float(roc_auc_score(y, s))
-        row["pauc"] = float(roc_auc_score(y, s, max_fpr=cfg.max_fpr))
+        # one scikit-learn ROC gives the curve, the AUC (`roc_auc_score`'s own steps) and the pAUC
+        fpr, tpr = _roc(b_all, m_all)
+        row["auc"] = float(auc(fpr, tpr))
+        row["pauc"] = _pauc_from_roc(fpr, tpr, cfg.max_fpr)
         if roc_out is not None:
-            fpr, tpr, _ = roc_curve(y, s)
             roc_out["fpr"], roc_out["tpr"] = fpr, tpr
         if auc_ci and cfg.n_boot_auc and universe.size > 1:
             row["auc_lo"], row["auc_hi"] = _ci(_auc_boot(b_all, b_idx, m_all, m_idx, universe.size, cfg.n_boot_auc, rng), cfg.ci_level)
@@ -335,12 +429,17 @@ def compare(benign: pd.DataFrame, malign: pd.DataFrame, cfg: StatsConfig, rng: n
 
     # Operating points: thresholds on calib, rates on test, CIs resampling test prompts.
     bt, mt = b_all[~bc], m_all[~mc]
-    test_universe = np.union1d(benign.loc[~bc, "prompt_id"].to_numpy(), malign.loc[~mc, "prompt_id"].to_numpy())
+    test_universe = np.union1d(b.prompt[~bc], m.prompt[~mc])
     weights = _boot_weights(test_universe.size, cfg.n_boot, rng) if (cfg.n_boot and test_universe.size > 1) else np.empty((0, 0))
-    bt_idx = _prompt_index(benign.loc[~bc, "prompt_id"].to_numpy(), test_universe)
-    mt_idx = _prompt_index(malign.loc[~mc, "prompt_id"].to_numpy(), test_universe)
+    bt_idx = _prompt_index(b.prompt[~bc], test_universe)
+    mt_idx = _prompt_index(m.prompt[~mc], test_universe)
+    b_cal, m_cal = b_all[bc], m_all[mc]
+    curve = _calib_roc(b_cal, m_cal) if (b_cal.size and m_cal.size) else None
     for rule, target, main, other in (("far", cfg.far_target, "frr", "far"), ("frr", cfg.frr_target, "far", "frr")):
-        op = choose_threshold(b_all[bc], m_all[mc], rule=rule, target=target)
+        if curve is None:
+            op = _nan_point(f"no {'benign' if b_cal.size == 0 else 'malign'} rows in the calib split")
+        else:
+            op = _pick_threshold(curve, b_cal, m_cal, rule, target)
         p = f"at_{rule}"  # e.g. frr_at_far = test FRR at the calib threshold with FAR <= target
         row[f"threshold_{p}"] = op.threshold
         row[f"calib_frr_{p}"], row[f"calib_far_{p}"] = op.calib_frr, op.calib_far
@@ -349,7 +448,8 @@ def compare(benign: pd.DataFrame, malign: pd.DataFrame, cfg: StatsConfig, rng: n
             row.update({f"{main}_{p}": math.nan, f"{main}_{p}_lo": math.nan, f"{main}_{p}_hi": math.nan,
                         f"test_{other}_{p}": math.nan})
             continue
-        frr, far = _rates(bt, mt, op.threshold)
+        frr = float(np.mean(bt > op.threshold)) if bt.size else math.nan  # _rates on finite scores
+        far = float(np.mean(mt <= op.threshold)) if mt.size else math.nan
         if bt.size == 0 or mt.size == 0:
             reasons.append(f"{rule} rule: no {'benign' if bt.size == 0 else 'malign'} rows in the test split")
         rates = {"frr": frr, "far": far}
@@ -428,15 +528,24 @@ def _compute_stats(df: pd.DataFrame, cfg: StatsConfig) -> Stats:
     benign_set = sorted(df.loc[bmask, "deviation"].astype(str).unique())
     malign_devs = sorted(df.loc[df["kind"] == "malign", "deviation"].astype(str).unique())
 
-    rows, roc = [], {}
+    rows, roc, sides = [], {}, {}
+    whole = _side(df)  # df has a fresh RangeIndex (validate_scores): a group's index are its positions
+    benign_all = bmask.to_numpy()
+    malign_all = (df["kind"] == "malign").to_numpy()
+    dev_all = df["deviation"].astype(str).to_numpy()
     for (policy, metric), g in _groups(df):
-        gb = g[bmask.loc[g.index]]
-        gm_all = g[g["kind"] == "malign"]
+        pos = g.index.to_numpy()
+        side = whole.take(pos)
+        gb = side.take(benign_all[pos])
+        is_malign = malign_all[pos]
+        gm_all = side.take(is_malign)
+        m_dev = dev_all[pos][is_malign]
+        sides[(policy, metric)] = (gb, gm_all)
         for comp in [ALL_MALIGN, *malign_devs]:
-            gm = gm_all if comp == ALL_MALIGN else gm_all[gm_all["deviation"].astype(str) == comp]
+            gm = gm_all if comp == ALL_MALIGN else gm_all.take(m_dev == comp)
             pauc_ci = cfg.pauc_ci == "all" or (cfg.pauc_ci == "all_malign" and comp == ALL_MALIGN)
             curve: dict = {}
-            r = compare(gb, gm, cfg, rng, pauc_ci=pauc_ci, roc_out=curve)
+            r = _compare(gb, gm, cfg, rng, pauc_ci=pauc_ci, roc_out=curve)
             if curve:
                 roc[(policy, metric, comp)] = (curve["fpr"], curve["tpr"])
             rows.append({"policy": policy, "metric": metric, "deviation": comp, **r})
@@ -444,12 +553,10 @@ def _compute_stats(df: pd.DataFrame, cfg: StatsConfig) -> Stats:
     if cfg.pauc_ci == "best" and cfg.n_boot_pauc and len(table):
         for policy, metric in best_metric_per_policy(table).items():
             i = table.index[(table["policy"] == policy) & (table["metric"] == metric) & (table["deviation"] == ALL_MALIGN)][0]
-            g = df[(df["policy"] == policy) & (df["metric"] == metric)]
-            gb, gm = g[bmask.loc[g.index]], g[g["kind"] == "malign"]
-            universe = np.union1d(gb["prompt_id"].to_numpy(), gm["prompt_id"].to_numpy())
-            if universe.size > 1 and len(gb) and len(gm):
-                boot = _pauc_boot(_finite(gb["score"].to_numpy()), _prompt_index(gb["prompt_id"].to_numpy(), universe),
-                                  _finite(gm["score"].to_numpy()), _prompt_index(gm["prompt_id"].to_numpy(), universe),
+            gb, gm = sides[(policy, metric)]
+            universe = np.union1d(gb.prompt, gm.prompt)
+            if universe.size > 1 and gb.score.size and gm.score.size:
+                boot = _pauc_boot(gb.score, _prompt_index(gb.prompt, universe), gm.score, _prompt_index(gm.prompt, universe),
                                   universe.size, cfg.n_boot_pauc, cfg.max_fpr, rng)
                 table.loc[i, ["pauc_lo", "pauc_hi"]] = _ci(boot, cfg.ci_level)
     return Stats(config=cfg, table=table, eps_curve=eps_curve(df, cfg, rng), verdicts=verdicts(table, cfg),
@@ -467,14 +574,17 @@ def eps_curve(df: pd.DataFrame, cfg: StatsConfig, rng: np.random.Generator | Non
         return pd.DataFrame()
     malign = df[df["kind"] == "malign"]
     devs = sorted(malign["deviation"].astype(str).unique()) if per_deviation else []
+    malign_sides = {key: (_side(g), g["deviation"].astype(str).to_numpy()) for key, g in _groups(malign)}
+    empty = (_side(malign.iloc[:0]), np.array([], dtype=object))
     rows = []
     for eps in sorted(hw["hwnoise_eps"].unique()):
         he = hw[hw["hwnoise_eps"] == eps]
         for (policy, metric), gb in _groups(he):
-            gm_all = malign[(malign["policy"] == policy) & (malign["metric"] == metric)]
+            gm_all, m_dev = malign_sides.get((policy, metric), empty)
+            b = _side(gb)
             for comp in [ALL_MALIGN, *devs]:
-                gm = gm_all if comp == ALL_MALIGN else gm_all[gm_all["deviation"].astype(str) == comp]
-                r = compare(gb, gm, cfg, rng, auc_ci=False, pauc_ci=False)
+                gm = gm_all if comp == ALL_MALIGN else gm_all.take(m_dev == comp)
+                r = _compare(b, gm, cfg, rng, auc_ci=False, pauc_ci=False)
                 rows.append({"eps": float(eps), "policy": policy, "metric": metric, "deviation": comp, **r})
     return pd.DataFrame(rows)
 

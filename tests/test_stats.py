@@ -215,3 +215,74 @@ def test_summary_is_json_ready():
 
     df = table({"b": U(0, 1)}, {"c": U(2, 3)})
     json.dumps(compute_stats(df, **FAST).summary())
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast paths equal what scikit-learn and scipy compute
+
+
+def _ragged_scores(rng, n_prompts, ties=True):
+    """Scores with per-prompt row counts that differ, repeated values, and +-BIG (from inf)."""
+    b_idx = np.repeat(np.arange(n_prompts), rng.integers(0, 6, n_prompts))
+    m_idx = np.repeat(np.arange(n_prompts), rng.integers(0, 4, n_prompts))
+    draw = (lambda n: rng.integers(0, 6, n) / 5.0) if ties else (lambda n: rng.normal(size=n))
+    b, m = draw(b_idx.size), draw(m_idx.size) + 0.3
+    if b.size:
+        b[0] = -1e300
+    if m.size:
+        m[-1] = 1e300
+    return b, b_idx, m, m_idx
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bootstrap_auc_is_the_mann_whitney_u_of_each_replicate(seed):
+    from scipy.stats import mannwhitneyu
+    from sklearn.metrics import roc_auc_score
+
+    from sim.stats import _auc_boot
+
+    rng = np.random.default_rng(seed)
+    n = 7
+    b, b_idx, m, m_idx = _ragged_scores(rng, n, ties=seed % 2 == 0)
+    out = _auc_boot(b, b_idx, m, m_idx, n, 60, np.random.default_rng(seed))
+    draws = np.random.default_rng(seed).integers(0, n, size=(60, n))  # the same draws
+    for value, d in zip(out, draws):
+        bb = np.concatenate([b[b_idx == p] for p in d])
+        mm = np.concatenate([m[m_idx == p] for p in d])
+        if bb.size == 0 or mm.size == 0:
+            assert math.isnan(value)
+            continue
+        u = mannwhitneyu(mm, bb, method="asymptotic").statistic
+        assert value == u / (bb.size * mm.size)  # exactly
+        y = np.r_[np.zeros(bb.size), np.ones(mm.size)]
+        assert value == pytest.approx(roc_auc_score(y, np.r_[bb, mm]), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_partial_auc_from_one_roc_equals_scikit_learn(seed):
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from sim.stats import _auc_area, _pauc_from_roc, _roc, _roc_replicate
+
+    rng = np.random.default_rng(seed)
+    b, _, m, _ = _ragged_scores(rng, 30, ties=seed % 2 == 0)
+    y, s = np.r_[np.zeros(b.size), np.ones(m.size)], np.r_[b, m]
+    fpr, tpr = _roc(b, m)
+    sk_fpr, sk_tpr, _ = roc_curve(y, s)
+    rep_fpr, rep_tpr = _roc_replicate(b, m)
+    assert np.array_equal(fpr, sk_fpr) and np.array_equal(tpr, sk_tpr)
+    assert np.array_equal(rep_fpr, sk_fpr) and np.array_equal(rep_tpr, sk_tpr)
+    for max_fpr in (0.01, 0.05, 0.3):
+        expected = roc_auc_score(y, s, max_fpr=max_fpr)
+        assert _pauc_from_roc(fpr, tpr, max_fpr) == expected
+        assert _pauc_from_roc(rep_fpr, rep_tpr, max_fpr, area=_auc_area) == expected
+
+
+def test_table_auc_and_pauc_equal_roc_auc_score():
+    from sklearn.metrics import roc_auc_score
+
+    df = table({"b1": lambda rng, p: rng.normal(), "b2": lambda rng, p: round(rng.normal(), 1)},
+               {"c": lambda rng, p: rng.normal(0.8)}, n_prompts=16, seed=4)
+    r = row(compute_stats(df, **FAST))
+    y = (df.kind == "malign").to_numpy().astype(float)
+    assert r.auc == roc_auc_score(y, df.score) and r.pauc == roc_auc_score(y, df.score, max_fpr=0.01)
