@@ -326,28 +326,46 @@ def run_prompt(params: ExperimentParams, prompt_id: int, prompt: str, n_prompts:
     ctx.replays[request.key()] = canonical
     policies = [get_policy(p) for p in params.policies]
     split = split_of(prompt_id, n_prompts, params)
-    rows = []
-    for spec in params.all_deviations():
+
+    def timed(score, *args):
+        t0, r0 = time.perf_counter(), ctx.replay_seconds
+        out = score(*args)
+        timing["validator_replay"] += ctx.replay_seconds - r0
+        timing["scoring"] += time.perf_counter() - t0 - (ctx.replay_seconds - r0)
+        return out
+
+    specs = params.all_deviations()
+    claims, executor = [], []  # per deviation: the claim, and (executor compute share, deviation size)
+    results: dict[tuple[int, int], Any] = {}  # (deviation index, policy index) -> PolicyResult
+    for i, spec in enumerate(specs):
         rseed = run_seed_of(prompt_id, spec, params)
         t0 = time.perf_counter()
         gen = load_or_generate(gdir / slug(spec), request, rt, spec, rseed, params.capture)
         timing["generation"] += time.perf_counter() - t0
         if on_generation:
             on_generation(spec)
-        claim = Claim(request=request, sha256=gen.sha256, directory=gdir / slug(spec))
+        claims.append(Claim(request=request, sha256=gen.sha256, directory=gdir / slug(spec)))
+        executor.append((float(gen.cost.compute_share), _final_rel_l2(canonical, gen)))
+        for j, policy in enumerate(policies):
+            if not policy.batched:  # these regenerate per claim: scored as each generation lands
+                results[(i, j)] = timed(policy.score, claims[i], ctx)
+    for j, policy in enumerate(policies):
+        if policy.batched:  # no regeneration per claim: all of the prompt's claims at once
+            for i, res in enumerate(timed(policy.score_many, claims, ctx)):
+                results[(i, j)] = res
+    rows = []
+    for i, spec in enumerate(specs):
         eps = float(spec.split(":", 1)[1]) if spec.startswith("hwnoise:") else 0.0
-        size = _final_rel_l2(canonical, gen)
-        for policy in policies:
-            t0, r0 = time.perf_counter(), ctx.replay_seconds
-            res = policy.score(claim, ctx)
-            timing["validator_replay"] += ctx.replay_seconds - r0
-            timing["scoring"] += time.perf_counter() - t0 - (ctx.replay_seconds - r0)
+        share, size = executor[i]
+        kind = kind_of(spec)
+        for j, policy in enumerate(policies):
+            res = results[(i, j)]
             for metric, score in res.scores.items():
                 rows.append({
                     "run_id": run.name, "preset": params.preset, "prompt_id": prompt_id, "prompt": prompt,
-                    "split": split, "deviation": spec, "kind": kind_of(spec), "policy": policy.name,
+                    "split": split, "deviation": spec, "kind": kind, "policy": policy.name,
                     "metric": metric, "score": float(score),
-                    "executor_compute_share": float(gen.cost.compute_share),
+                    "executor_compute_share": share,
                     "validator_compute_share": float(res.validator_compute_share),
                     "bytes_kept": int(res.bytes_kept), "hwnoise_eps": eps, "deviation_size": size,
                 })
@@ -398,13 +416,26 @@ def finite(x: float) -> float | None:
 
 def analyse(params: ExperimentParams, n_prompts: int) -> dict[str, Any]:
     """Statistics, thresholds and the report of a finished run; returns a digest for the flow."""
+    import gc
+    import time
+
+    t0 = time.perf_counter()
+    # The objects alive now (models, Prefect, the run's records) outlive this stage: keep the cyclic
+    # collector from re-scanning them each time the statistics and figures trigger a full collection.
+    gc.freeze()
+    try:
+        return _analyse(params, n_prompts, t0)
+    finally:
+        gc.unfreeze()
+
+
+def _analyse(params: ExperimentParams, n_prompts: int, t0: float) -> dict[str, Any]:
+    import time
+
     from sim.report import write_report
     from sim.stats import choose_thresholds, compute_stats
 
-    import time
-
     run = Path(params.out)
-    t0 = time.perf_counter()
     df = collect_scores(params, n_prompts)
     benign_eps = params.hwnoise_headline if params.hwnoise_headline is not None else None
     stats = compute_stats(df, n_boot=params.bootstrap, seed=params.seed, benign_eps=benign_eps)

@@ -26,7 +26,10 @@ both `inf` on a shape mismatch.
 
 Speed: piq's filters on a few 64x64 frames take milliseconds on one thread, but on a loaded 2-core
 machine PyTorch's intra-op thread pool made them 10-40x slower, so scoring runs with
-`torch.set_num_threads(threads)` (default 1) for its duration and restores the previous value.
+`torch.set_num_threads(threads)` (default 1) for its duration and restores the previous value. The
+distances do not depend on the thread count (tested); the experiment scores a prompt's claims side
+by side, one thread each (`sim.policies.FullReplay.score_many`), and skips piq for videos whose
+frames are all bit-identical (their distances are the identity values anyway).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import contextlib
 import math
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -228,14 +232,16 @@ def build_perceptual(metric: str, weights_dir: str | Path | None = None):
 
 
 _PERCEPTUAL_CACHE: dict[tuple[str, str], object] = {}
+_PERCEPTUAL_LOCK = threading.Lock()  # claims may be scored from several threads: build each module once
 
 
 def _perceptual(metric: str, weights_dir: str | Path | None):
     files = perceptual_weight_files(metric, weights_dir)
     key = (metric, "|".join(f"{p.resolve()}:{p.stat().st_mtime_ns}" for p in files.values()))
-    if key not in _PERCEPTUAL_CACHE:
-        _PERCEPTUAL_CACHE[key] = build_perceptual(metric, weights_dir)
-    return _PERCEPTUAL_CACHE[key]
+    with _PERCEPTUAL_LOCK:
+        if key not in _PERCEPTUAL_CACHE:
+            _PERCEPTUAL_CACHE[key] = build_perceptual(metric, weights_dir)
+        return _PERCEPTUAL_CACHE[key]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,6 +357,11 @@ def per_frame_distances(ref: np.ndarray, test: np.ndarray, metrics: Sequence[str
     out: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
     # Bit-identical frames get the metric's exact identity value, not float32 rounding around it.
     identical = np.all(ref.reshape(ref.shape[0], -1) == test.reshape(test.shape[0], -1), axis=1)
+    if identical.all():  # every value would be replaced by the identity below: nothing to compute
+        for m in metrics:
+            if m in WEIGHTED_METRICS:
+                _perceptual(m, weights_dir)  # but a broken weight file is reported whatever the frames
+        return {m: np.full(ref.shape[0], IDENTITY.get(m, 0.0)) for m in metrics}
     with torch_threads(threads), torch.inference_mode():
         for start in range(0, ref.shape[0], batch_frames):
             x = torch.from_numpy(np.ascontiguousarray(ref[start:start + batch_frames])).permute(0, 3, 1, 2).float().div_(255.0)
@@ -421,9 +432,10 @@ def rel_l2(ref, test) -> float:
 
 def cosine_distance(ref, test) -> float:
     """1 - cos(ref, test) in [0, 2]; inf on a shape mismatch; 0 for two zero vectors, 1 for one."""
-    a, b = _as_float64("ref", ref).ravel(), _as_float64("test", test).ravel()
-    if _as_float64("ref", ref).shape != _as_float64("test", test).shape:
+    a, b = _as_float64("ref", ref), _as_float64("test", test)
+    if a.shape != b.shape:
         return math.inf
+    a, b = a.ravel(), b.ravel()
     if np.array_equal(a, b):
         return 0.0
     na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))

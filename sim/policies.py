@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Iterable
@@ -77,6 +78,15 @@ class ValidationContext:
     metrics: tuple[str, ...] = ("ssim", "psnr", "gmsd", "haarpsi")
     aggregations: tuple[str, ...] = ("mean", "worst", "p90")
     weights_dir: str | None = None
+    # PyTorch intra-op threads of the frame metrics when one claim is scored at a time; None: the
+    # count in force (the one generation uses). The distances do not depend on it (tests/test_metrics.py).
+    scoring_threads: int | None = None
+    # Claims scored side by side, one PyTorch thread each, by `score_many` of the full policy (frames
+    # are decoded and compared in parallel: PyAV and PyTorch release the GIL); None: the CPUs this
+    # process may use, at most 4 (each worker holds a batch of frames and the metrics' buffers).
+    scoring_workers: int | None = None
+    # (path, (size, mtime), result) of the last latent file read, shared by the policies of one claim
+    _claim_checkpoints: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def replay(self, request: GenerationRequest):
         """The validator's own generation of the request (cached by request)."""
@@ -93,6 +103,40 @@ class ValidationContext:
         if key not in self.replays:
             self.replays[key] = decode_mp4(replay.mp4)
         return self.replays[key]
+
+    def workers(self) -> int:
+        if self.scoring_workers is not None:
+            return max(1, int(self.scoring_workers))
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            cpus = os.cpu_count() or 1
+        return max(1, min(4, cpus))
+
+    def fingerprint_of(self, request: GenerationRequest, name: str, fp) -> Any:
+        """The fingerprint of the validator's own latent `name` of its replay of `request` (projected
+        once per replay, not once per claim)."""
+        key = ("fingerprint", request.key(), name, fp.k, fp.seed)
+        if key not in self.replays:
+            self.replays[key] = fp.project(self.replay(request).latents[name])
+        return self.replays[key]
+
+    def checkpoints(self, claim: Claim):
+        """`(checkpoints, "")` of the claim's latent file, or `(None, reason)` when it cannot be read.
+        The file is read once for all policies scoring the same claim in a row (keyed by its path,
+        size and modification time); each call gets its own copies of the tensors."""
+        path = claim.latents_path
+        try:
+            st = path.stat()
+            stamp = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            stamp = None
+        cached = self._claim_checkpoints
+        if stamp is None or cached is None or cached[0] != path or cached[1] != stamp:
+            cached = (path, stamp, _checkpoints_or_none(claim))
+            self._claim_checkpoints = cached if stamp is not None else None
+        cks, err = cached[2]
+        return (_copy_checkpoints(cks), err) if cks is not None else (None, err)
 
     def run(self, request: GenerationRequest, **kwargs):
         """A validator generation (timed as replay, not scoring)."""
@@ -114,6 +158,31 @@ def _checkpoints_or_none(claim: Claim):
         return load_checkpoints(claim.latents_path), ""
     except ArtifactError as err:
         return None, str(err)
+
+
+def _copy_checkpoints(checkpoints):
+    """Copies a policy may change without touching the cached ones (tensors cloned, lists copied)."""
+    import torch
+
+    from models.engine import Checkpoint
+
+    def cp(v):
+        if isinstance(v, torch.Tensor):
+            return v.clone()
+        if isinstance(v, list):
+            return [cp(x) for x in v]
+        return v
+
+    return {n: Checkpoint(step=ck.step, latents=ck.latents.clone(),
+                          solver=None if ck.solver is None else {k: cp(v) for k, v in ck.solver.items()})
+            for n, ck in checkpoints.items()}
+
+
+@functools.lru_cache(maxsize=256)
+def _forward_passes(request: GenerationRequest) -> int:
+    from models.engine import forward_passes
+
+    return forward_passes(request)
 
 
 def _latent_names(checkpoints) -> list[str]:
@@ -143,6 +212,14 @@ class ValidationPolicy:
     def score(self, claim: Claim, ctx: ValidationContext) -> PolicyResult:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    # Policies whose claims can be scored together, after the executor's generations (no
+    # regeneration per claim): the experiment hands them all claims of a prompt in one `score_many`.
+    batched: ClassVar[bool] = False
+
+    def score_many(self, claims: list[Claim], ctx: ValidationContext) -> list[PolicyResult]:
+        """`score` of each claim, in order (a policy may score them side by side)."""
+        return [self.score(c, ctx) for c in claims]
+
     @staticmethod
     def verdict(score: float, threshold: float) -> bool:
         """Pass when the distance is at most the threshold (NaN fails)."""
@@ -159,7 +236,27 @@ class FullReplay(ValidationPolicy):
     def primary_metric(self, ctx):
         return f"{ctx.metrics[0]}.mean"
 
+    batched = True
+
     def score(self, claim, ctx):
+        return self._score(claim, ctx, ctx.scoring_threads)
+
+    def score_many(self, claims, ctx):
+        """Claims scored side by side by `ctx.workers()` threads with one PyTorch thread each: the
+        same distances as one at a time (tests/test_policies.py), less wall time on several cores."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from sim.metrics import torch_threads
+
+        workers = min(ctx.workers(), len(claims))
+        if workers <= 1:
+            return super().score_many(claims, ctx)
+        for claim in claims:  # the validator's own videos first: regenerated (if need be) and decoded once
+            ctx.frames_of(ctx.replay(claim.request))
+        with torch_threads(1), ThreadPoolExecutor(workers) as pool:  # worker threads inherit 1 thread
+            return list(pool.map(lambda c: self._score(c, ctx, None), claims))
+
+    def _score(self, claim, ctx, threads):
         from sim.metrics import score_frames
         from sim.video_io import CorruptVideo, VideoHashMismatch, read_committed_video
 
@@ -171,7 +268,7 @@ class FullReplay(ValidationPolicy):
         except (VideoHashMismatch, CorruptVideo, FileNotFoundError) as err:
             return rejected(keys, str(err), 1.0, size)
         ref = ctx.frames_of(replay)
-        scores = score_frames(ref, frames, ctx.metrics, ctx.aggregations, weights_dir=ctx.weights_dir)
+        scores = score_frames(ref, frames, ctx.metrics, ctx.aggregations, weights_dir=ctx.weights_dir, threads=threads)
         return PolicyResult(scores, replay.cost.compute_share, size)
 
 
@@ -207,7 +304,7 @@ class CheckpointReplay(ValidationPolicy):
         return "rel_l2.max"
 
     def score(self, claim, ctx):
-        cks, err = _checkpoints_or_none(claim)
+        cks, err = ctx.checkpoints(claim)
         if cks is None:
             return rejected(("rel_l2.max", "cosine.max"), err)
         names = _latent_names(cks)
@@ -233,7 +330,7 @@ class FingerprintReplay(ValidationPolicy):
     def score(self, claim, ctx):
         from sim.fingerprint import Fingerprinter
 
-        cks, err = _checkpoints_or_none(claim)
+        cks, err = ctx.checkpoints(claim)
         if cks is None:
             return rejected(("fp_dist.max",), err)
         fp = Fingerprinter(k=ctx.fingerprint_k, seed=ctx.fingerprint_seed)
@@ -245,7 +342,7 @@ class FingerprintReplay(ValidationPolicy):
             if n not in replay.latents or replay.latents[n].shape != ck.latents.shape:
                 scores[f"fp_dist.{n}"] = INF
                 continue
-            scores[f"fp_dist.{n}"] = float(fp.distance(fp.project(replay.latents[n]), theirs))
+            scores[f"fp_dist.{n}"] = float(fp.distance(ctx.fingerprint_of(claim.request, n, fp), theirs))
         scores["fp_dist.max"] = max(scores.values()) if scores else INF
         return PolicyResult(scores, replay.cost.compute_share, len(cks) * fp.bytes_per_vector)
 
@@ -266,11 +363,11 @@ class SegmentReplay(ValidationPolicy):
         return pairs[int.from_bytes(h[:8], "little") % len(pairs)]
 
     def score(self, claim, ctx):
-        from models.engine import Checkpoint, forward_passes, initial_noise
+        from models.engine import Checkpoint, initial_noise
         from sim.metrics import rel_l2
 
         keys = ("rel_l2.end", "cosine.end", "rel_l2.start")
-        cks, err = _checkpoints_or_none(claim)
+        cks, err = ctx.checkpoints(claim)
         if cks is None or len(cks) < 2:
             return rejected(keys, err or "fewer than two checkpoints")
         names = _latent_names(cks)
@@ -295,7 +392,7 @@ class SegmentReplay(ValidationPolicy):
         end = score_latents(run.latents[b], cks[b].latents)
         scores["rel_l2.end"] = max(end["rel_l2"], scores["rel_l2.start"])
         scores["cosine.end"] = end["cosine"]
-        share = run.cost.total_passes / max(1, forward_passes(claim.request))
+        share = run.cost.total_passes / max(1, _forward_passes(claim.request))
         return PolicyResult(scores, share, _latent_bytes(cks, True))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,22 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+# Frames up to this many pixels are decoded on the calling thread (same frames, less overhead).
+_SMALL_FRAME_PIXELS = 256 * 256
+_LOCAL = threading.local()
+
+
+def _reformatter():
+    """One swscale context per thread, reused across frames and files: `VideoFrame.to_ndarray(format=
+    "rgb24")` builds a new one for every frame, which cost more than decoding a 64x64 frame. The
+    conversion is the same (same formats, size, interpolation and colour space), so are the bytes."""
+    from av.video.reformatter import VideoReformatter
+
+    if getattr(_LOCAL, "reformatter", None) is None:
+        _LOCAL.reformatter = VideoReformatter()
+    return _LOCAL.reformatter
+
+
 def decode_mp4(path_or_bytes: str | Path | bytes, *, name: str | None = None) -> np.ndarray:
     """Decode every frame of a video to uint8 RGB, shape (F, H, W, 3).
 
@@ -66,11 +83,16 @@ def decode_mp4(path_or_bytes: str | Path | bytes, *, name: str | None = None) ->
         if not path.is_file():
             raise FileNotFoundError(f"video {path}: no such file")
         source, label = str(path), name or str(path)
+    reformatter = _reformatter()
     try:
         with av.open(source, mode="r") as container:
             if not container.streams.video:
                 raise CorruptVideo(f"video {label}: the container holds no video stream")
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+            stream = container.streams.video[0]
+            codec = stream.codec_context  # None when the header is cut off
+            if codec is not None and codec.width * codec.height <= _SMALL_FRAME_PIXELS:
+                stream.thread_type = "NONE"  # FFmpeg's slice threads cost more than they save here
+            frames = [reformatter.reformat(f, format="rgb24").to_ndarray() for f in container.decode(stream)]
     except CorruptVideo:
         raise
     except (av.FFmpegError, EOFError, ValueError, IndexError) as err:

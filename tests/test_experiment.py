@@ -146,6 +146,68 @@ def test_tampered_artifacts_fail_validation_with_a_reason(finished, tmp_path):
         assert res.reason and max(res.scores.values()) == float("inf")
 
 
+def _claims_of_prompt0(params):
+    request = params.base_request(ex.load_prompts(params)[0], 0)
+    gens = Path(params.out) / "gens" / "p0000"
+    claims = [Claim(request, json.loads((d / "record.json").read_text())["sha256"], d)
+              for d in sorted(gens.iterdir()) if d.name != "canonical" and not d.name.startswith(".")]
+    return request, gens, claims
+
+
+def test_full_policy_scores_claims_side_by_side_as_one_by_one(finished, tmp_path):
+    import shutil
+
+    from models.engine import Generation
+
+    params, _, _ = finished
+    request, gens, claims = _claims_of_prompt0(params)
+    tampered = tmp_path / "tampered"
+    shutil.copytree(claims[0].directory, tampered)
+    (tampered / "video.mp4").write_bytes((tampered / "video.mp4").read_bytes()[:-7] + b"tamper!")
+    claims.insert(2, Claim(request, claims[0].sha256, tampered))
+    canonical = Generation.load(gens / "canonical")
+    one, many = ValidationContext(scoring_threads=1), ValidationContext(scoring_workers=2)
+    one.replays[request.key()] = many.replays[request.key()] = canonical
+    policy = get_policy("full")
+    expected = [policy.score(c, one) for c in claims]
+    got = policy.score_many(claims, many)
+    assert [r.scores for r in got] == [r.scores for r in expected]  # same bits, same order
+    assert [(r.reason, r.validator_compute_share, r.bytes_kept) for r in got] == \
+        [(r.reason, r.validator_compute_share, r.bytes_kept) for r in expected]
+    assert "SHA-256" in got[2].reason and all(v == float("inf") for v in got[2].scores.values())
+    assert many.replay_seconds == 0.0  # the validator's own video came from its stored generation
+
+
+def test_a_claims_latents_are_read_once_and_handed_out_as_copies(finished, tmp_path, monkeypatch):
+    import shutil
+
+    import torch
+
+    from models import engine
+
+    params, _, _ = finished
+    request, _, claims = _claims_of_prompt0(params)
+    claim_dir = tmp_path / "claim"
+    shutil.copytree(claims[0].directory, claim_dir)
+    claim = Claim(request, claims[0].sha256, claim_dir)
+    reads = []
+    real = engine.load_checkpoints
+    monkeypatch.setattr(engine, "load_checkpoints", lambda path: reads.append(path) or real(path))
+    ctx = ValidationContext()
+    a, err = ctx.checkpoints(claim)
+    b, _ = ctx.checkpoints(claim)
+    assert err == "" and len(reads) == 1 and set(a) == set(b)
+    name = next(iter(a))
+    a[name].latents.add_(1.0)  # a policy changing its copy changes no other policy's
+    c, _ = ctx.checkpoints(claim)
+    assert torch.equal(b[name].latents, c[name].latents) and not torch.equal(a[name].latents, c[name].latents)
+    assert len(reads) == 1
+    lat = claim_dir / "latents.safetensors"  # a changed file is read again
+    lat.write_bytes(lat.read_bytes()[:50])
+    d, err = ctx.checkpoints(claim)
+    assert d is None and "truncated" in err and len(reads) == 2
+
+
 @pytest.mark.parametrize(
     "field,value,needle",
     [

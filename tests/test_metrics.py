@@ -93,8 +93,30 @@ def test_unknown_names_and_bad_inputs():
 def test_scoring_restores_thread_count():
     before = torch.get_num_threads()
     v = _video(f=2)
-    score_frames(v, v, ("ssim",), threads=1)
+    score_frames(v, _noisy(v, 4), ("ssim",), threads=1)
     assert torch.get_num_threads() == before
+
+
+def test_thread_count_does_not_change_distances():
+    # the experiment scores with the thread count in force (or one per worker thread): same bits
+    v = _video(f=6)
+    t = _noisy(v, 6)
+    one = metrics.per_frame_distances(v, t, WEIGHTLESS, threads=1)
+    two = metrics.per_frame_distances(v, t, WEIGHTLESS, threads=2)
+    for m in WEIGHTLESS:
+        assert np.array_equal(one[m], two[m]), m
+
+
+def test_partly_identical_videos_get_identity_frames_only():
+    v = _video(f=4)
+    t = v.copy()
+    t[2] = _noisy(v[2:3], 8)[0]
+    per = metrics.per_frame_distances(v, t, WEIGHTLESS)
+    for m in WEIGHTLESS:
+        assert per[m][2] > metrics.IDENTITY.get(m, 0.0)
+        assert np.all(per[m][[0, 1, 3]] == metrics.IDENTITY.get(m, 0.0))
+    same = metrics.per_frame_distances(v, v, WEIGHTLESS)  # no frame differs: nothing is computed
+    assert all(np.array_equal(same[m], np.full(4, metrics.IDENTITY.get(m, 0.0))) for m in WEIGHTLESS)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -76,3 +76,18 @@ def test_garbage_and_empty_inputs(tmp_path):
         decode_mp4(tmp_path / "missing.mp4")
     with pytest.raises(ValueError, match="64-character"):
         read_committed_video(tmp_path / "x.mp4", "abc")
+
+
+@pytest.mark.parametrize("size", [(64, 64), (272, 320)])  # small frames decode on the calling thread
+def test_decode_equals_pyav_frame_conversion(tmp_path, size):
+    import av
+
+    rng = np.random.default_rng(1)
+    h, w = size
+    frames = rng.integers(0, 256, (5, h, w, 3), dtype=np.uint8)
+    path = tmp_path / "v.mp4"
+    path.write_bytes(encode_mp4(frames, fps=8))
+    with av.open(str(path)) as container:  # PyAV's own per-frame conversion
+        expected = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    for _ in range(2):  # the reused converter gives the same frames every time
+        assert np.array_equal(decode_mp4(path), expected)
