@@ -7,7 +7,8 @@ intervals and the benign noise level, benign noise per benign deviation, ROC cur
 histograms per deviation, compute and bytes per policy, the FAR/FRR-vs-EPS curve of the emulated
 hardware noise, and frame strips (canonical vs each deviation) read back from the stored MP4s.
 
-Figures use matplotlib's object API (`matplotlib.figure.Figure`), never pyplot's global state.
+Figures use matplotlib's object API (`matplotlib.figure.Figure`), never pyplot's global state; the frame
+strips, all pixels, are composed with Pillow.
 """
 
 from __future__ import annotations
@@ -158,28 +159,32 @@ def hist_figure(df: pd.DataFrame, best: dict[str, str], thresholds: dict[str, fl
     deviation's histogram (green benign, red malign), the benign class pooled in grey at the top,
     the calib threshold dashed."""
     policies = list(best)
-    devs_all = sorted(df["deviation"].astype(str).unique(),
-                      key=lambda d: (df.loc[df["deviation"] == d, "kind"].iloc[0] != "benign", d))[:MAX_HIST_PANELS]
+    dev_all = df["deviation"].astype(str).to_numpy()
+    kind_all = df["kind"].to_numpy()
+    score_all = df["score"].to_numpy(float)
+    first_kind = dict(zip(dev_all[::-1], kind_all[::-1]))  # each deviation's first row wins
+    devs_all = sorted(first_kind, key=lambda d: (first_kind[d] != "benign", d))[:MAX_HIST_PANELS]
+    policy_all, metric_all = df["policy"].to_numpy(), df["metric"].to_numpy()
     fig = _figure(3.6 * max(1, len(policies)) + 1.6, 0.34 * (len(devs_all) + 1) + 1.2)
     axes = np.atleast_1d(fig.subplots(1, max(1, len(policies)), squeeze=False, sharey=True)).ravel()
     for ax, policy in zip(axes, policies):
         metric = best[policy]
-        g = df[(df["policy"] == policy) & (df["metric"] == metric)]
-        bins, logx, floor = _hist_bins(g["score"].to_numpy(float))
+        sel = (policy_all == policy) & (metric_all == metric)
+        g_score, g_dev, g_kind = score_all[sel], dev_all[sel], kind_all[sel]
+        bins, logx, floor = _hist_bins(g_score)
 
         def prep(v):
             v = v[np.isfinite(v)]
             return np.where(v <= 0, floor, v) if logx else v
 
         labels = []
-        rows = [("benign class", g[g["deviation"].astype(str).isin(benign_set)], "#999")]
+        rows = [("benign class", g_score[np.isin(g_dev, list(benign_set))], "#999")]
         for dev in devs_all:
-            s = g[g["deviation"].astype(str) == dev]
-            kind = s["kind"].iloc[0] if len(s) else "benign"
-            rows.append((dev, s, "#2a7" if kind == "benign" else "#d33"))
-        for i, (label, s, color) in enumerate(rows):
+            m = g_dev == dev
+            kind = g_kind[m][0] if m.any() else "benign"
+            rows.append((dev, g_score[m], "#2a7" if kind == "benign" else "#d33"))
+        for i, (label, vals, color) in enumerate(rows):
             y = len(rows) - 1 - i
-            vals = s["score"].to_numpy(float)
             counts, _ = np.histogram(prep(vals), bins=bins)
             if counts.max() > 0:
                 ax.stairs(y + 0.85 * counts / counts.max(), bins, baseline=y, fill=True, color=color, alpha=0.8)
@@ -256,17 +261,29 @@ def _slug(spec: str) -> str:
 
 
 def strip_figure(run_dir: Path, prompt_id: int, deviations: list[str], n_frames: int = 3) -> tuple[bytes | None, list[str]]:
-    """One mosaic: columns = canonical, then each deviation; rows = first, middle and last frame."""
+    """One mosaic: columns = canonical, then each deviation; rows = first, middle and last frame.
+
+    Drawn with Pillow rather than matplotlib (the image is all pixels and a few labels): frames
+    enlarged without interpolation to at least 80 px, column labels below at 50 degrees, row labels
+    on the left, in matplotlib's DejaVu Sans."""
     from sim.video_io import decode_mp4
 
-    base = run_dir / "gens" / f"p{prompt_id:04d}"
-    rows, missing = [], []
-    for name, label in [("canonical", "canonical (validator)")] + [(_slug(d), d) for d in deviations]:
-        path = base / name / "video.mp4"
+    from concurrent.futures import ThreadPoolExecutor
+
+    def decode(path):
         try:
-            frames = decode_mp4(path)
+            return decode_mp4(path)
         except (OSError, ValueError) as err:
-            missing.append(f"{label} ({type(err).__name__})")
+            return err
+
+    base = run_dir / "gens" / f"p{prompt_id:04d}"
+    videos = [("canonical", "canonical (validator)")] + [(_slug(d), d) for d in deviations]
+    with ThreadPoolExecutor(2) as pool:  # PyAV decodes without holding the GIL
+        decoded = list(pool.map(decode, [base / name / "video.mp4" for name, _ in videos]))
+    rows, missing = [], []
+    for (_, label), frames in zip(videos, decoded):
+        if isinstance(frames, Exception):
+            missing.append(f"{label} ({type(frames).__name__})")
             continue
         idx = sorted({0, frames.shape[0] // 2, frames.shape[0] - 1})[:n_frames]
         rows.append((label, [frames[i] for i in idx], idx))
@@ -282,16 +299,50 @@ def strip_figure(run_dir: Path, prompt_id: int, deviations: list[str], n_frames:
         for i, im in enumerate(ims):  # smaller frames (e.g. a low-resolution cheat) sit top-left, unscaled
             mosaic[i * (h + pad):i * (h + pad) + im.shape[0], j * (w + pad):j * (w + pad) + im.shape[1]] = im
     scale = max(1.0, 80 / h)
-    fig = _figure(mosaic.shape[1] * scale / 100 + 0.8, mosaic.shape[0] * scale / 100 + 1.3)
-    ax = fig.subplots()
-    ax.imshow(mosaic, interpolation="nearest")
-    ax.set_xticks([j * (w + pad) + w / 2 for j in range(len(rows))], [r[0] for r in rows], fontsize=7, rotation=50,
-                  ha="right", rotation_mode="anchor")
-    ax.set_yticks([i * (h + pad) + h / 2 for i in range(len(rows[0][2]))], [f"frame {k}" for k in rows[0][2]], fontsize=7)
-    ax.tick_params(length=0)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    return _png(fig), missing
+    return _mosaic_png(mosaic, scale, [(j * (w + pad) + w / 2, r[0]) for j, r in enumerate(rows)],
+                       [(i * (h + pad) + h / 2, f"frame {k}") for i, k in enumerate(rows[0][2])]), missing
+
+
+def _font(size_px: int):
+    from PIL import ImageFont
+
+    try:
+        import matplotlib
+
+        return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), size_px)
+    except (OSError, ImportError):  # pragma: no cover - matplotlib ships the font
+        return ImageFont.load_default()
+
+
+def _mosaic_png(mosaic: np.ndarray, scale: float, col_labels: list[tuple[float, str]],
+                row_labels: list[tuple[float, str]], angle: float = 50.0) -> bytes:
+    """`mosaic` enlarged by `scale` (nearest neighbour) with labels: columns' below, rotated by `angle`
+    and ending under their x (mosaic pixels), rows' on the left, centred on their y."""
+    from PIL import Image, ImageDraw
+
+    font = _font(10)  # 7 pt at 100 dpi
+    img = Image.fromarray(mosaic).resize((round(mosaic.shape[1] * scale), round(mosaic.shape[0] * scale)), Image.NEAREST)
+    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
+    left = 12 + max((measure.textlength(t, font=font) for _, t in row_labels), default=0)
+    rad = math.radians(angle)
+    depth = max((measure.textlength(t, font=font) * math.sin(rad) for _, t in col_labels), default=0) + 20
+    top, right = 10, 10
+    canvas = Image.new("RGB", (int(left + img.width + right), int(top + img.height + depth)), "white")
+    canvas.paste(img, (int(left), top))
+    draw = ImageDraw.Draw(canvas)
+    for y, text in row_labels:
+        draw.text((left - 6, top + y * scale), text, font=font, fill="black", anchor="rm")
+    for x, text in col_labels:
+        length = int(measure.textlength(text, font=font)) + 4
+        side = 2 * length + 8
+        label = Image.new("L", (side, side), 0)  # text ending at the centre, then rotated about it
+        ImageDraw.Draw(label).text((side // 2, side // 2), text, font=font, fill=255, anchor="rm")
+        label = label.rotate(angle, resample=Image.BICUBIC, center=(side // 2, side // 2))
+        canvas.paste(Image.new("RGB", label.size, "black"),
+                     (int(left + x * scale - side // 2), int(top + img.height + 6 - side // 2)), label)
+    buf = io.BytesIO()
+    canvas.save(buf, format="png")
+    return buf.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------

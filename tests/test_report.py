@@ -82,3 +82,23 @@ def test_report_refuses_empty_input(tmp_path):
         write_report(tmp_path, pd.DataFrame(), {})
     with pytest.raises(ReportError, match="not a directory"):
         write_report(tmp_path / "nope", scores(), {})
+
+
+def test_frame_strip_shows_every_video_and_names_missing_ones(run_dir):
+    import io
+
+    from PIL import Image
+
+    from sim.report import strip_figure
+
+    png, missing = strip_figure(run_dir, 1, list(BENIGN) + list(MALIGN) + ["fp8"])
+    img = Image.open(io.BytesIO(png))
+    # canonical + 5 deviations side by side, frames 0, 2, 4 of 32 px enlarged to 80 px, labels around
+    assert img.format == "PNG" and img.width > 6 * 80 and img.height > 3 * 80
+    pixels = np.asarray(img.convert("RGB"))
+    dark = (pixels < 64).all(axis=-1)
+    assert (pixels[:8, :8] == 255).all()  # white margin
+    assert dark[:, :40].any() and dark[-img.height // 5:].any()  # row labels left, column labels below
+    assert missing == ["fp8 (FileNotFoundError)"]
+    assert strip_figure(run_dir, 5, ["fp8"]) == (None, ["canonical (validator) (FileNotFoundError)",
+                                                        "fp8 (FileNotFoundError)"])
