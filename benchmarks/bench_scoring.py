@@ -11,7 +11,9 @@ Writes benchmarks/results/scoring.json and scoring.md. Sections:
    AUC of telling a GPU-kernel-sized difference (5.5e-3) from an FP8-sized one (3.4e-2);
 3. projection time of a 480p/81-frame latent (2,096,640 values), streamed block by block;
 4. statistics and report time on a synthetic table shaped like the default experiment
-   (20 prompts, 18 deviations, 4 policies, 23 metrics).
+   (20 prompts, 18 deviations, 4 policies, 23 metrics);
+5. full-replay scoring of one prompt's 18 claims (hash check, MP4 decode, piq metrics), one claim at
+   a time on one or on all PyTorch threads, and side by side (`FullReplay.score_many`, the experiment's way).
 """
 
 from __future__ import annotations
@@ -165,6 +167,52 @@ def bench_stats_report() -> dict:
             "stats_s": t_stats, "report_s": t_report}
 
 
+def bench_claims(n_claims: int = 18, repeat: int = 5) -> dict:
+    """Full-replay scoring of one prompt's claims: 64x64, 9-frame MP4s (the tiny preset's), each a
+    noisy copy of the validator's video, scored against it."""
+    import hashlib
+
+    import torch
+
+    from models.request import GenerationRequest
+    from models.video import encode_mp4
+    from sim.policies import Claim, ValidationContext, get_policy
+
+    class Replay:  # what the policy reads of the validator's own generation
+        def __init__(self, mp4):
+            self.mp4, self.sha256 = mp4, hashlib.sha256(mp4).hexdigest()
+            self.cost = type("Cost", (), {"compute_share": 1.0})()
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:64, 0:64]
+    ref = np.stack([np.stack([(xx * 4 + 9 * t) % 256, (yy * 4 + 5 * t) % 256, (xx + yy) * 2 % 256], -1) for t in range(9)])
+    ref = np.clip(ref + rng.normal(0, 20, ref.shape), 0, 255).astype(np.uint8)
+    request = GenerationRequest(model="tiny", prompt="bench", seed=0)
+    policy = get_policy("full")
+    with tempfile.TemporaryDirectory() as tmp:
+        claims = []
+        for i in range(n_claims):
+            frames = np.clip(ref.astype(int) + rng.integers(-3 - i, 4 + i, ref.shape), 0, 255).astype(np.uint8)
+            mp4 = encode_mp4(frames, 16)
+            d = Path(tmp) / f"c{i}"
+            d.mkdir()
+            (d / "video.mp4").write_bytes(mp4)
+            claims.append(Claim(request, hashlib.sha256(mp4).hexdigest(), d))
+
+        def run(mode):
+            ctx = ValidationContext(scoring_threads=1 if mode == "one_1thread" else None,
+                                    scoring_workers=None if mode == "side_by_side" else 1)
+            ctx.replays[request.key()] = Replay(encode_mp4(ref, 16))
+            return policy.score_many(claims, ctx)
+
+        out = {"claims": n_claims, "torch_threads": torch.get_num_threads()}
+        for mode in ("one_1thread", "one_all_threads", "side_by_side"):
+            out[f"{mode}_s"] = _time(lambda: run(mode), repeat)
+        scores = [[r.scores for r in run(m)] for m in ("one_1thread", "one_all_threads", "side_by_side")]
+        out["same_scores"] = scores[0] == scores[1] == scores[2]
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer fingerprint pairs")
@@ -186,6 +234,8 @@ def main():
     print("480p projection:", res["projection_480p"])
     res["stats_report"] = bench_stats_report()
     print("stats + report:", res["stats_report"])
+    res["claims"] = bench_claims()
+    print("full-replay scoring of one prompt's claims:", res["claims"])
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "scoring.json").write_text(json.dumps(res, indent=2))
     (RESULTS / "scoring.md").write_text(markdown(res))
@@ -218,6 +268,13 @@ def markdown(res: dict) -> str:
     L += ["## Statistics and report (synthetic table shaped like the default experiment)", "",
           f"{r['rows']:,} rows, {r['comparisons']} comparisons (+{r['eps_comparisons']} on the EPS curve): "
           f"statistics {r['stats_s']:.1f} s, report {r['report_s']:.1f} s.", ""]
+    c = res.get("claims")
+    if c:
+        L += ["## Full-replay scoring of one prompt's claims (hash check, MP4 decode, 4 piq metrics x 3 aggregations)", "",
+              f"{c['claims']} claims of 64x64, 9 frames; seconds for all of them (median of 5):", "",
+              "| one at a time, 1 PyTorch thread | one at a time, " + f"{c['torch_threads']} threads | side by side "
+              "(`FullReplay.score_many`, one thread per worker) | same scores |", "|---|---|---|---|",
+              f"| {c['one_1thread_s']:.3f} | {c['one_all_threads_s']:.3f} | {c['side_by_side_s']:.3f} | {c['same_scores']} |", ""]
     return "\n".join(L)
 
 
