@@ -319,12 +319,6 @@ def _pauc_from_roc(fpr: np.ndarray, tpr: np.ndarray, max_fpr: float, area=None) 
     return float(0.5 * (1 + (partial_auc - min_area) / (max_area - min_area)))
 
 
-def _pauc(benign: np.ndarray, malign: np.ndarray, max_fpr: float) -> float:
-    if benign.size == 0 or malign.size == 0:
-        return math.nan
-    return _pauc_from_roc(*_roc(benign, malign), max_fpr)
-
-
 def _pauc_boot(benign, b_idx, malign, m_idx, n_prompts, n_boot, max_fpr, rng) -> np.ndarray:
     """Bootstrap partial AUCs (resampling prompts), each equal to `roc_auc_score(max_fpr=...)` of the
     replicate, computed by `_roc_replicate` and the same interpolation and area."""
