@@ -417,21 +417,20 @@ def finite(x: float) -> float | None:
 def analyse(params: ExperimentParams, n_prompts: int) -> dict[str, Any]:
     """Statistics, thresholds and the report of a finished run; returns a digest for the flow."""
     import gc
-    import time
 
-    t0 = time.perf_counter()
     # The objects alive now (models, Prefect, the run's records) outlive this stage: keep the cyclic
     # collector from re-scanning them each time the statistics and figures trigger a full collection.
     gc.freeze()
     try:
-        return _analyse(params, n_prompts, t0)
+        return _analyse(params, n_prompts)
     finally:
         gc.unfreeze()
 
 
-def _analyse(params: ExperimentParams, n_prompts: int, t0: float) -> dict[str, Any]:
+def _analyse(params: ExperimentParams, n_prompts: int) -> dict[str, Any]:
     import time
 
+    t0 = time.perf_counter()
     from sim.report import write_report
     from sim.stats import choose_thresholds, compute_stats
 

@@ -275,45 +275,18 @@ def _roc(benign: np.ndarray, malign: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return fpr, tpr
 
 
-def _roc_replicate(benign: np.ndarray, malign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The (FPR, TPR) that `roc_curve(y, s)` returns (default `drop_intermediate=True`), by the same
-    steps without its input checks, for bootstrap replicates: scores sorted in descending order, the
-    last row of each run of equal scores a threshold, cumulative counts there, collinear interior
-    points dropped. Counts are integers, so the rates equal scikit-learn's exactly (tested)."""
-    s = np.r_[benign, malign]
-    y = np.r_[np.zeros(benign.size), np.ones(malign.size)]
-    order = np.argsort(-s, kind="stable")
-    s, y = s[order], y[order]
-    idx = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]
-    tps = np.cumsum(y)[idx]
-    fps = 1 + idx.astype(float) - tps
-    if fps.shape[0] > 2:
-        keep = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
-        fps, tps = fps[keep], tps[keep]
-    tps, fps = np.r_[0.0, tps], np.r_[0.0, fps]
-    return fps / fps[-1], tps / tps[-1]
-
-
-def _auc_area(fpr: np.ndarray, tpr: np.ndarray) -> float:
-    """`sklearn.metrics.auc` on an increasing FPR (the trapezoid rule it uses), without its input checks."""
-    from scipy.integrate import trapezoid
-
-    return float(1 * trapezoid(tpr, fpr))
-
-
-def _pauc_from_roc(fpr: np.ndarray, tpr: np.ndarray, max_fpr: float, area=None) -> float:
+def _pauc_from_roc(fpr: np.ndarray, tpr: np.ndarray, max_fpr: float) -> float:
     """scikit-learn's standardised partial AUC, `roc_auc_score(max_fpr=...)`, from the ROC curve that
     `roc_auc_score` computes internally (same steps: interpolate at max_fpr, trapezoid area with
     `sklearn.metrics.auc`, McClish correction), so one `roc_curve` call gives AUC and partial AUC."""
-    if area is None:
-        from sklearn.metrics import auc as area
+    from sklearn.metrics import auc
 
     stop = np.searchsorted(fpr, max_fpr, "right")
     x_interp = [fpr[stop - 1], fpr[stop]]
     y_interp = [tpr[stop - 1], tpr[stop]]
     tpr = np.append(tpr[:stop], np.interp(max_fpr, x_interp, y_interp))
     fpr = np.append(fpr[:stop], max_fpr)
-    partial_auc = area(fpr, tpr)
+    partial_auc = auc(fpr, tpr)
     min_area = 0.5 * max_fpr**2
     max_area = max_fpr
     return float(0.5 * (1 + (partial_auc - min_area) / (max_area - min_area)))
@@ -321,7 +294,7 @@ def _pauc_from_roc(fpr: np.ndarray, tpr: np.ndarray, max_fpr: float, area=None) 
 
 def _pauc_boot(benign, b_idx, malign, m_idx, n_prompts, n_boot, max_fpr, rng) -> np.ndarray:
     """Bootstrap partial AUCs (resampling prompts), each equal to `roc_auc_score(max_fpr=...)` of the
-    replicate, computed by `_roc_replicate` and the same interpolation and area."""
+    replicate (one `roc_curve` each)."""
     out = np.full(n_boot, np.nan)
     b_rows = [np.flatnonzero(b_idx == p) for p in range(n_prompts)]
     m_rows = [np.flatnonzero(m_idx == p) for p in range(n_prompts)]
@@ -330,7 +303,7 @@ def _pauc_boot(benign, b_idx, malign, m_idx, n_prompts, n_boot, max_fpr, rng) ->
         b = benign[np.concatenate([b_rows[p] for p in d])]
         m = malign[np.concatenate([m_rows[p] for p in d])]
         if b.size and m.size:
-            out[i] = _pauc_from_roc(*_roc_replicate(b, m), max_fpr, area=_auc_area)
+            out[i] = _pauc_from_roc(*_roc(b, m), max_fpr)
     return out
 
 
