@@ -367,32 +367,39 @@ class LowRes(Deviation):
         return frames, out
 
 
+@contextlib.contextmanager
+def _rounded_weights(pipe, round_fn) -> Iterator[None]:
+    """Replace every transformer linear weight by `round_fn(weight)` for the duration; the
+    originals are kept in host memory and restored bit for bit."""
+    import torch
+
+    saved = []
+    with torch.no_grad():
+        for m in _experts(pipe):
+            for mod in m.modules():
+                if isinstance(mod, torch.nn.Linear):
+                    w = mod.weight
+                    saved.append((w, w.detach().to("cpu", copy=True)))
+                    w.copy_(round_fn(w))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for w, orig in saved:
+                w.copy_(orig.to(w.device))
+
+
 @register_deviation
 class FP8(Deviation):
     name, kind = "fp8", "malign"
-    description = "transformer linear weights rounded through float8_e4m3fn with a per-tensor scale"
+    description = ("EMULATION of FP8 weights: transformer linear weights rounded through float8_e4m3fn with a "
+                   "per-tensor scale, products still in the model dtype (see fp8-scaled for FP8 as deployed)")
     # Nominal: FP8 matrix products run about twice as fast on an H100 and attention stays in bf16;
     # an assumption, not a measurement.
     speed_factor = 0.6
 
-    @contextlib.contextmanager
     def patch(self, pipe, ctx):
-        import torch
-
-        saved = []
-        with torch.no_grad():
-            for m in _experts(pipe):
-                for mod in m.modules():
-                    if isinstance(mod, torch.nn.Linear):
-                        w = mod.weight
-                        saved.append((w, w.detach().to("cpu", copy=True)))
-                        w.copy_(fp8_round(w))
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for w, orig in saved:
-                    w.copy_(orig.to(w.device))
+        return _rounded_weights(pipe, fp8_round)
 
 
 def fp8_round(w):
@@ -402,6 +409,78 @@ def fp8_round(w):
     wf = w.detach().float()
     scale = wf.abs().max().clamp(min=1e-12) / torch.finfo(torch.float8_e4m3fn).max
     return ((wf / scale).to(torch.float8_e4m3fn).float() * scale).to(w.dtype)
+
+
+def _rowwise_fp8(x):
+    """(float8_e4m3fn values, float32 scales of shape (rows, 1)) of a 2-D tensor, one scale a row."""
+    import torch
+
+    xf = x.float()
+    scale = xf.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / torch.finfo(torch.float8_e4m3fn).max
+    return (xf / scale).to(torch.float8_e4m3fn), scale
+
+
+@register_deviation
+class FP8Scaled(Deviation):
+    name, kind = "fp8-scaled", "malign"
+    description = (
+        "FP8 as deployed: transformer linear weights (a scale per output channel) and activations (a scale "
+        "per token, computed at run time) in float8_e4m3fn, multiplied by torch._scaled_mm with bf16 output"
+    )
+    speed_factor = 0.6  # nominal, as fp8
+
+    @contextlib.contextmanager
+    def patch(self, pipe, ctx):
+        import torch
+
+        def fp8_forward(mod, wq, ws):
+            fused = mod.in_features % 16 == 0 and mod.out_features % 16 == 0
+
+            def forward(x):
+                shape = x.shape
+                xq, xs = _rowwise_fp8(x.reshape(-1, shape[-1]))
+                if fused:
+                    y = torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws, out_dtype=torch.bfloat16)
+                else:  # sizes _scaled_mm cannot take (tiny presets): the same quantities, a float32 product
+                    y = ((xq.float() * xs) @ (wq.float() * ws.t()).t()).to(torch.bfloat16)
+                if mod.bias is not None:
+                    y = y + mod.bias.to(y.dtype)
+                return y.to(x.dtype).reshape(*shape[:-1], y.shape[-1])
+            return forward
+
+        patched = []
+        with torch.no_grad():
+            for m in _experts(pipe):
+                for mod in m.modules():
+                    if isinstance(mod, torch.nn.Linear) and "forward" not in mod.__dict__:
+                        wq, ws = _rowwise_fp8(mod.weight)
+                        mod.forward = fp8_forward(mod, wq, ws.t().contiguous())
+                        patched.append(mod)
+        try:
+            yield
+        finally:
+            for mod in patched:
+                mod.__dict__.pop("forward", None)
+
+
+def int_round(w, bits: int = 8):
+    """Symmetric weight quantisation with a scale per output channel: round(w / s) * s, |q| <= 2^(bits-1) - 1."""
+    wf = w.detach().float()
+    qmax = 2 ** (bits - 1) - 1
+    scale = wf.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / qmax
+    return ((wf / scale).round().clamp(-qmax, qmax) * scale).to(w.dtype)
+
+
+@register_deviation
+class Int8WeightOnly(Deviation):
+    name, kind = "int8-wo", "malign"
+    description = (
+        "int8 weight-only quantisation: transformer linear weights stored as int8 with a scale per output "
+        "channel and dequantised for each product (the numerics of weight-only int8 kernels; speed not modelled)"
+    )
+
+    def patch(self, pipe, ctx):
+        return _rounded_weights(pipe, int_round)
 
 
 @register_deviation

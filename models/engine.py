@@ -298,16 +298,23 @@ def resolve_captures(names: Iterable[str], timesteps: list[float], boundary_rati
 
 
 def solver_state(scheduler) -> dict[str, Any]:
+    """The multistep state of the request in row 0 of the batch: latent-shaped tensors (5-D) are
+    sliced to that row, so a batched executor's checkpoint holds neither its neighbours' prompts'
+    trajectories nor their bytes, and resumes into a batch of one."""
     import torch
+
+    def own(x):
+        x = x.detach()
+        return (x[:1] if x.dim() == 5 else x).to("cpu", copy=True)
 
     state = {}
     for key in SOLVER_KEYS:
         if hasattr(scheduler, key):
             v = getattr(scheduler, key)
             if isinstance(v, torch.Tensor):
-                v = v.detach().to("cpu", copy=True)
+                v = own(v)
             elif isinstance(v, list):
-                v = [x.detach().to("cpu", copy=True) if isinstance(x, torch.Tensor) else x for x in v]
+                v = [own(x) if isinstance(x, torch.Tensor) else x for x in v]
             state[key] = v
     return state
 

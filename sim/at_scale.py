@@ -1,0 +1,406 @@
+"""Evidence at scale: measure how far honest runtime changes and cheats move a generation on a GPU,
+and which validation rule a protocol could adopt, from those measurements.
+
+Two halves, joined by JSON lines (one per generation) so the GPU side needs no analysis packages
+and the analysis reruns on any machine:
+
+- `measure(plan, ...)` runs a plan (blocks of preset x size x prompts x configs) with the engine and
+  yields one record per generation: latent rel-L2 against the canonical generation at the expert
+  switch, the end and every 4th step; the committed MP4's PSNR / 1-SSIM against the canonical MP4;
+  and the local replay of challenged steps (the validator resumes from the executor's state after
+  step K, runs step K+1 on its own runtime and compares with the executor's latent after K+1),
+  optionally with the validator's own benign estimate at that point (the same step with another
+  attention kernel) and a known-cheat direction test (cosine of the executor's residual with the
+  residual of the validator's own run of that cheat).
+- `load_rows`, `size_table`, `evaluate_rules`, `markdown` turn records into the tables of
+  `benchmarks/results/at_scale/` with exact (Clopper-Pearson) 95% bounds on every rate.
+
+No Prefect here; `benchmarks/gpu_at_scale.py` and `benchmarks/at_scale_report.py` are the commands.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+
+# Runtime changes a protocol can pin (rule "pinned": batch of one, TF32 off) and those it cannot.
+PINNABLE = ("batch", "tf32")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of a plan: a preset at one size, some prompts, the configs to run on each."""
+
+    preset: str
+    width: int
+    height: int
+    frames: int
+    steps: int
+    prompts: tuple[int, ...]
+    configs: tuple[str, ...]
+    challenge: tuple[int, ...] = ()
+    selfnorm: bool = False
+    cheat_direction: str | None = None
+    benign_attention: str = "_native_flash"
+    offload: str = "none"
+    seed: int = 0
+    min_left_s: float = 60.0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Block":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"plan block: unknown keys {unknown}; allowed: {sorted(known)}")
+        d = dict(d)
+        for key in ("prompts", "configs", "challenge"):
+            d[key] = tuple(d.get(key, ()))
+        if not d["configs"] or d["configs"][0] != "canonical":
+            raise ValueError("plan block: configs must start with 'canonical' (the validator's own generation)")
+        if any(k < 0 or k + 1 >= d["steps"] for k in d["challenge"]):
+            raise ValueError(f"plan block: challenged steps must be in 0..{d['steps'] - 2}, got {list(d['challenge'])}")
+        return cls(**d)
+
+
+def load_plan(path: str | Path) -> list[Block]:
+    return [Block.from_dict(b) for b in json.loads(Path(path).read_text())]
+
+
+def _step_replay(generate, req, runtime, dev, start, k: int):
+    """The latent after step k+1, computed from `start` (the state after step k)."""
+    return generate(req, runtime, dev, capture=[f"step:{k + 1}"], resume_from=start,
+                    stop_after=k + 1, decode=False).checkpoints[f"step:{k + 1}"].latents
+
+
+def _cosine(a, b) -> float:
+    a, b = a.double().flatten(), b.double().flatten()
+    den = float(a.norm() * b.norm())
+    return float(a @ b) / den if den > 0 else 0.0
+
+
+def measure(blocks: Iterable[Block], *, device: str = "cuda", attention: str = "_native_cudnn",
+            deadline_s: float = math.inf, log: Callable[[str], None] = print) -> Iterator[dict[str, Any]]:
+    """Run the plan; yield one record per generation (see the module docstring). A config is
+    skipped, and logged, when fewer than the block's `min_left_s` seconds remain before the deadline."""
+    import torch
+
+    from models.deviations import parse_deviation
+    from models.engine import Checkpoint, generate
+    from models.request import GenerationRequest, Runtime
+    from models.video import decode_mp4
+    from sim.experiment import ExperimentParams, load_prompts
+    from sim.metrics import per_frame_distances, rel_l2
+
+    t_start = time.perf_counter()
+    cuda = device.startswith("cuda")
+    card = torch.cuda.get_device_name(0) if cuda else "cpu"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    for block in blocks:
+        runtime = Runtime(device=device, attention_backend=attention, offload=block.offload)
+        other_kernel = runtime.model_copy(update={"attention_backend": block.benign_attention})
+        prompts = load_prompts(ExperimentParams(prompts=max(2, max(block.prompts) + 1), seed=block.seed))
+        every = {*range(3, block.steps, 4), *block.challenge, *(k + 1 for k in block.challenge)}
+        cheat = parse_deviation(block.cheat_direction) if block.selfnorm and block.cheat_direction else None
+        for pi in block.prompts:
+            req = GenerationRequest(model=block.preset, prompt=prompts[pi], width=block.width, height=block.height,
+                                    frames=block.frames, steps=block.steps, seed=pi, truncate_prompt=True)
+            canon = None
+            for config in block.configs:
+                if deadline_s - (time.perf_counter() - t_start) < block.min_left_s:
+                    log(f"deadline: skipping {block.preset} p{pi} {config}")
+                    continue
+                dev = None if config == "canonical" else parse_deviation(config)
+                last = (dev.apply_request(req).steps if dev else block.steps) - 1
+                capture = ["switch", "final", *(f"step:{k}" for k in sorted(every) if k < last)]
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                sync()
+                t0 = time.perf_counter()
+                g = generate(req, runtime, dev, capture=capture, run_seed=pi)
+                sync()
+                rec: dict[str, Any] = {
+                    "preset": block.preset, "width": req.width, "height": req.height, "frames": req.frames,
+                    "steps": block.steps, "prompt_id": pi, "config": config,
+                    "kind": "canonical" if dev is None else dev.kind, "gen_s": round(time.perf_counter() - t0, 2),
+                    "peak_gb": round(torch.cuda.max_memory_allocated() / 1e9, 1) if cuda else None,
+                    "mp4_bytes": len(g.mp4), "sha256": g.sha256, "compute_share": g.cost.compute_share, "card": card,
+                }
+                frames = decode_mp4(g.mp4)
+                if canon is None:
+                    canon = (g, frames)
+                cg, cframes = canon
+                rec["latent_rel_l2"] = {
+                    name: rel_l2(cg.checkpoints[name].latents.numpy(), ck.latents.numpy())
+                    for name, ck in g.checkpoints.items()
+                    if name in cg.checkpoints and cg.checkpoints[name].latents.shape == ck.latents.shape
+                }
+                if frames.shape == cframes.shape:
+                    d = per_frame_distances(cframes, frames, ("psnr", "ssim"), threads=8)
+                    rec["video_psnr_db"] = float(min(-d["psnr"].mean(), 100.0))
+                    rec["video_1mssim"] = float(d["ssim"].mean())
+                local = []
+                for k in block.challenge:
+                    a, b = g.checkpoints.get(f"step:{k}"), g.checkpoints.get(f"step:{k + 1}")
+                    if a is None or b is None:  # the executor has no such step (fewer steps than claimed)
+                        local.append({"k": k, "missing": True})
+                        continue
+                    start = Checkpoint(step=k, latents=a.latents, solver=a.solver)
+                    t1 = time.perf_counter()
+                    val = _step_replay(generate, req, runtime, None, start, k)
+                    sync()
+                    item = {"k": k, "local_err": rel_l2(val.numpy(), b.latents.numpy()),
+                            "replay_s": round(time.perf_counter() - t1, 2)}
+                    if block.selfnorm:
+                        alt = _step_replay(generate, req, other_kernel, None, start, k)
+                        item["local_benign"] = rel_l2(val.numpy(), alt.numpy())
+                        if cheat is not None:
+                            ch = _step_replay(generate, req, runtime, cheat, start, k)
+                            item["cheat_cos"] = _cosine(b.latents - val, ch - val)
+                            item["cheat_err"] = rel_l2(val.numpy(), ch.numpy())
+                    local.append(item)
+                rec["local"] = local
+                yield rec
+                del g
+            canon = None
+            if cuda:
+                torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis
+
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact two-sided binomial bounds of k successes in n trials ((0, 1) when n is 0)."""
+    if n == 0:
+        return 0.0, 1.0
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+def rate_str(k: int, n: int) -> str:
+    """'k/n = r% [lo%, hi%]' with exact 95% bounds."""
+    if n == 0:
+        return "0/0"
+    lo, hi = clopper_pearson(k, n)
+    return f"{k}/{n} = {100 * k / n:.0f}% [{100 * lo:.0f}%, {100 * hi:.0f}%]"
+
+
+def _family(config: str) -> str:
+    return config.split(":", 1)[0]
+
+
+def load_rows(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """One tidy row per generation. `class` is canonical, benign, malign, or zero-effect (a
+    non-canonical config whose latents equal the canonical ones everywhere: reported apart)."""
+    rows = []
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            lat = r.get("latent_rel_l2", {})
+            row = {k: r[k] for k in ("preset", "width", "height", "frames", "steps", "prompt_id", "config", "kind",
+                                     "gen_s", "card")}
+            row["size"] = f"{r['width']}x{r['height']}x{r['frames']}"
+            row["switch"], row["final"] = lat.get("switch", math.nan), lat.get("final", math.nan)
+            row["video_psnr_db"] = r.get("video_psnr_db", math.nan)
+            row["video_1mssim"] = r.get("video_1mssim", math.nan)
+            row["class"] = r["kind"]
+            row["_zero"] = bool(lat) and max(lat.values()) == 0.0
+            ratios, coss = [], []
+            for item in r.get("local", []):
+                k = item["k"]
+                err = math.inf if item.get("missing") else item["local_err"]
+                row[f"local_{k}"] = err
+                if "local_benign" in item and item["local_benign"] > 0:
+                    ratios.append(err / item["local_benign"])
+                if "cheat_cos" in item:
+                    coss.append(item["cheat_cos"])
+            row["local_max"] = max((row[c] for c in row if c.startswith("local_") and c != "local_max"), default=math.nan)
+            row["local_ratio"] = float(np.mean(ratios)) if ratios else (math.inf if any(
+                i.get("missing") for i in r.get("local", [])) else math.nan)
+            row["cheat_cos"] = max(coss) if coss else math.nan
+            row["n_challenged"] = len(r.get("local", []))
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    # a benign config that left every prompt's latents bit-identical here is no benign difference
+    zero = df.groupby(["preset", "size", "config"])["_zero"].transform("all")
+    df.loc[df["class"].eq("benign") & zero, "class"] = "zero-effect"
+    return df.drop(columns="_zero")
+
+
+def size_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per preset, size and config: prompts measured, and median [min, max] over prompts."""
+    cols = ["switch", "final", "video_psnr_db", "video_1mssim", "local_ratio", "cheat_cos", "gen_s"]
+    cols += sorted((c for c in df.columns if c.startswith("local_") and c[6:].isdigit()), key=lambda c: int(c[6:]))
+    out = []
+    for (preset, size, config), g in df.groupby(["preset", "size", "config"], sort=False):
+        row = {"preset": preset, "size": size, "config": config, "class": g["class"].iloc[0], "n": len(g)}
+        for c in cols:
+            v = g[c].dropna().to_numpy() if c in g else np.array([])
+            row[c] = (float(np.median(v)), float(v.min()), float(v.max())) if v.size else None
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A deployable validation rule: one statistic (larger = further from honest), the benign
+    classes the protocol must tolerate, and the validator's compute as a share of one generation."""
+
+    name: str
+    statistic: str
+    pinned: bool
+    compute: str
+    description: str
+
+
+RULES = (
+    Rule("full-final", "final", False, "1", "full replay, final latent rel-L2; runtime not pinned"),
+    Rule("full-final-pinned", "final", True, "1", "full replay, final latent rel-L2; batch 1 and TF32 off pinned"),
+    Rule("full-video-pinned", "video_1mssim", True, "1", "full replay, 1-SSIM of the committed MP4; pinned"),
+    Rule("local-1step", "local_max", False, "|K|/N", "one replayed step at each challenged K, worst rel-L2; not pinned"),
+    Rule("local-1step-pinned", "local_max", True, "|K|/N", "one replayed step at each challenged K, worst rel-L2; pinned"),
+    Rule("local-ratio-pinned", "local_ratio", True, "2|K|/N",
+         "each challenged step replayed with two kernels; mean of executor error / own kernel spread; pinned"),
+)
+
+
+def _benign_for(rule: Rule, df: pd.DataFrame) -> pd.Series:
+    fam = df["config"].map(_family)
+    benign = df["class"].eq("benign")
+    return benign & ~fam.isin(PINNABLE) if rule.pinned else benign
+
+
+def evaluate_rules(df: pd.DataFrame, rules: Iterable[Rule] = RULES,
+                   is_calibration: Callable[[int], bool] = lambda pid: pid % 2 == 0) -> list[dict[str, Any]]:
+    """Per rule and preset/size group: the threshold is the largest benign statistic on calibration
+    prompts (accept at or below it); FRR over held-out benign claims and FAR over held-out malign
+    claims (pooled and per family), each with exact 95% bounds."""
+    out = []
+    for (preset, size), g in df.groupby(["preset", "size"], sort=False):
+        calib = g["prompt_id"].map(is_calibration)
+        for rule in rules:
+            if rule.statistic not in g or g[rule.statistic].isna().all():
+                continue
+            s = g[rule.statistic]
+            benign = _benign_for(rule, g)
+            malign = g["class"].eq("malign")
+            cal_b = s[benign & calib].dropna()
+            if cal_b.empty:
+                continue
+            thr = float(cal_b.max())
+            tb, tm = s[benign & ~calib].dropna(), s[malign & ~calib]
+            fr, fa = int((tb > thr).sum()), int((tm.fillna(-math.inf) <= thr).sum())
+            per_family = {}
+            for fam, gm in g[malign & ~calib].groupby(g["config"].map(_family)):
+                sm = s[gm.index].fillna(-math.inf)
+                per_family[fam] = (int((sm <= thr).sum()), len(sm))
+            out.append({"preset": preset, "size": size, "rule": rule.name, "statistic": rule.statistic,
+                        "pinned": rule.pinned, "compute": rule.compute, "threshold": thr,
+                        "calibration_benign": len(cal_b),
+                        "frr": (fr, len(tb)), "far": (fa, len(tm)), "far_per_family": per_family,
+                        "benign_configs": sorted(g.loc[benign, "config"].unique()),
+                        "description": rule.description})
+    return out
+
+
+def separation(df: pd.DataFrame, rules: Iterable[Rule] = RULES) -> list[dict[str, Any]]:
+    """Descriptive, over all prompts (no split): per rule and group, the largest benign statistic and
+    each cheat family's smallest, and their ratio (> 1: that family lies wholly above the benign ones)."""
+    out = []
+    for (preset, size), g in df.groupby(["preset", "size"], sort=False):
+        for rule in rules:
+            if rule.statistic not in g or g[rule.statistic].isna().all():
+                continue
+            s = g[rule.statistic]
+            benign = s[_benign_for(rule, g)].dropna()
+            if benign.empty:
+                continue
+            worst = float(benign.max())
+            fams = {}
+            for fam, gm in g[g["class"].eq("malign")].groupby(g["config"].map(_family)):
+                m = float(s[gm.index].fillna(math.inf).min())
+                fams[fam] = m / worst if worst > 0 else math.inf
+            out.append({"preset": preset, "size": size, "rule": rule.name, "benign_max": worst,
+                        "benign_claims": len(benign), "ratio_per_family": fams})
+    return out
+
+
+def _fmt(v, digits=4) -> str:
+    if v is None:
+        return ""
+    med, lo, hi = v
+    if not math.isfinite(med):
+        return "missing" if med == math.inf else ""
+    f = (lambda x: f"{x:.1f}") if abs(med) >= 10 else (lambda x: f"{x:.{digits}g}")
+    return f(med) if lo == hi else f"{f(med)} [{f(lo)}, {f(hi)}]"
+
+
+def markdown(df: pd.DataFrame, rules: list[dict[str, Any]], meta: dict[str, Any] | None = None) -> str:
+    """The size table and the rule table as markdown."""
+    st = size_table(df)
+    ks = sorted((c for c in st.columns if c.startswith("local_") and c[6:].isdigit()), key=lambda c: int(c[6:]))
+    lines = []
+    cards = ", ".join(sorted(df["card"].unique()))
+    lines.append(f"Card: {cards}. Random weights (`a14b-random` = the A14B architecture, `small` ~30 M parameters "
+                 "per expert), bf16, validator runtime cuDNN attention, batch 1, TF32 off, both experts resident. "
+                 "`hwnoise` rows are an EMULATION; every other row is a real runtime change or a real cheat "
+                 "(`fp8` rounds weights only: an emulation of FP8 weights; `fp8-scaled` is FP8 as deployed). "
+                 "Cells: median [min, max] over prompts.")
+    lines.append("")
+    for (preset, size), g in st.groupby(["preset", "size"], sort=False):
+        lines.append(f"### {preset}, {size} (W x H x frames), {int(df[df['preset'].eq(preset)]['steps'].iloc[0])} steps")
+        lines.append("")
+        head = ["config", "class", "prompts", "latent rel-L2 at switch", "final latent rel-L2", "video PSNR (dB)",
+                "video 1-SSIM", *(f"1-step replay err, K={c[6:]}" for c in ks), "err / own kernel spread",
+                "fp8-scaled cosine", "s / generation"]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        for _, r in g.iterrows():
+            cells = [r["config"], r["class"], str(r["n"]), _fmt(r["switch"]), _fmt(r["final"]),
+                     _fmt(r["video_psnr_db"]), _fmt(r["video_1mssim"]), *(_fmt(r[c]) for c in ks),
+                     _fmt(r["local_ratio"], 3), _fmt(r["cheat_cos"], 2), _fmt(r["gen_s"], 3)]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append("### Rules (threshold = largest benign statistic on calibration prompts, even prompt ids; "
+                 "rates on held-out prompts, exact 95% bounds)")
+    lines.append("")
+    lines.append("| preset, size | rule | validator compute | benign tolerated | threshold | FRR | FAR (all cheats) | "
+                 "cheats accepted (held-out) |")
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for r in rules:
+        acc = ", ".join(f"{f} {a}/{n}" for f, (a, n) in sorted(r["far_per_family"].items()) if a) or "none"
+        lines.append(f"| {r['preset']}, {r['size']} | {r['rule']} | {r['compute']} | {', '.join(r['benign_configs'])} | "
+                     f"{r['threshold']:.4g} | {rate_str(*r['frr'])} | {rate_str(*r['far'])} | {acc} |")
+    lines.append("")
+    sep = separation(df)
+    fams = sorted({f for r in sep for f in r["ratio_per_family"]})
+    lines.append("### Separation, all prompts (descriptive, no split): smallest cheat statistic / largest benign one "
+                 "(> 1: every claim of that cheat lies above every benign claim)")
+    lines.append("")
+    lines.append("| preset, size | rule | benign claims | " + " | ".join(fams) + " |")
+    lines.append("|---|---|---|" + "---|" * len(fams))
+    for r in sep:
+        cells = [f"{r['ratio_per_family'][f]:.2f}" if f in r["ratio_per_family"] else "" for f in fams]
+        lines.append(f"| {r['preset']}, {r['size']} | {r['rule']} | {r['benign_claims']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    if meta:
+        lines.append(f"Measured with `benchmarks/gpu_at_scale.py`; {json.dumps(meta)}")
+    return "\n".join(lines) + "\n"

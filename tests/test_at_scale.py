@@ -1,0 +1,122 @@
+"""Evidence at scale: the real FP8 and int8 cheats, batch checkpoints, the measurement loop (tiny,
+CPU) and the analysis (rates with exact bounds, rules chosen on calibration prompts only)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from models.deviations import int_round, parse_deviation
+from models.engine import generate
+from models.presets import build_pipeline, weights_digest
+from models.request import GenerationRequest
+from sim import at_scale
+
+REQ = GenerationRequest(prompt="a lantern floating on a river", seed=11, steps=6)
+
+
+def rel(a, b):
+    return float((a - b).norm() / a.norm())
+
+
+@pytest.fixture(scope="module")
+def honest():
+    return generate(REQ)
+
+
+@pytest.mark.parametrize("spec", ["fp8-scaled", "int8-wo"])
+def test_quantised_cheats_change_the_output_and_leave_the_pipeline_pristine(honest, spec):
+    pipe = build_pipeline("tiny")
+    before = weights_digest(pipe.transformer), weights_digest(pipe.transformer_2)
+    g = generate(REQ, deviation=spec)
+    assert parse_deviation(spec).kind == "malign"
+    assert rel(honest.latents["final"], g.latents["final"]) > 1e-3
+    assert (weights_digest(pipe.transformer), weights_digest(pipe.transformer_2)) == before
+    assert not any("forward" in m.__dict__ for m in pipe.transformer.modules())
+    assert generate(REQ).sha256 == honest.sha256
+
+
+def test_int_round_is_a_per_channel_grid():
+    w = torch.randn(8, 32, dtype=torch.bfloat16)
+    q = int_round(w, bits=4).float()
+    scale = w.float().abs().amax(-1, keepdim=True) / 7
+    steps = q / scale
+    assert torch.allclose(steps, steps.round(), atol=2e-2) and steps.abs().max() <= 7.01
+    assert rel(w.float(), q) > rel(w.float(), int_round(w, bits=8).float())
+
+
+def test_batched_checkpoint_holds_only_the_request_and_resumes_to_batch_one():
+    b2 = generate(REQ, deviation="batch:2", capture=["step:2", "final"])
+    ck = b2.checkpoints["step:2"]
+    for key, v in ck.solver.items():
+        for x in (v if isinstance(v, list) else [v]):
+            if isinstance(x, torch.Tensor) and x.dim() == 5:
+                assert x.shape[0] == 1, key
+    one = generate(REQ, capture=["final"])
+    resumed = generate(REQ, resume_from=ck, capture=["final"])
+    assert torch.equal(resumed.latents["final"], one.latents["final"])
+
+
+def test_measure_on_tiny(tmp_path):
+    blocks = [at_scale.Block.from_dict({
+        "preset": "tiny", "width": 64, "height": 64, "frames": 5, "steps": 4, "prompts": [0],
+        "configs": ["canonical", "fp8-scaled", "steps:2"], "challenge": [1], "selfnorm": True,
+        "cheat_direction": "fp8-scaled", "benign_attention": "_native_math", "min_left_s": 0})]
+    recs = list(at_scale.measure(blocks, device="cpu", attention="native"))
+    by = {r["config"]: r for r in recs}
+    assert by["canonical"]["latent_rel_l2"]["final"] == 0 and by["canonical"]["local"][0]["local_err"] == 0
+    fp8 = by["fp8-scaled"]["local"][0]
+    assert fp8["local_err"] > 0 and fp8["cheat_cos"] == pytest.approx(1.0)  # the validator's own cheat run
+    assert by["steps:2"]["local"][0].get("missing")  # step 2 does not exist in a 2-step run
+    lines = tmp_path / "x.jsonl"
+    lines.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    df = at_scale.load_rows([lines])
+    assert df.set_index("config").loc["steps:2", "local_ratio"] == math.inf
+    assert "### tiny" in at_scale.markdown(df, at_scale.evaluate_rules(df))
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ({"configs": ["batch:2"]}, "must start with 'canonical'"),
+    ({"challenge": [3]}, "challenged steps"),
+    ({"colour": 1}, "unknown keys"),
+])
+def test_bad_plans(spec, needle):
+    base = {"preset": "tiny", "width": 64, "height": 64, "frames": 5, "steps": 4, "prompts": [0],
+            "configs": ["canonical"]}
+    with pytest.raises(ValueError, match=needle):
+        at_scale.Block.from_dict(base | spec)
+
+
+def test_exact_bounds():
+    assert at_scale.clopper_pearson(0, 10) == pytest.approx((0.0, 0.3085), abs=1e-4)
+    lo, hi = at_scale.clopper_pearson(5, 10)
+    assert lo == pytest.approx(0.1871, abs=1e-4) and hi == pytest.approx(0.8129, abs=1e-4)
+    assert at_scale.rate_str(0, 10) == "0/10 = 0% [0%, 31%]"
+
+
+def _row(pid, config, kind, final, local=None):
+    return {"preset": "p", "width": 8, "height": 8, "frames": 1, "steps": 4, "prompt_id": pid, "config": config,
+            "kind": kind, "gen_s": 1.0, "card": "c", "latent_rel_l2": {"final": final, "switch": final},
+            "local": [] if local is None else [{"k": 1, "local_err": local}]}
+
+
+def test_rules_use_calibration_prompts_only_and_report_zero_effect_apart(tmp_path):
+    rows = []
+    for pid in range(6):
+        rows += [_row(pid, "canonical", "canonical", 0.0), _row(pid, "batch:4", "benign", 0.0),
+                 _row(pid, "attention:x", "benign", 0.01 + 0.001 * pid), _row(pid, "tf32", "benign", 0.2),
+                 _row(pid, "fp8", "malign", 0.05)]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    df = at_scale.load_rows([path])
+    assert set(df[df["config"].eq("batch:4")]["class"]) == {"zero-effect"}
+    res = {r["rule"]: r for r in at_scale.evaluate_rules(df)}
+    # threshold from calibration prompts (0, 2, 4): the largest benign value there, never the test prompts'
+    assert res["full-final-pinned"]["threshold"] == pytest.approx(0.014)
+    assert res["full-final-pinned"]["frr"] == (1, 3)  # held-out 0.011, 0.013 pass, 0.015 exceeds it
+    assert res["full-final-pinned"]["far"] == (0, 3)
+    assert res["full-final"]["far"] == (3, 3)  # tolerating TF32 accepts the FP8 cheat
+    assert "batch:4" not in res["full-final"]["benign_configs"]
+    sep = {r["rule"]: r for r in at_scale.separation(df)}
+    assert sep["full-final-pinned"]["ratio_per_family"]["fp8"] == pytest.approx(0.05 / 0.015)
