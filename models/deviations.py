@@ -219,8 +219,15 @@ class Device(Deviation):
         Runtime(device=arg)
         self.device = arg
 
+    # attention kernels that exist only on a GPU; on the CPU the executor runs torch's own SDPA
+    GPU_ONLY_ATTENTION = ("_native_cudnn", "_native_flash", "_native_efficient", "flash", "flash_hub",
+                          "_flash_3", "_flash_3_hub", "sage", "xformers")
+
     def apply_runtime(self, runtime):
-        return runtime.model_copy(update={"device": self.device})
+        update = {"device": self.device}
+        if self.device == "cpu" and runtime.attention_backend in self.GPU_ONLY_ATTENTION:
+            update["attention_backend"] = "native"
+        return runtime.model_copy(update=update)
 
 
 @register_deviation

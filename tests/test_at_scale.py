@@ -120,3 +120,11 @@ def test_rules_use_calibration_prompts_only_and_report_zero_effect_apart(tmp_pat
     assert "batch:4" not in res["full-final"]["benign_configs"]
     sep = {r["rule"]: r for r in at_scale.separation(df)}
     assert sep["full-final-pinned"]["ratio_per_family"]["fp8"] == pytest.approx(0.05 / 0.015)
+
+
+def test_cpu_executor_of_a_gpu_validator_drops_gpu_only_attention():
+    from models.request import Runtime
+
+    rt = parse_deviation("device:cpu").apply_runtime(Runtime(attention_backend="_native_cudnn"))
+    assert rt.device == "cpu" and rt.attention_backend == "native"
+    assert parse_deviation("device:cpu").apply_runtime(Runtime(attention_backend="_native_math")).attention_backend == "_native_math"
