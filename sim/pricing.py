@@ -217,14 +217,18 @@ class PriceRule(BaseModel):
 
 
 def _dec(x: float) -> Decimal:
-    return Decimal(repr(float(x)))
+    """decimal.NewFromFloat: the shortest decimal of the float (NaN and inf have none)."""
+    x = float(x)
+    if not math.isfinite(x):
+        raise PricingError(f"utilisation must be a finite number >= 0, got {x}")
+    return Decimal(repr(x))
 
 
 def next_unit_price(price_ngonka: int, utilisation: "Decimal | float", rule: PriceRule) -> int:
     """Gonka CalculateModelDynamicPrice, in decimals: inside [low, high] unchanged; below:
     x max(max(1 - (low - u) e, 0), 1 - low e); above: x min(1 + (u - high) e, 1 + (1 - high) e); the
     product truncated to an integer (IntPart), then the floor `min_unit_price_ngonka`."""
-    u = utilisation if isinstance(utilisation, Decimal) else Decimal(float(utilisation))
+    u = utilisation if isinstance(utilisation, Decimal) else _dec(utilisation)  # NewFromFloat
     if not u.is_finite() or u < 0:
         raise PricingError(f"utilisation must be a finite number >= 0, got {utilisation}")
     lo, hi, e = _dec(rule.target_low), _dec(rule.target_high), _dec(rule.sensitivity)
@@ -250,8 +254,9 @@ def grace_price(epoch: int, rule: PriceRule) -> int | None:
 
 
 def cost_ngonka(units: float, unit_price_ngonka: int) -> int:
-    """What a request costs, in whole ngonka: ceil(units x price), exact on the float units."""
-    return int((Decimal(float(units)) * int(unit_price_ngonka)).to_integral_value(rounding=ROUND_CEILING))
+    """What a request costs, in whole ngonka: ceil(units x price), in decimals on the units' shortest
+    decimal (NewFromFloat), so 0.1 unit at 10 ngonka costs 1, not 2."""
+    return int((Decimal(repr(float(units))) * int(unit_price_ngonka)).to_integral_value(rounding=ROUND_CEILING))
 
 
 # ---------------------------------------------------------------------------------------------
