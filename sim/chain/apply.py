@@ -126,6 +126,7 @@ class _State:
         self.poc_validations: list[dict] = []
         self.seed_commits: list[dict] = []
         self.seeds: dict[tuple[int, str], tuple[str, int]] = {}
+        self.seed_epochs: set[int] = set()
         self.confirmations: list[dict] = []
         self._total_power: int | None = None
         self.votes_loaded: dict[str, list[dict]] = {}
@@ -153,15 +154,21 @@ class _State:
                 select(t).where(t.c.inference_id == inference_id)).mappings()]
         return self.votes_loaded[inference_id]
 
+    def load_seeds(self, epochs: Iterable[int]) -> None:
+        """Every seed commitment of these epochs, in one query."""
+        want = sorted(set(epochs) - self.seed_epochs)
+        if want:
+            t = T.SeedCommit.__table__
+            for ep, pid, sha, block in self.conn.execute(select(t.c.epoch, t.c.participant, t.c.seed_sha256,
+                                                                t.c.block).where(t.c.epoch.in_(want))):
+                self.seeds[(int(ep), pid)] = (sha, int(block))
+            self.seed_epochs.update(want)
+
     def seed_of(self, epoch: int, pid: str) -> tuple[str, int] | None:
         """(seed commitment, block) of a validator for an epoch, or None."""
-        key = (epoch, pid)
-        if key not in self.seeds:
-            t = T.SeedCommit.__table__
-            row = self.conn.execute(select(t.c.seed_sha256, t.c.block).where(
-                (t.c.epoch == epoch) & (t.c.participant == pid))).first()
-            self.seeds[key] = (row[0], int(row[1])) if row else None
-        return self.seeds[key]
+        if epoch not in self.seed_epochs:
+            self.load_seeds((epoch,))
+        return self.seeds.get((epoch, pid))
 
     # ---- money --------------------------------------------------------------------------
     def transfer(self, kind: str, src: str, dst: str, amount: int, msg_id: str, inference_id: str | None = None) -> None:
@@ -705,6 +712,8 @@ def _apply(conn: Connection, messages: Sequence[Any]) -> BlockReport:
         todo.append(m)
 
     state.load_inferences(getattr(m, "inference_id") for m in todo if hasattr(m, "inference_id"))
+    state.load_seeds({state.infs[m.inference_id]["epoch"] for m in todo
+                      if type(m) is SubmitValidation and m.inference_id in state.infs})
     applied: list[dict] = []
     for m in todo:
         handler = _HANDLERS.get(type(m))

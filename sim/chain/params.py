@@ -34,7 +34,8 @@ class ChainParams(BaseModel):
     min_validation_halfway: float = Field(0.05, ge=0, description="MinValidationHalfway at 5,000 requests (Gonka 0.05)")
     min_validation_traffic_cutoff: int = Field(100, ge=0, description="below this many requests per epoch "
                                                "the minimum is 1.0 (Gonka 100)")
-    full_validation_traffic_cutoff: int = Field(10_000, ge=1, description="FullValidationTrafficCutoff (Gonka 10,000)")
+    full_validation_traffic_cutoff: int = Field(10_000, ge=2, description="FullValidationTrafficCutoff (Gonka "
+                                                "10,000; >= 2: Gonka divides by half of it)")
     sampling_draw: Literal["sha256", "splitmix64"] = Field(
         "sha256", description="the draw ShouldValidate compares with the probability: Gonka's "
         "SHA256(seed:id)[:8] / (2^64 - 1), or (project speed option) SplitMix64 of seed and the inference's "

@@ -26,8 +26,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_HALF_UP, Context, Decimal, localcontext
-from fractions import Fraction
+from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_HALF_EVEN, ROUND_HALF_UP, Context, Decimal, localcontext
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -78,14 +77,31 @@ def dec(x: float | int | str) -> Decimal:
     return Decimal(x)
 
 
+def _int_exp(x: Decimal | int) -> tuple[int, int]:
+    """x = m x 10^e with integers m, e."""
+    if isinstance(x, int):
+        return x, 0
+    sign, digits, exp = x.as_tuple()
+    m = int("".join(map(str, digits))) if digits else 0
+    return (-m if sign else m), int(exp)
+
+
 def div16(a: Decimal | int, b: Decimal | int) -> Decimal:
     """shopspring `a.Div(b)` = DivRound(b, 16): exact quotient, half away from zero, 16 places."""
-    q = Fraction(a) / Fraction(b) * 10**DIVISION_PRECISION
-    n, d = abs(q.numerator), q.denominator
-    i, r = divmod(n, d)
-    if 2 * r >= d:
+    ma, ea = _int_exp(a)
+    mb, eb = _int_exp(b)
+    if mb == 0:
+        raise ZeroDivisionError("decimal division by zero")
+    shift = ea - eb + DIVISION_PRECISION  # a/b x 10^16 = (ma/mb) x 10^shift
+    num, den = abs(ma), abs(mb)
+    if shift >= 0:
+        num *= 10**shift
+    else:
+        den *= 10**-shift
+    i, r = divmod(num, den)
+    if 2 * r >= den:
         i += 1
-    return Decimal(-i if q < 0 else i).scaleb(-DIVISION_PRECISION)
+    return Decimal(-i if (ma < 0) != (mb < 0) else i).scaleb(-DIVISION_PRECISION)
 
 
 def truncate(x: Decimal, places: int) -> Decimal:
@@ -167,14 +183,35 @@ def _target(reputation: int, traffic: int, full: int, low: int, max_average: flo
     return target if multiplier == 1.0 else target * dec(multiplier)
 
 
-@functools.lru_cache(maxsize=65536)
-def _target_float(reputation: int, traffic: int, key: tuple) -> float:
-    return float(_target(reputation, traffic, *key))
+def _target_float(reputation, traffic, key: tuple):
+    """Float view of `_target` (scalars or numpy arrays), the same formula in binary floating point:
+    within a few ulp of the exact value (the exact path decides near the boundary)."""
+    full, low, max_average, halfway_average, min_average, multiplier = key
+    halfway = full // 2
+    if isinstance(traffic, int) and isinstance(reputation, int):
+        if traffic >= full:
+            mva = min_average
+        elif traffic >= halfway:
+            mva = (halfway_average - min_average) * ((full - traffic) / halfway) + min_average
+        elif traffic > low:
+            mva = halfway_average + (max_average - halfway_average) * ((halfway - traffic) / (halfway - low))
+        else:
+            mva = max_average
+        return (max_average - (max_average - mva) * (reputation / 100.0)) * multiplier
+    traffic = np.asarray(traffic, dtype=np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        upper = (halfway_average - min_average) * ((full - traffic) / halfway) + min_average if halfway else 0.0
+        lower = halfway_average + (max_average - halfway_average) * ((halfway - traffic) / (halfway - low)) \
+            if halfway != low else 0.0
+    mva = np.where(traffic >= full, min_average, np.where(traffic >= halfway, upper,
+                                                          np.where(traffic > low, lower, max_average)))
+    target = (max_average - (max_average - mva) * (np.asarray(reputation, dtype=float) / 100.0)) * multiplier
+    return float(target) if target.ndim == 0 else target
 
 
-def target_validators(reputation: int, requests_per_epoch: int, p: ChainParams) -> float:
-    """Expected validators per inference (float view of `target_validators_exact`)."""
-    return _target_float(int(reputation), int(requests_per_epoch), _sampling_key(p))
+def target_validators(reputation, requests_per_epoch, p: ChainParams):
+    """Expected validators per inference (float view of `target_validators_exact`; scalars or arrays)."""
+    return _target_float(reputation, requests_per_epoch, _sampling_key(p))
 
 
 def probability_exact(target: Decimal, validator_power: int, total_power: int, executor_power: int) -> Decimal:
@@ -188,9 +225,10 @@ def validation_probability(target: float | np.ndarray, validator_power: float, t
                            executor_power: float | np.ndarray) -> np.ndarray:
     """Float view of `probability_exact`, vectorised: 0 where total <= executor (Gonka's guard)."""
     others = np.asarray(total_power, dtype=float) - np.asarray(executor_power, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        prob = np.minimum(1.0, np.asarray(target, dtype=float) * validator_power / others)
-    return np.where(others > 0, prob, 0.0)
+    num = np.asarray(target, dtype=float) * validator_power
+    num, others = np.broadcast_arrays(num, others)
+    prob = np.divide(num, others, out=np.zeros(num.shape), where=others > 0)
+    return np.minimum(1.0, prob)
 
 
 def seed_hashes(seed: int, inference_ids: Sequence[str]) -> np.ndarray:
@@ -346,13 +384,19 @@ def sprt_increments(p: ChainParams) -> tuple[float, float]:
     return inc[0] * 1e-12, inc[1] * 1e-12
 
 
+@functools.lru_cache(maxsize=64)
+def _h_e12(h: float) -> int:
+    """ceil(H x 1e12): LLR >= H  <=>  llr_e12 >= this (llr_e12 an integer)."""
+    return int((dec(h).scaleb(LOG_PRECISION)).to_integral_value(rounding=ROUND_CEILING))
+
+
 def sprt_decision(llr_e12: int, h: float) -> str:
-    """Gonka SPRT.Decision: Fail at LLR >= H, Pass at LLR <= -H, else undetermined (exact)."""
-    llr = Decimal(llr_e12).scaleb(-LOG_PRECISION)
-    hd = dec(h)
-    if llr >= hd:
+    """Gonka SPRT.Decision: Fail at LLR >= H, Pass at LLR <= -H, else undetermined (exact, on the
+    integer LLR in units of 1e-12)."""
+    bound = _h_e12(h)
+    if llr_e12 >= bound:
         return FAIL
-    if llr <= -hd:
+    if llr_e12 <= -bound:
         return PASS
     return UNDETERMINED
 

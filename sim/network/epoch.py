@@ -326,11 +326,11 @@ class NetworkSimulation:
         pairs_i: list[int] = []
         pairs_v: list[str] = []
         pairs_seed: list[int] = []
+        groups = [(ep, np.nonzero(epochs == ep)[0]) for ep in np.unique(epochs).tolist()]
         for vid, prob in self.check_probabilities(execs, reps, traffic).items():
-            for ep in np.unique(epochs).tolist():
+            for ep, sel in groups:
                 seed = self.seeds_by_epoch[ep][vid]
-                sel = np.nonzero(epochs == ep)[0] if len(set(epochs.tolist())) > 1 else np.arange(len(ids))
-                sub_ids = [ids[i] for i in sel]
+                sub_ids = ids if len(groups) == 1 else [ids[i] for i in sel]
                 if self.p.sampling_hash == "sha256":
                     u = rules.seed_draws(seed, sub_ids)
 
@@ -379,7 +379,7 @@ class NetworkSimulation:
         total_w, exec_w = self._powers(execs)
         reps = [self.reputation[e] for e in execs] if reputations is None else reputations
         traf = [self.traffic] * len(execs) if traffic is None else traffic
-        target = np.array([rules.target_validators(int(r), int(t), cp) for r, t in zip(reps, traf)], float)
+        target = np.broadcast_to(rules.target_validators(np.asarray(reps), np.asarray(traf), cp), (len(execs),))
         out = {}
         for h in self.hosts:
             if self.status[h.id] != "ACTIVE" or self.weights.get(h.id, 0) <= 0:
