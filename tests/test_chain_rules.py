@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from sim.chain import (ChainParams, CommitSeed, ConfirmationPoc, EndEpoch, FinishInference, Mint, RegisterParticipant,
-                       RequestParams, SetWeights, StartInference, SubmitValidation, apply_block, assert_invariants,
-                       create_chain, parse_message)
+from sim.chain import (ChainParams, CommitSeed, ConfirmationPoc, EndEpoch, FinishInference, Mint, PocCommitMsg,
+                       RegisterParticipant, RequestParams, SetWeights, StartInference, SubmitValidation, apply_block,
+                       assert_invariants, create_chain, parse_message)
 from sim.chain import rules
 from sim.chain import tables as T
 from sim.pricing import PriceRule, grace_price, next_unit_price
@@ -387,12 +387,18 @@ def test_one_bad_message_never_aborts_its_block(chain_url):
     eng = _chain(chain_url)
     _setup(eng)
     big = 2**63 - 1
+    _run_inference(eng, 1)
+    nan_validation = SubmitValidation.model_construct(id="nan", kind="validation", inference_id="inf1", validator="h2",
+                                                      seed=SEED, score=float("nan"), passed=True)
     rep = apply_block(eng, [Mint(id="huge", sender=AUTH, to="h1", amount_ngonka=big),
                             SetWeights(id="wbig", sender=AUTH, epoch=0, weights={"h1": big, "h2": 1}),
+                            PocCommitMsg(id="poc", epoch=0, participant="h3", merkle_root="r", nonce_count=2**40),
+                            nan_validation,
                             StartInference(id="ok", inference_id="ok", requester="req", executor="h2",
                                            request=RequestParams(width=480, height=480, frames=5, steps=4))])
-    assert "int64" in rep.rejected["huge"] and rep.accepted == 2
+    assert "int64" in rep.rejected["huge"] and "NaN" in rep.rejected["nan"] and rep.accepted == 3
     assert _row(eng, T.Participant, "h1")["poc_weight"] == big
+    assert _row(eng, T.PocCommit, "poc")["nonce_count"] == 2**40  # above int32: BIGINT on both databases
     assert_invariants(eng)
 
 

@@ -466,6 +466,8 @@ def _finish(state: _State, m: FinishInference) -> None:
 
 
 def _validation(state: _State, m: SubmitValidation) -> None:
+    if math.isnan(m.score):  # the schema refuses NaN; agents that skip validation are held to it here
+        raise Rejected("score must be a number, not NaN")
     inf = _get_inf(state, m.inference_id)
     _require(state, m.validator, VALIDATING_ROLES, active=True, what="validator")
     if m.validator == inf["executor"]:
