@@ -461,24 +461,19 @@ def compute_status(part: dict, old: dict, p: ChainParams, scope: int = RUN_ALL) 
         limit = consecutive_limit(p)
         if limit is not None and part["consecutive_invalid"] >= limit:
             return "INVALID", CONSECUTIVE_FAILURES
-    if run_all or scope & ONLY_INVALIDATION:
-        llr, decision = sprt_step(part["invalid_llr_e12"], part["invalidated_epoch"] - old["invalidated_epoch"],
-                                  part["validated_epoch"] - old["validated_epoch"], p.sprt_p0, p.sprt_p1,
-                                  p.sprt_llr_threshold)
-        if decision == PASS and p.sprt_restart_on_accept:
-            llr = 0
-        part["invalid_llr_e12"] = llr
+    # (scope bit, LLR field, failures, passes, P0, P1, H, status on Fail, reason, restart on Pass)
+    sprts = ((ONLY_INVALIDATION, "invalid_llr_e12", "invalidated_epoch", "validated_epoch", p.sprt_p0, p.sprt_p1,
+              p.sprt_llr_threshold, "INVALID", STATISTICAL_INVALIDATIONS, p.sprt_restart_on_accept),
+             (ONLY_INACTIVE, "inactive_llr_e12", "missed_requests", "inference_count", p.downtime_good_percentage,
+              p.downtime_bad_percentage, p.downtime_h_threshold, "INACTIVE", DOWNTIME, False))
+    for bit, llr_key, fail_key, pass_key, p0, p1, h, bad, reason, restart in sprts:
+        if not (run_all or scope & bit):
+            continue
+        llr, decision = sprt_step(part[llr_key], part[fail_key] - old[fail_key], part[pass_key] - old[pass_key],
+                                  p0, p1, h)
+        part[llr_key] = 0 if decision == PASS and restart else llr
         if decision == FAIL:
-            return "INVALID", STATISTICAL_INVALIDATIONS
-        if decision == ERROR:
-            return "ACTIVE", ALGORITHM_ERROR
-    if run_all or scope & ONLY_INACTIVE:
-        llr, decision = sprt_step(part["inactive_llr_e12"], part["missed_requests"] - old["missed_requests"],
-                                  part["inference_count"] - old["inference_count"], p.downtime_good_percentage,
-                                  p.downtime_bad_percentage, p.downtime_h_threshold)
-        part["inactive_llr_e12"] = llr
-        if decision == FAIL:
-            return "INACTIVE", DOWNTIME
+            return bad, reason
         if decision == ERROR:
             return "ACTIVE", ALGORITHM_ERROR
     if run_all or scope & ONLY_CONFIRMATION_POC:
