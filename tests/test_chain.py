@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select, text
 
-from sim.chain import (ChainApplyError, ChainDatabaseError, ChainParams, CommitSeed, ConfirmationPoc, EndEpoch, FinishInference, Mint,
-                       RegisterParticipant, RequestParams, SchemaVersionError, SetWeights, StartInference,
+from sim.chain import (ChainApplyError, ChainDatabaseError, ChainParams, CommitSeed, ConfirmationPoc, EndEpoch,
+                       FinishInference, Mint, RegisterParticipant, RequestParams, SchemaVersionError, SetWeights, StartInference,
                        SubmitValidation, SubmitVote, apply_block, assert_invariants, check_invariants, create_chain,
                        drop_chain, open_chain)
 from sim.chain import apply as apply_mod
@@ -99,7 +99,8 @@ def test_paid_exactly_once_with_validator_fee(chain_url):
     # exact escrow: the cost is the units times the price in force, rounded up
     assert inf["cost_ngonka"] == pytest.approx(inf["units"] * inf["unit_price_ngonka"], abs=1)
     apply_block(eng, [FinishInference(id="fin:1", inference_id="inf1", executor="h1", video_sha256="ab" * 32)])
-    apply_block(eng, [SubmitValidation(seed=SEED, id="val:1", inference_id="inf1", validator="h2", score=0.0, passed=True)])
+    apply_block(eng, [SubmitValidation(seed=SEED, id="val:1", inference_id="inf1", validator="h2", score=0.0,
+                                       passed=True)])
     before = _row(eng, T.Participant, "h1")["balance_ngonka"]
     for _ in range(3):
         apply_block(eng, [])
@@ -122,7 +123,8 @@ def test_invalidation_refunds_and_consecutive_rule_slashes(chain_url):
     for n in range(3):
         apply_block(eng, [_start(n)])
         apply_block(eng, [FinishInference(id=f"fin:{n}", inference_id=f"inf{n}", executor="h1", video_sha256="x")])
-        rep = apply_block(eng, [SubmitValidation(seed=SEED, id=f"val:{n}", inference_id=f"inf{n}", validator="h2", score=9.0,
+        rep = apply_block(eng, [SubmitValidation(seed=SEED, id=f"val:{n}", inference_id=f"inf{n}", validator="h2",
+                                                 score=9.0,
                                                  passed=False)])
         assert rep.voting_opened == [f"inf{n}"]
         committee = _row(eng, T.Inference, f"inf{n}")["committee"].split(",")
@@ -149,7 +151,8 @@ def test_vote_majority_valid_keeps_payment(chain_url):
     _genesis(eng)
     apply_block(eng, [_start(1)])
     apply_block(eng, [FinishInference(id="fin:1", inference_id="inf1", executor="h1", video_sha256="x")])
-    apply_block(eng, [SubmitValidation(seed=SEED, id="val:1", inference_id="inf1", validator="h2", score=9.0, passed=False)])
+    apply_block(eng, [SubmitValidation(seed=SEED, id="val:1", inference_id="inf1", validator="h2", score=9.0,
+                                       passed=False)])
     committee = _row(eng, T.Inference, "inf1")["committee"].split(",")
     rep = apply_block(eng, [SubmitVote(id=f"vote:{v}", inference_id="inf1", voter=v, invalid=False) for v in committee])
     assert rep.revalidated == 1 and not rep.invalidated

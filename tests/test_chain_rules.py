@@ -258,8 +258,8 @@ def _setup(eng, hosts=("h1", "h2", "h3", "h4"), seeds=None):
                  RegisterParticipant(id=f"reg:{h}", participant=h, role="host", seconds_per_unit=0.1,
                                      collateral_ngonka=10**11)]
     msgs.append(SetWeights(id="w0", sender=AUTH, epoch=0, weights={h: 10 for h in hosts}))
-    msgs += [CommitSeed(id=f"seed:{h}", epoch=0, participant=h, seed_sha256=rules.seed_commitment((seeds or {}).get(h, SEED)))
-             for h in hosts]
+    msgs += [CommitSeed(id=f"seed:{h}", epoch=0, participant=h,
+                        seed_sha256=rules.seed_commitment((seeds or {}).get(h, SEED))) for h in hosts]
     rep = apply_block(eng, msgs)
     assert not rep.rejected, rep.rejected
 
@@ -403,7 +403,8 @@ def test_one_bad_message_never_aborts_its_block(chain_url):
 
 
 @pytest.mark.parametrize("bad,field", [
-    (dict(kind="validation", id="x", inference_id="i", validator="v", seed=1, score=float("nan"), passed=True), "score"),
+    (dict(kind="validation", id="x", inference_id="i", validator="v", seed=1, score=float("nan"), passed=True),
+     "score"),
     (dict(kind="mint", id="x", sender=AUTH, to="a", amount_ngonka=2**63), "amount_ngonka"),
     (dict(kind="poc_commit", id="x", epoch=0, participant="p", merkle_root="r", nonce_count=2**64), "nonce_count"),
     (dict(kind="end_epoch", id="x", sender=AUTH, epoch=2**31), "epoch"),

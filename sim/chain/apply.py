@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from sim.chain import rules
 from sim.chain import tables as T
-from sim.chain.messages import (AUTHORITY_MESSAGES, INT64_MAX, CommitSeed, ConfirmationPoc, DepositCollateral,
+from sim.chain.messages import (INT64_MAX, CommitSeed, ConfirmationPoc, DepositCollateral,
                                 EndEpoch, FinishInference, Mint, PocCommitMsg, PocValidationMsg, RegisterParticipant,
                                 SetWeights, StartInference, SubmitValidation, SubmitVote)
 from sim.chain.params import ChainParams
@@ -47,7 +47,8 @@ _CHUNK = 500
 EXECUTING_ROLES = ("host", "executor")
 VALIDATING_ROLES = ("host", "validator")
 _INF_MUTABLE = ("status", "escrow_ngonka", "paid_ngonka", "refunded_ngonka", "video_sha256", "finish_block",
-                "traffic_basis", "executor_reputation", "settle_block", "validations", "failed_validations", "validators", "failed_by", "reporter",
+                "traffic_basis", "executor_reputation", "settle_block", "validations", "failed_validations",
+                "validators", "failed_by", "reporter",
                 "committee", "vote_deadline_block", "truth_deviation")
 _PART_MUTABLE = ("role", "status", "status_reason", "balance_ngonka", "collateral_ngonka", "reputation",
                  "epochs_completed", "miss_sum", "poc_weight", "gpu_type", "seconds_per_unit", "consecutive_invalid",

@@ -103,9 +103,8 @@ def check_schema(engine: Engine) -> T.ChainMeta | None:
 
 
 _CHAIN_TABLES = {t.__tablename__ for t in (T.ChainMeta, T.Participant, T.Epoch, T.Block, T.Inference, T.Validation,
-                                           T.InvalidationVote, T.PocCommit, T.PocValidation, T.PriceHistory, T.SeedCommit,
-                                           T.ConfirmationPocResult,
-                                           T.LedgerEntry, T.AppliedMessage)}
+                                           T.InvalidationVote, T.PocCommit, T.PocValidation, T.PriceHistory,
+                                           T.SeedCommit, T.ConfirmationPocResult, T.LedgerEntry, T.AppliedMessage)}
 
 
 def _tables():

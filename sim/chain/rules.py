@@ -314,6 +314,7 @@ def should_validate(seed: int, inference_id: str, traffic_basis: int, reputation
                                  executor_power, p)
 
 
+@functools.lru_cache(maxsize=4096)
 def seed_commitment(seed: int) -> str:
     """What a validator commits at the start of an epoch: SHA-256 of its seed in base 10."""
     return hashlib.sha256(str(int(seed)).encode()).hexdigest()
@@ -469,6 +470,9 @@ def compute_status(part: dict, old: dict, p: ChainParams, scope: int = RUN_ALL) 
     for bit, llr_key, fail_key, pass_key, p0, p1, h, bad, reason, restart in sprts:
         if not (run_all or scope & bit):
             continue
+        if part[fail_key] == old[fail_key] and part[pass_key] == old[pass_key] and \
+                sprt_log_increments_e12(p0, p1) is not None:
+            continue  # no new counts: the decision on the stored LLR was taken when it last changed
         llr, decision = sprt_step(part[llr_key], part[fail_key] - old[fail_key], part[pass_key] - old[pass_key],
                                   p0, p1, h)
         part[llr_key] = 0 if decision == PASS and restart else llr
