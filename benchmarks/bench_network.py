@@ -102,6 +102,7 @@ def economics(run_dir: str, label: str, out: Path) -> None:
 
 
 def compare(rev: str, sizes: list[int], repeats: int, hash_: str, out: Path) -> None:
+    import resource
     import subprocess
 
     base = Path(tempfile.mkdtemp(prefix="bench-network-base-"))
@@ -114,28 +115,38 @@ def compare(rev: str, sizes: list[int], repeats: int, hash_: str, out: Path) -> 
     rows = []
     for n in sizes:
         secs: dict[str, list[float]] = {"baseline": [], "current": []}
+        cpu: dict[str, list[float]] = {"baseline": [], "current": []}
         for _ in range(repeats):
             for label, tree in (("baseline", base), ("current", ROOT)):
                 scratch = Path(tempfile.mkdtemp(prefix=f"bench-network-{label}-"))
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 res = subprocess.run([sys.executable, str(tree / "benchmarks" / "bench_network.py"), "--sizes", str(n),
                                       "--hash", hash_, "--out", str(scratch)], check=True, capture_output=True,
                                      text=True, cwd=tree)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
                 row = json.loads(res.stdout.strip().splitlines()[-1])
                 secs[label].append(row["seconds"])
-                print(json.dumps(dict(label=label, requests=n, seconds=row["seconds"])), flush=True)
+                # CPU seconds of the whole process (set-up included): less sensitive to a shared machine's load
+                cpu[label].append(round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2))
+                print(json.dumps(dict(label=label, requests=n, seconds=row["seconds"], cpu_seconds=cpu[label][-1])),
+                      flush=True)
         rows.append(dict(requests=n, baseline_rev=f"{rev} ({commit})", current_rev=head, hash=hash_,
                          baseline_seconds=secs["baseline"], current_seconds=secs["current"],
+                         baseline_cpu_seconds=cpu["baseline"], current_cpu_seconds=cpu["current"],
                          ratio_best=round(min(secs["current"]) / min(secs["baseline"]), 3),
+                         cpu_ratio_best=round(min(cpu["current"]) / min(cpu["baseline"]), 3),
                          machine=f"{platform.node()} ({platform.processor() or platform.machine()}), 2 cores, shared",
                          measured_at=time.strftime("%Y-%m-%d %H:%M")))
     (out / "network_vs_baseline.json").write_text(json.dumps({"runs": rows}, indent=2))
     lines = ["Surrogate network epoch, current tree vs a baseline revision, alternating fresh processes "
              "(benchmarks/bench_network.py --baseline)", "",
-             "| requests | baseline | baseline seconds | current | current seconds | current / baseline (best) |",
-             "|---|---|---|---|---|---|"]
+             "| requests | baseline | wall s | CPU s | current | wall s | CPU s | current / baseline, wall (best) | "
+             "CPU (best) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['requests']:,} | {r['baseline_rev']} | {', '.join(map(str, r['baseline_seconds']))} | "
-                     f"{r['current_rev']} | {', '.join(map(str, r['current_seconds']))} | {r['ratio_best']} |")
+                     f"{', '.join(map(str, r['baseline_cpu_seconds']))} | {r['current_rev']} | "
+                     f"{', '.join(map(str, r['current_seconds']))} | {', '.join(map(str, r['current_cpu_seconds']))} | "
+                     f"{r['ratio_best']} | {r['cpu_ratio_best']} |")
     (out / "network_vs_baseline.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
