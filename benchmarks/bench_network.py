@@ -5,6 +5,13 @@
 Prints seconds per size and writes benchmarks/results/network.json and network.md. The run
 directory is synthetic (scores drawn in tests/network_fixtures.py), which does not change the cost.
 
+    .venv/bin/python benchmarks/bench_network.py --baseline REV [--repeats 2]
+
+instead times this tree against git revision REV (exported with `git archive`), each size in
+fresh processes, alternating baseline and current `--repeats` times (so both see the same load on
+a shared machine), and writes the seconds and the ratio (best current / best baseline) to
+network_vs_baseline.{json,md}.
+
     .venv/bin/python benchmarks/bench_network.py --economics runs/tiny20 [--label tiny20-cpu]
 
 instead tabulates the economics of cheating on a real experiment run directory: for every policy
@@ -94,6 +101,56 @@ def economics(run_dir: str, label: str, out: Path) -> None:
     print("\n".join(lines))
 
 
+def compare(rev: str, sizes: list[int], repeats: int, hash_: str, out: Path) -> None:
+    import resource
+    import subprocess
+
+    base = Path(tempfile.mkdtemp(prefix="bench-network-base-"))
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], check=True, capture_output=True,
+                            text=True).stdout.strip()
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    rows = []
+    for n in sizes:
+        secs: dict[str, list[float]] = {"baseline": [], "current": []}
+        cpu: dict[str, list[float]] = {"baseline": [], "current": []}
+        for _ in range(repeats):
+            for label, tree in (("baseline", base), ("current", ROOT)):
+                scratch = Path(tempfile.mkdtemp(prefix=f"bench-network-{label}-"))
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                res = subprocess.run([sys.executable, str(tree / "benchmarks" / "bench_network.py"), "--sizes", str(n),
+                                      "--hash", hash_, "--out", str(scratch)], check=True, capture_output=True,
+                                     text=True, cwd=tree)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                row = json.loads(res.stdout.strip().splitlines()[-1])
+                secs[label].append(row["seconds"])
+                # CPU seconds of the whole process (set-up included): less sensitive to a shared machine's load
+                cpu[label].append(round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2))
+                print(json.dumps(dict(label=label, requests=n, seconds=row["seconds"], cpu_seconds=cpu[label][-1])),
+                      flush=True)
+        rows.append(dict(requests=n, baseline_rev=f"{rev} ({commit})", current_rev=head, hash=hash_,
+                         baseline_seconds=secs["baseline"], current_seconds=secs["current"],
+                         baseline_cpu_seconds=cpu["baseline"], current_cpu_seconds=cpu["current"],
+                         ratio_best=round(min(secs["current"]) / min(secs["baseline"]), 3),
+                         cpu_ratio_best=round(min(cpu["current"]) / min(cpu["baseline"]), 3),
+                         machine=f"{platform.node()} ({platform.processor() or platform.machine()}), 2 cores, shared",
+                         measured_at=time.strftime("%Y-%m-%d %H:%M")))
+    (out / "network_vs_baseline.json").write_text(json.dumps({"runs": rows}, indent=2))
+    lines = ["Surrogate network epoch, current tree vs a baseline revision, alternating fresh processes "
+             "(benchmarks/bench_network.py --baseline)", "",
+             "| requests | baseline | wall s | CPU s | current | wall s | CPU s | current / baseline, wall (best) | "
+             "CPU (best) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['requests']:,} | {r['baseline_rev']} | {', '.join(map(str, r['baseline_seconds']))} | "
+                     f"{', '.join(map(str, r['baseline_cpu_seconds']))} | {r['current_rev']} | "
+                     f"{', '.join(map(str, r['current_seconds']))} | {', '.join(map(str, r['current_cpu_seconds']))} | "
+                     f"{r['ratio_best']} | {r['cpu_ratio_best']} |")
+    (out / "network_vs_baseline.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--economics", metavar="RUN_DIR", help="tabulate the economics on an experiment run instead")
@@ -103,7 +160,14 @@ def main() -> None:
     ap.add_argument("--hosts", type=int, default=100)
     ap.add_argument("--blocks", type=int, default=100)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--baseline", metavar="REV", help="time this tree against git revision REV instead")
+    ap.add_argument("--repeats", type=int, default=2, help="alternating runs per size with --baseline")
     args = ap.parse_args()
+    if args.baseline:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        compare(args.baseline, args.sizes, args.repeats, args.hash, out)
+        return
     if args.economics:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,9 @@ The model (the proposal, `seed/000_*.txt`, "Separate pricing model for DiTs"):
   fit's constant (`gamma_seconds`, fixed per-pass overhead) is kept for the true GPU time in the
   fairness report and can be charged with `charge_constant=True`.
 
-The unit price (ngonka per unit) follows Gonka's per-model utilisation rule each block
-(`next_unit_price`). Escrow is exact: the units are known when the request is made.
+The unit price (an integer number of ngonka per unit) follows Gonka's per-model utilisation rule
+each block (`next_unit_price`, decimal arithmetic as in Gonka's keeper). Escrow is exact: the
+units are known when the request is made.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from decimal import ROUND_CEILING, ROUND_DOWN, Decimal
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -178,18 +180,29 @@ class PricingParams(BaseModel):
 
 
 class PriceRule(BaseModel):
-    """Gonka's dynamic per-model price (facts.md section 2), applied once per block."""
+    """Gonka's dynamic per-model price (keeper/dynamic_pricing.go, DefaultDynamicPricingParams), applied
+    once per block: an integer price in ngonka per unit."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    base_unit_price_ngonka: int = Field(100, ge=1, description="starting price per unit (Gonka base 100 ngonka per token)")
-    min_unit_price_ngonka: int = Field(1, ge=1, description="price floor (Gonka: 1)")
-    target_low: float = Field(0.4, ge=0, le=1, description="lower edge of the stable band (Gonka 0.4)")
-    target_high: float = Field(0.6, ge=0, le=1, description="upper edge of the stable band (Gonka 0.6)")
-    sensitivity: float = Field(0.05, ge=0, description="price change per unit of utilisation gap (Gonka 0.05)")
-    max_step_down: float = Field(0.98, gt=0, le=1, description="smallest factor per block (Gonka 0.98)")
-    max_step_up: float = Field(1.02, ge=1, description="largest factor per block (Gonka 1.02)")
-    window_seconds: float = Field(60.0, gt=0, description="rolling utilisation window (Gonka 60 s)")
+    base_unit_price_ngonka: int = Field(100, ge=0, description="price per unit at the start and after the grace "
+                                        "period (Gonka BasePerTokenPrice 100 ngonka per token)")
+    min_unit_price_ngonka: int = Field(1, ge=0, description="price floor (Gonka MinPerTokenPrice 1)")
+    target_low: float = Field(0.4, ge=0, le=1, description="lower edge of the stability zone (Gonka "
+                              "StabilityZoneLowerBound 0.40)")
+    target_high: float = Field(0.6, ge=0, le=1, description="upper edge of the stability zone (Gonka "
+                               "StabilityZoneUpperBound 0.60)")
+    sensitivity: float = Field(0.05, ge=0, description="price change per unit of utilisation gap (Gonka "
+                               "PriceElasticity 0.05); the per-block limits follow: 1 - low x e and "
+                               "1 + (1 - high) x e (0.98 and 1.02 at Gonka's defaults)")
+    window_seconds: float = Field(60.0, gt=0, description="rolling utilisation window (Gonka "
+                                  "UtilizationWindowDuration 60 s; blocks = seconds // block seconds, >= 1)")
+    grace_period_end_epoch: Optional[int] = Field(
+        None, ge=0, description="before this epoch the price is grace_period_unit_price_ngonka and at it the base "
+        "price (Gonka GracePeriodEndEpoch 90 with price 0: free inference); None: no grace period (project default, "
+        "so that simulated epochs are priced)")
+    grace_period_unit_price_ngonka: int = Field(0, ge=0, description="price during the grace period (Gonka "
+                                                "GracePeriodPerTokenPrice 0)")
 
     @model_validator(mode="after")
     def _band(self) -> "PriceRule":
@@ -197,22 +210,53 @@ class PriceRule(BaseModel):
             raise PricingError(f"target_low ({self.target_low}) must be <= target_high ({self.target_high})")
         return self
 
+    def limits(self) -> tuple[Decimal, Decimal]:
+        """(largest decrease factor, largest increase factor) per block: 1 - low x e, 1 + (1 - high) x e."""
+        lo, hi, e = _dec(self.target_low), _dec(self.target_high), _dec(self.sensitivity)
+        return 1 - lo * e, 1 + (1 - hi) * e
 
-def next_unit_price(price_ngonka: float, utilisation: float, rule: PriceRule) -> float:
-    """Gonka: in [low, high] unchanged; below: x max(1 - (low-u) s, 0.98); above: x min(1 + (u-high) s, 1.02);
-    floor `min_unit_price_ngonka`. The price is kept as a float; charges round up to whole ngonka."""
-    if utilisation < 0 or not math.isfinite(utilisation):
+
+def _dec(x: float) -> Decimal:
+    """decimal.NewFromFloat: the shortest decimal of the float (NaN and inf have none)."""
+    x = float(x)
+    if not math.isfinite(x):
+        raise PricingError(f"utilisation must be a finite number >= 0, got {x}")
+    return Decimal(repr(x))
+
+
+def next_unit_price(price_ngonka: int, utilisation: "Decimal | float", rule: PriceRule) -> int:
+    """Gonka CalculateModelDynamicPrice, in decimals: inside [low, high] unchanged; below:
+    x max(max(1 - (low - u) e, 0), 1 - low e); above: x min(1 + (u - high) e, 1 + (1 - high) e); the
+    product truncated to an integer (IntPart), then the floor `min_unit_price_ngonka`."""
+    u = utilisation if isinstance(utilisation, Decimal) else _dec(utilisation)  # NewFromFloat
+    if not u.is_finite() or u < 0:
         raise PricingError(f"utilisation must be a finite number >= 0, got {utilisation}")
-    if utilisation < rule.target_low:
-        price_ngonka *= max(1 - (rule.target_low - utilisation) * rule.sensitivity, rule.max_step_down)
-    elif utilisation > rule.target_high:
-        price_ngonka *= min(1 + (utilisation - rule.target_high) * rule.sensitivity, rule.max_step_up)
-    return max(price_ngonka, float(rule.min_unit_price_ngonka))
+    lo, hi, e = _dec(rule.target_low), _dec(rule.target_high), _dec(rule.sensitivity)
+    down, up = rule.limits()
+    price = int(price_ngonka)
+    if lo <= u <= hi:
+        new = price
+    elif u < lo:
+        factor = max(1 - (lo - u) * e, Decimal(0))
+        new = int((Decimal(price) * max(factor, down)).to_integral_value(rounding=ROUND_DOWN))
+    else:
+        new = int((Decimal(price) * min(1 + (u - hi) * e, up)).to_integral_value(rounding=ROUND_DOWN))
+    return max(new, rule.min_unit_price_ngonka)
 
 
-def cost_ngonka(units: float, unit_price_ngonka: float) -> int:
-    """What a request costs, in whole ngonka (rounded up, so the network is never short)."""
-    return int(math.ceil(units * unit_price_ngonka - 1e-9))
+def grace_price(epoch: int, rule: PriceRule) -> int | None:
+    """Gonka handleGracePeriod: the price set every block of an epoch <= GracePeriodEndEpoch (the
+    grace price before it, the base price at it); None after it (the dynamic rule applies)."""
+    end = rule.grace_period_end_epoch
+    if end is None or epoch > end:
+        return None
+    return rule.grace_period_unit_price_ngonka if epoch < end else rule.base_unit_price_ngonka
+
+
+def cost_ngonka(units: float, unit_price_ngonka: int) -> int:
+    """What a request costs, in whole ngonka: ceil(units x price), in decimals on the units' shortest
+    decimal (NewFromFloat), so 0.1 unit at 10 ngonka costs 1, not 2."""
+    return int((Decimal(repr(float(units))) * int(unit_price_ngonka)).to_integral_value(rounding=ROUND_CEILING))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select, text
 
-from sim.chain import (ChainApplyError, ChainDatabaseError, ChainParams, EndEpoch, FinishInference, Mint,
-                       RegisterParticipant, RequestParams, SchemaVersionError, SetWeights, StartInference,
+from sim.chain import (ChainApplyError, ChainDatabaseError, ChainParams, CommitSeed, ConfirmationPoc, EndEpoch,
+                       FinishInference, Mint, RegisterParticipant, RequestParams, SchemaVersionError, SetWeights, StartInference,
                        SubmitValidation, SubmitVote, apply_block, assert_invariants, check_invariants, create_chain,
                        drop_chain, open_chain)
 from sim.chain import apply as apply_mod
@@ -25,6 +25,8 @@ from sim.chain import rules
 from sim.chain import tables as T
 
 GNK = 10**9
+AUTH = "@gov"  # ChainParams().module_authority
+SEED = 7  # every test validator's epoch seed
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -47,16 +49,24 @@ def _pg_clean(url: str) -> None:
 
 
 def _new_chain(url: str, **overrides):
-    return create_chain(url, ChainParams(**{"validation_window_blocks": 2, "vote_timeout_blocks": 2, **overrides}))
+    # validation_rate_multiplier 3: with 4 equal hosts every validator is sampled for every inference
+    return create_chain(url, ChainParams(**{"validation_window_blocks": 2, "vote_timeout_blocks": 2,
+                                            "validation_rate_multiplier": 3.0, **overrides}))
+
+
+def _commits(hosts, epoch=0, seed=SEED):
+    return [CommitSeed(id=f"seed:{epoch}:{h}", epoch=epoch, participant=h, seed_sha256=rules.seed_commitment(seed))
+            for h in hosts]
 
 
 def _genesis(engine, hosts=("h1", "h2", "h3", "h4"), collateral=100 * GNK):
-    msgs = [Mint(id="mint:req", to="req", amount_ngonka=10**9 * GNK)]
+    msgs = [Mint(sender=AUTH, id="mint:req", to="req", amount_ngonka=10**9 * GNK)]
     for h in hosts:
-        msgs += [Mint(id=f"mint:{h}", to=h, amount_ngonka=1000 * GNK),
+        msgs += [Mint(sender=AUTH, id=f"mint:{h}", to=h, amount_ngonka=1000 * GNK),
                  RegisterParticipant(id=f"reg:{h}", participant=h, role="host", gpu_type="H100",
                                      seconds_per_unit=0.1, collateral_ngonka=collateral)]
-    msgs.append(SetWeights(id="w0", epoch=0, weights={h: 10 for h in hosts}))
+    msgs.append(SetWeights(sender=AUTH, id="w0", epoch=0, weights={h: 10 for h in hosts}))
+    msgs += _commits(hosts)
     rep = apply_block(engine, msgs)
     assert not rep.rejected, rep.rejected
     assert_invariants(engine)
@@ -89,7 +99,8 @@ def test_paid_exactly_once_with_validator_fee(chain_url):
     # exact escrow: the cost is the units times the price in force, rounded up
     assert inf["cost_ngonka"] == pytest.approx(inf["units"] * inf["unit_price_ngonka"], abs=1)
     apply_block(eng, [FinishInference(id="fin:1", inference_id="inf1", executor="h1", video_sha256="ab" * 32)])
-    apply_block(eng, [SubmitValidation(id="val:1", inference_id="inf1", validator="h2", score=0.0, passed=True)])
+    apply_block(eng, [SubmitValidation(seed=SEED, id="val:1", inference_id="inf1", validator="h2", score=0.0,
+                                       passed=True)])
     before = _row(eng, T.Participant, "h1")["balance_ngonka"]
     for _ in range(3):
         apply_block(eng, [])
@@ -112,7 +123,8 @@ def test_invalidation_refunds_and_consecutive_rule_slashes(chain_url):
     for n in range(3):
         apply_block(eng, [_start(n)])
         apply_block(eng, [FinishInference(id=f"fin:{n}", inference_id=f"inf{n}", executor="h1", video_sha256="x")])
-        rep = apply_block(eng, [SubmitValidation(id=f"val:{n}", inference_id=f"inf{n}", validator="h2", score=9.0,
+        rep = apply_block(eng, [SubmitValidation(seed=SEED, id=f"val:{n}", inference_id=f"inf{n}", validator="h2",
+                                                 score=9.0,
                                                  passed=False)])
         assert rep.voting_opened == [f"inf{n}"]
         committee = _row(eng, T.Inference, f"inf{n}")["committee"].split(",")
@@ -129,7 +141,7 @@ def test_invalidation_refunds_and_consecutive_rule_slashes(chain_url):
     # an INVALID executor gets no new work; it rejoins at the next epoch
     rep = apply_block(eng, [_start(99)])
     assert "start:99" in rep.rejected and "INVALID" in rep.rejected["start:99"]
-    apply_block(eng, [EndEpoch(id="end:0", epoch=0)])
+    apply_block(eng, [EndEpoch(sender=AUTH, id="end:0", epoch=0)])
     assert _row(eng, T.Participant, "h1")["status"] == "ACTIVE"
     assert_invariants(eng)
 
@@ -139,7 +151,8 @@ def test_vote_majority_valid_keeps_payment(chain_url):
     _genesis(eng)
     apply_block(eng, [_start(1)])
     apply_block(eng, [FinishInference(id="fin:1", inference_id="inf1", executor="h1", video_sha256="x")])
-    apply_block(eng, [SubmitValidation(id="val:1", inference_id="inf1", validator="h2", score=9.0, passed=False)])
+    apply_block(eng, [SubmitValidation(seed=SEED, id="val:1", inference_id="inf1", validator="h2", score=9.0,
+                                       passed=False)])
     committee = _row(eng, T.Inference, "inf1")["committee"].split(",")
     rep = apply_block(eng, [SubmitVote(id=f"vote:{v}", inference_id="inf1", voter=v, invalid=False) for v in committee])
     assert rep.revalidated == 1 and not rep.invalidated
@@ -165,7 +178,7 @@ def test_expiry_refunds_unfinished(chain_url):
 def test_rejections_name_the_problem_and_change_nothing(chain_url):
     eng = _new_chain(chain_url)
     _genesis(eng)
-    apply_block(eng, [Mint(id="poor", to="poor", amount_ngonka=1)])
+    apply_block(eng, [Mint(sender=AUTH, id="poor", to="poor", amount_ngonka=1)])
     rep = apply_block(eng, [
         StartInference(id="a", inference_id="i1", requester="nobody", executor="h1", request=RequestParams()),
         StartInference(id="b", inference_id="i2", requester="req", executor="req", request=RequestParams()),
@@ -174,8 +187,8 @@ def test_rejections_name_the_problem_and_change_nothing(chain_url):
         StartInference(id="c2", inference_id="i4", requester="req", executor="h1", request=RequestParams(),
                        max_cost_ngonka=1),
         FinishInference(id="d", inference_id="missing", executor="h1", video_sha256="x"),
-        SetWeights(id="e", epoch=3, weights={"h1": 1}),
-        EndEpoch(id="f", epoch=7),
+        SetWeights(sender=AUTH, id="e", epoch=3, weights={"h1": 1}),
+        EndEpoch(sender=AUTH, id="f", epoch=7),
     ])
     assert rep.accepted == 0
     assert "not registered" in rep.rejected["a"]
@@ -236,9 +249,9 @@ def test_failed_block_leaves_nothing_half_applied(chain_url, monkeypatch):
 def test_epoch_rewards_by_weight_and_reputation(chain_url):
     eng = _new_chain(chain_url, epoch_reward_gnk=1000.0, epoch_reward_decay=0.0)
     _genesis(eng, hosts=("h1", "h2"))
-    apply_block(eng, [SetWeights(id="w", epoch=0, weights={"h1": 30, "h2": 10})])
+    apply_block(eng, [SetWeights(sender=AUTH, id="w", epoch=0, weights={"h1": 30, "h2": 10})])
     b1, b2 = (_row(eng, T.Participant, h)["balance_ngonka"] for h in ("h1", "h2"))
-    apply_block(eng, [EndEpoch(id="end0", epoch=0)])
+    apply_block(eng, [EndEpoch(sender=AUTH, id="end0", epoch=0)])
     p1, p2 = (_row(eng, T.Participant, h) for h in ("h1", "h2"))
     assert p1["balance_ngonka"] - b1 == 750 * GNK and p2["balance_ngonka"] - b2 == 250 * GNK
     assert p1["reputation"] == rules.reputation(1, ChainParams()) == 3
@@ -283,18 +296,26 @@ def test_sprt_and_consecutive_rules():
     while not hit:
         llr, hit = rules.sprt_update(llr, True, p)
         n += 1
-    assert n == 6  # ln(2) per invalidation: 6 x 0.693 >= 4
-    # an honest stream at p0 drifts down, and the restart keeps the llr bounded below
+    assert n == 3  # Gonka p1 0.20: ln(4) = 1.386294361120 per invalidation, 3 x 1.386 >= 4
+    assert rules.consecutive_limit(p) == 5  # 0.05^5 < 1e-6 <= 0.05^4
+    # Gonka: an honest stream drifts below -H and stays there within the epoch (no restart) ...
     llr = 0.0
-    for i in range(2000):
+    for i in range(400):
         llr, hit = rules.sprt_update(llr, i % 20 == 0, p)
-        assert not hit and llr > -p.sprt_llr_threshold
+        assert not hit
+    assert llr < -p.sprt_llr_threshold
+    # ... the project's option restarts it at 0 when it reaches -H
+    q = ChainParams(sprt_restart_on_accept=True)
+    llr = 0.0
+    for i in range(400):
+        llr, hit = rules.sprt_update(llr, i % 20 == 0, q)
+        assert not hit and llr > -q.sprt_llr_threshold
     assert up > 0 > down
 
 
 def test_validation_sampling_formula():
     p = ChainParams()
-    assert rules.min_validation_average(50, p) == 1.0
+    assert rules.min_validation_average(50, p) == 1.0  # MaxValidationAverage
     assert rules.min_validation_average(5_000, p) == pytest.approx(0.05)
     assert rules.min_validation_average(20_000, p) == pytest.approx(0.01)
     assert rules.target_validators(0, 20_000, p) == pytest.approx(1.0)
@@ -323,33 +344,57 @@ def _mid() -> str:
     return f"m{next(_msg_counter)}-{uuid.uuid4().hex[:6]}"
 
 
+_sender = st.sampled_from([AUTH, AUTH, "req", "h1", "@mint"])  # the authority, and senders without the role
+_seed = st.sampled_from([SEED, SEED, 8])  # the committed seed, and one that does not match
 _message = st.one_of(
     st.builds(lambda i, r, e, q: StartInference(id=_mid(), inference_id=i, requester=r, executor=e, request=q),
               _iid, _who, _who, _request),
     st.builds(lambda i, e: FinishInference(id=_mid(), inference_id=i, executor=e, video_sha256="v"), _iid, _who),
-    st.builds(lambda i, v, ok: SubmitValidation(id=_mid(), inference_id=i, validator=v, score=0.0 if ok else 5.0,
-                                                passed=ok), _iid, _who, st.booleans()),
+    st.builds(lambda i, v, ok, seed, score: SubmitValidation(seed=seed, id=_mid(), inference_id=i, validator=v,
+                                                             score=score if ok else 5.0, passed=ok),
+              _iid, _who, st.booleans(), _seed, st.sampled_from([0.0, float("inf"), -1e308])),
     st.builds(lambda i, v, bad: SubmitVote(id=_mid(), inference_id=i, voter=v, invalid=bad), _iid, _who, st.booleans()),
-    st.builds(lambda a: Mint(id=_mid(), to="req", amount_ngonka=a), st.integers(0, 10**6)),
-    st.builds(lambda e: EndEpoch(id=_mid(), epoch=e), st.integers(0, 2)),
-    st.builds(lambda w: SetWeights(id=_mid(), epoch=0, weights={"h1": w, "h2": 5, "h3": 1}), st.integers(0, 20)),
+    st.builds(lambda a, s: Mint(sender=s, id=_mid(), to="req", amount_ngonka=a),
+              st.one_of(st.integers(0, 10**6), st.just(2**63 - 1)), _sender),
+    st.builds(lambda e, s: EndEpoch(sender=s, id=_mid(), epoch=e), st.integers(0, 2), _sender),
+    st.builds(lambda w, s: SetWeights(sender=s, id=_mid(), epoch=0, weights={"h1": w, "h2": 5, "h3": 1}),
+              st.one_of(st.integers(0, 20), st.just(2**63 - 1)), _sender),
+    st.builds(lambda e, v, seed: CommitSeed(id=_mid(), epoch=e, participant=v, seed_sha256=rules.seed_commitment(seed)),
+              st.integers(0, 2), _who, _seed),
+    st.builds(lambda e, v, r, s: ConfirmationPoc(id=_mid(), sender=s, epoch=e, participant=v, ratio=r),
+              st.integers(0, 2), _who, st.sampled_from([0.0, 0.3, 0.5, 1.0]), _sender),
 )
 
+AUTHORITY_KINDS = ("mint", "set_weights", "end_epoch", "confirmation_poc")
 
-def _property_run(url: str, blocks: list[list]) -> None:
+
+def _property_run(url: str, blocks: list[list]) -> list[dict]:
+    """Apply the blocks (and a replay of each), checking the invariants after each; returns every
+    block's rejections and the final state (to compare databases)."""
     eng = create_chain(url, ChainParams(validation_window_blocks=2, vote_timeout_blocks=1, expiration_blocks=3,
-                                        invalid_consecutive=2, vote_committee_size=2, epoch_reward_gnk=1.0))
+                                        invalid_consecutive=2, vote_committee_size=2, epoch_reward_gnk=1.0,
+                                        validation_rate_multiplier=3.0, confirmation_poc_alpha_threshold=0.5))
+    out = []
     try:
-        genesis = [Mint(id="g:req", to="req", amount_ngonka=5 * 10**7)]
+        genesis = [Mint(sender=AUTH, id="g:req", to="req", amount_ngonka=5 * 10**7)]
         for h in _PARTIES[1:]:
-            genesis += [Mint(id=f"g:{h}", to=h, amount_ngonka=10**6),
+            genesis += [Mint(sender=AUTH, id=f"g:{h}", to=h, amount_ngonka=10**6),
                         RegisterParticipant(id=f"r:{h}", participant=h, role="host", seconds_per_unit=0.1,
                                             collateral_ngonka=10**5)]
+        genesis += _commits(_PARTIES[1:])
         apply_block(eng, genesis)
         assert_invariants(eng)
         for block in blocks:
-            apply_block(eng, block)
+            rep = apply_block(eng, block)
             assert_invariants(eng)
+            # who may send what: authority messages only from the authority, validations only with
+            # the committed seed (8 never matches); an accepted validation was sampled
+            for m in block:
+                if m.kind in AUTHORITY_KINDS and m.sender != AUTH:
+                    assert m.id in rep.rejected and "module authority" in rep.rejected[m.id]
+                if m.kind == "validation" and m.seed != SEED:
+                    assert m.id in rep.rejected
+            out.append(dict(rejected=rep.rejected, accepted=rep.accepted))
             before = _snapshot(eng)
             rep = apply_block(eng, block)  # replay: ids already applied change nothing
             assert rep.accepted == 0 and rep.duplicates == len({m.id for m in block})
@@ -357,8 +402,10 @@ def _property_run(url: str, blocks: list[list]) -> None:
             # only end-of-block rules (payments, expiry, tallies) may move, never a replayed message
             assert after["ledger"][:len(before["ledger"])] == before["ledger"]
             assert_invariants(eng)
+        out.append(_snapshot(eng))
     finally:
         eng.dispose()
+    return out
 
 
 _blocks = st.lists(st.lists(_message, max_size=8), min_size=1, max_size=6)
@@ -375,8 +422,13 @@ def test_property_random_messages_sqlite(blocks):
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(blocks=_blocks)
 def test_property_random_messages_postgres(pg_url, blocks):
+    """The same random blocks on PostgreSQL and on SQLite: invariants hold on both, and both reach
+    the same rejections and the same final state."""
     _pg_clean(pg_url)
     try:
-        _property_run(pg_url, blocks)
+        on_pg = _property_run(pg_url, blocks)
     finally:
         _pg_clean(pg_url)
+    with tempfile.TemporaryDirectory() as d:
+        on_sqlite = _property_run(f"sqlite:///{Path(d) / 'c.db'}", blocks)
+    assert on_pg == on_sqlite

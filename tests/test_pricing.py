@@ -59,19 +59,22 @@ def test_units_defaults_and_scaling():
 
 def test_price_rule_is_gonkas():
     r = PriceRule()
-    assert next_unit_price(100.0, 0.5, r) == 100.0
-    assert next_unit_price(100.0, 0.3, r) == pytest.approx(100 * (1 - 0.1 * 0.05))
-    assert next_unit_price(100.0, 0.0, r) == pytest.approx(98.0)  # max step down 0.98
-    assert next_unit_price(100.0, 0.7, r) == pytest.approx(100 * (1 + 0.1 * 0.05))
-    assert next_unit_price(100.0, 5.0, r) == pytest.approx(102.0)  # max step up 1.02
-    assert next_unit_price(1.0, 0.0, r) == 1.0  # floor
-    with pytest.raises(PricingError, match="utilisation"):
-        next_unit_price(100.0, -1.0, r)
+    # an integer price, truncated at every update (Gonka IntPart)
+    assert next_unit_price(100, 0.5, r) == 100
+    assert next_unit_price(100, 0.3, r) == 99  # 100 x 0.995 = 99.5
+    assert next_unit_price(1000, 0.3, r) == 995
+    assert next_unit_price(100, 0.0, r) == 98  # largest step down 1 - 0.4 x 0.05
+    assert next_unit_price(1000, 0.7, r) == 1005
+    assert next_unit_price(100, 5.0, r) == 102  # largest step up 1 + (1 - 0.6) x 0.05
+    assert next_unit_price(1, 0.0, r) == 1  # floor
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(PricingError, match="utilisation"):
+            next_unit_price(100, bad, r)
     with pytest.raises(ValueError, match="target_low"):
         PriceRule(target_low=0.7, target_high=0.6)
     with pytest.raises(ValueError, match="sensitivity"):
         PriceRule(sensitivity=-1)
-    assert cost_ngonka(2.5, 100.0) == 250 and cost_ngonka(2.501, 100.0) == 251
+    assert cost_ngonka(2.5, 100) == 250 and cost_ngonka(2.501, 100) == 251 and cost_ngonka(0.1, 10) == 1
 
 
 def test_fit_recovers_known_coefficients():

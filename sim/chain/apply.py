@@ -6,8 +6,16 @@ ones, the utilisation price). Either all of it is written or, on any error, none
 
 - A message id is applied once: ids already on chain (accepted or rejected) and repeats inside the
   block are skipped, so replaying a block changes nothing.
-- A message that breaks a rule (unknown participant, not enough balance, wrong executor, closed
-  window) is recorded as rejected, with its reason, and changes nothing else.
+- A message that breaks a rule (unknown participant, a sender without the right role, not enough
+  balance, wrong executor, a validator its seed did not sample, closed window) is recorded as
+  rejected, with its reason, and changes nothing else; the other messages of the block apply.
+  Messages are instances of the schema in sim/chain/messages.py, whose bounds (int64 amounts,
+  int32 epochs, no NaN, no NUL) keep every accepted message writable on SQLite and PostgreSQL, so
+  one bad message never aborts its block. `apply_block` raises `ChainApplyError` (nothing written)
+  only for a database failure or an internal error.
+- Participant status follows Gonka's ComputeStatus (sim/chain/rules.py): consecutive failures,
+  the invalidation SPRT, the downtime SPRT (INACTIVE) and the confirmation PoC, with Gonka's
+  reason codes; the epoch statistics behind the SPRTs are reset when an epoch ends.
 - Money only moves through `_State.transfer`, which writes one append-only ledger row per transfer.
 
 For speed the block's working set (participants, the inferences it touches) is loaded once, the
@@ -17,7 +25,9 @@ executemany updates; 1,000 requests per block cost a few tens of milliseconds.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Iterable, Sequence
 
 from sqlalchemy import bindparam, func, insert, select, update
@@ -25,10 +35,11 @@ from sqlalchemy.engine import Connection, Engine
 
 from sim.chain import rules
 from sim.chain import tables as T
-from sim.chain.messages import (DepositCollateral, EndEpoch, FinishInference, Mint, PocCommitMsg, PocValidationMsg,
-                                RegisterParticipant, SetWeights, StartInference, SubmitValidation, SubmitVote)
+from sim.chain.messages import (INT64_MAX, CommitSeed, ConfirmationPoc, DepositCollateral,
+                                EndEpoch, FinishInference, Mint, PocCommitMsg, PocValidationMsg, RegisterParticipant,
+                                SetWeights, StartInference, SubmitValidation, SubmitVote)
 from sim.chain.params import ChainParams
-from sim.pricing import PricingError, cost_ngonka, next_unit_price
+from sim.pricing import PricingError, cost_ngonka, grace_price, next_unit_price
 
 _INF = T.Inference.__table__
 _PART = T.Participant.__table__
@@ -36,11 +47,24 @@ _CHUNK = 500
 EXECUTING_ROLES = ("host", "executor")
 VALIDATING_ROLES = ("host", "validator")
 _INF_MUTABLE = ("status", "escrow_ngonka", "paid_ngonka", "refunded_ngonka", "video_sha256", "finish_block",
-                "settle_block", "validations", "failed_validations", "validators", "failed_by", "reporter",
+                "traffic_basis", "executor_reputation", "settle_block", "validations", "failed_validations",
+                "validators", "failed_by", "reporter",
                 "committee", "vote_deadline_block", "truth_deviation")
-_PART_MUTABLE = ("role", "status", "balance_ngonka", "collateral_ngonka", "reputation", "epochs_completed",
-                 "poc_weight", "gpu_type", "seconds_per_unit", "consecutive_invalid", "sprt_llr", "checked_count",
-                 "invalidated_count", "invalid_since_block")
+_PART_MUTABLE = ("role", "status", "status_reason", "balance_ngonka", "collateral_ngonka", "reputation",
+                 "epochs_completed", "miss_sum", "poc_weight", "gpu_type", "seconds_per_unit", "consecutive_invalid",
+                 "inference_count", "missed_requests", "validated_epoch", "invalidated_epoch", "invalid_llr_e12",
+                 "inactive_llr_e12", "confirmation_poc_ratio", "checked_count", "invalidated_count",
+                 "invalid_since_block")
+_EPOCH_STATS = ("inference_count", "missed_requests", "validated_epoch", "invalidated_epoch")
+
+
+def new_participant(pid: str, role: str = "requester") -> dict:
+    """A participant row with every field at its initial value."""
+    return dict(id=pid, role=role, status="ACTIVE", status_reason="", balance_ngonka=0, collateral_ngonka=0,
+                reputation=0, epochs_completed=0, miss_sum="0", poc_weight=0, gpu_type="", seconds_per_unit=0.0,
+                consecutive_invalid=0, inference_count=0, missed_requests=0, validated_epoch=0, invalidated_epoch=0,
+                invalid_llr_e12=0, inactive_llr_e12=0, confirmation_poc_ratio=None, checked_count=0,
+                invalidated_count=0, invalid_since_block=None)
 
 
 class ChainApplyError(RuntimeError):
@@ -58,8 +82,8 @@ class BlockReport:
     accepted: int = 0
     duplicates: int = 0
     rejected: dict[str, str] = field(default_factory=dict)
-    unit_price_ngonka: float = 0.0
-    next_unit_price_ngonka: float = 0.0
+    unit_price_ngonka: int = 0
+    next_unit_price_ngonka: int = 0
     utilisation: float = 0.0
     units: float = 0.0
     paid: int = 0
@@ -67,6 +91,9 @@ class BlockReport:
     revalidated: int = 0
     expired: int = 0
     new_invalid: list[str] = field(default_factory=list)
+    new_inactive: list[str] = field(default_factory=list)
+    status_reasons: dict[str, str] = field(default_factory=dict)  # participant -> Gonka reason of a change
+    finished: dict[str, tuple[int, int]] = field(default_factory=dict)  # inference -> (traffic basis, reputation)
     slashed_ngonka: int = 0
     voting_opened: list[str] = field(default_factory=list)
     epoch_ended: int | None = None
@@ -98,6 +125,11 @@ class _State:
         self.votes: list[dict] = []
         self.poc_commits: list[dict] = []
         self.poc_validations: list[dict] = []
+        self.seed_commits: list[dict] = []
+        self.seeds: dict[tuple[int, str], tuple[str, int]] = {}
+        self.seed_epochs: set[int] = set()
+        self.confirmations: list[dict] = []
+        self._total_power: int | None = None
         self.votes_loaded: dict[str, list[dict]] = {}
         self.block_units = 0.0
         self.report = BlockReport(height=height, epoch=meta["epoch"], unit_price_ngonka=meta["unit_price_ngonka"])
@@ -122,6 +154,22 @@ class _State:
             self.votes_loaded[inference_id] = [dict(r) for r in self.conn.execute(
                 select(t).where(t.c.inference_id == inference_id)).mappings()]
         return self.votes_loaded[inference_id]
+
+    def load_seeds(self, epochs: Iterable[int]) -> None:
+        """Every seed commitment of these epochs, in one query."""
+        want = sorted(set(epochs) - self.seed_epochs)
+        if want:
+            t = T.SeedCommit.__table__
+            for ep, pid, sha, block in self.conn.execute(select(t.c.epoch, t.c.participant, t.c.seed_sha256,
+                                                                t.c.block).where(t.c.epoch.in_(want))):
+                self.seeds[(int(ep), pid)] = (sha, int(block))
+            self.seed_epochs.update(want)
+
+    def seed_of(self, epoch: int, pid: str) -> tuple[str, int] | None:
+        """(seed commitment, block) of a validator for an epoch, or None."""
+        if epoch not in self.seed_epochs:
+            self.load_seeds((epoch,))
+        return self.seeds.get((epoch, pid))
 
     # ---- money --------------------------------------------------------------------------
     def transfer(self, kind: str, src: str, dst: str, amount: int, msg_id: str, inference_id: str | None = None) -> None:
@@ -157,10 +205,12 @@ class _State:
         part["collateral_ngonka"] += amount
 
     def slash(self, pid: str, fraction: float, msg_id: str) -> int:
+        """Burn `fraction` of the collateral (exact decimal product, truncated)."""
         part = self.parts[pid]
-        amount = int(part["collateral_ngonka"] * fraction)
+        amount = rules.int_part(Decimal(part["collateral_ngonka"]) * rules.dec(float(fraction)))
         if amount > 0:
             part["collateral_ngonka"] -= amount
+            self.meta["supply_ngonka"] -= amount
             self.touch_part(pid)
             self.ledger.append(dict(block=self.height, msg_id=msg_id, kind="slash",
                                     from_account=f"{T.COLLATERAL}:{pid}", to_account=T.BURN, amount_ngonka=amount,
@@ -179,24 +229,61 @@ class _State:
     def weight(self, pid: str) -> int:
         return max(int(self.parts[pid]["poc_weight"]), 1)
 
+    def total_power(self) -> int:
+        """PoC weight of the ACTIVE participants (Gonka's epoch-group power; out on INVALID/INACTIVE)."""
+        if self._total_power is None:
+            self._total_power = sum(int(p["poc_weight"]) for p in self.parts.values() if p["status"] == "ACTIVE")
+        return self._total_power
+
+    def power(self, pid: str) -> int:
+        part = self.parts[pid]
+        return int(part["poc_weight"]) if part["status"] == "ACTIVE" else 0
+
+    def record(self, pid: str, scope: int, msg_id: str, **changes: int) -> None:
+        """Change a participant's statistics (`changes`: field -> increment) and recompute its status
+        with Gonka's ComputeStatus in `scope`; apply the transition's side effects once (slash,
+        reputation preserve, out of the epoch's power)."""
+        part = self.parts[pid]
+        old = {k: part[k] for k in _EPOCH_STATS}
+        for k, v in changes.items():
+            part[k] += v
+        self.touch_part(pid)
+        was = part["status"]
+        status, reason = rules.compute_status(part, old, self.p, scope)
+        if reason == rules.CONSECUTIVE_FAILURES:
+            part["consecutive_invalid"] = 0
+        if reason != rules.ALREADY_SET:
+            part["status_reason"] = reason
+        if status == was:
+            return
+        part["status"] = status
+        part["invalid_since_block"] = self.height
+        self._total_power = None
+        self.report.status_reasons[pid] = reason
+        p = self.p
+        if status == "INVALID":
+            fraction, keep = p.slash_invalid_fraction, p.invalid_reputation_preserve
+            self.report.new_invalid.append(pid)
+        else:
+            fraction = p.confirmation_poc_slash_fraction if reason == rules.FAILED_CONFIRMATION_POC \
+                else p.slash_downtime_fraction
+            keep = p.downtime_reputation_preserve
+            self.report.new_inactive.append(pid)
+        self.report.slashed_ngonka += self.slash(pid, fraction, msg_id)
+        part["epochs_completed"] = rules.preserve(part["epochs_completed"], keep)
+        part["reputation"] = rules.reputation_from_miss_sum(part["epochs_completed"], Decimal(part["miss_sum"]), p)
+
     def checked_outcome(self, executor: str, invalidated: bool, msg_id: str) -> None:
-        """Update the consecutive-invalidation rule and the SPRT with one checked inference."""
+        """A checked inference of `executor` was invalidated or validated (scope: invalidation)."""
         part = self.parts[executor]
-        self.touch_part(executor)
         part["checked_count"] += 1
         if invalidated:
             part["invalidated_count"] += 1
             part["consecutive_invalid"] += 1
+            self.record(executor, rules.SCOPE_INVALIDATION, msg_id, invalidated_epoch=1)
         else:
             part["consecutive_invalid"] = 0
-        part["sprt_llr"], sprt_hit = rules.sprt_update(part["sprt_llr"], invalidated, self.p)
-        if part["status"] == "ACTIVE" and (sprt_hit or part["consecutive_invalid"] >= self.p.invalid_consecutive):
-            part["status"] = "INVALID"
-            part["invalid_since_block"] = self.height
-            part["epochs_completed"] = 0
-            part["reputation"] = 0
-            self.report.slashed_ngonka += self.slash(executor, self.p.slash_invalid_fraction, msg_id)
-            self.report.new_invalid.append(executor)
+            self.record(executor, rules.SCOPE_INVALIDATION, msg_id, validated_epoch=1)
 
     def active_validators(self) -> list[str]:
         return sorted(pid for pid, p in self.parts.items() if p["role"] in VALIDATING_ROLES and p["status"] == "ACTIVE")
@@ -217,30 +304,35 @@ def _require(state: _State, pid: str, roles: tuple[str, ...] | None = None, acti
     return part
 
 
+def _authority(state: _State, m) -> None:
+    if m.sender != state.p.module_authority:
+        raise Rejected(f"sender {m.sender!r} may not send {m.kind}: only the module authority "
+                       f"{state.p.module_authority!r} may")
+
+
 def _mint(state: _State, m: Mint) -> None:
+    _authority(state, m)
+    if state.meta["supply_ngonka"] + m.amount_ngonka > INT64_MAX:
+        raise Rejected(f"amount_ngonka {m.amount_ngonka}: the total supply would exceed int64 ({INT64_MAX})")
     if m.to not in state.parts:
         # minting to a new account creates it as a requester-to-be (registered later or not)
-        state.parts[m.to] = dict(id=m.to, role="requester", status="ACTIVE", balance_ngonka=0, collateral_ngonka=0,
-                                 reputation=0, epochs_completed=0, poc_weight=0, gpu_type="", seconds_per_unit=0.0,
-                                 consecutive_invalid=0, sprt_llr=0.0, checked_count=0, invalidated_count=0,
-                                 invalid_since_block=None)
+        state.parts[m.to] = new_participant(m.to)
         state.parts_new.add(m.to)
     state.transfer("mint", T.MINT, m.to, m.amount_ngonka, m.id)
+    state.meta["supply_ngonka"] += m.amount_ngonka
 
 
 def _register(state: _State, m: RegisterParticipant) -> None:
     part = state.parts.get(m.participant)
     if part is not None and (part["role"] != "requester" or part["seconds_per_unit"] or part["collateral_ngonka"]):
         raise Rejected(f"participant {m.participant!r} is already registered as {part['role']}")
-    if m.role in EXECUTING_ROLES and m.seconds_per_unit <= 0:
+    if m.role in EXECUTING_ROLES and not 0 < m.seconds_per_unit < math.inf:
         raise Rejected(f"seconds_per_unit must be > 0 for role {m.role!r}")
     balance = part["balance_ngonka"] if part else 0
     if balance < m.collateral_ngonka:
         raise Rejected(f"balance {balance} ngonka < collateral {m.collateral_ngonka} ngonka")
     if part is None:
-        part = dict(id=m.participant, status="ACTIVE", balance_ngonka=0, collateral_ngonka=0, reputation=0,
-                    epochs_completed=0, poc_weight=0, consecutive_invalid=0, sprt_llr=0.0, checked_count=0,
-                    invalidated_count=0, invalid_since_block=None)
+        part = new_participant(m.participant)
         state.parts[m.participant] = part
         state.parts_new.add(m.participant)
     part.update(role=m.role, gpu_type=m.gpu_type, seconds_per_unit=float(m.seconds_per_unit))
@@ -254,6 +346,7 @@ def _deposit(state: _State, m: DepositCollateral) -> None:
 
 
 def _set_weights(state: _State, m: SetWeights) -> None:
+    _authority(state, m)
     if m.epoch != state.meta["epoch"]:
         raise Rejected(f"weights for epoch {m.epoch}, but the current epoch is {state.meta['epoch']}")
     unknown = [pid for pid in m.weights if pid not in state.parts]
@@ -266,6 +359,29 @@ def _set_weights(state: _State, m: SetWeights) -> None:
         if part["poc_weight"] != w:
             part["poc_weight"] = w
             state.touch_part(pid)
+    state._total_power = None
+
+
+def _confirmation_poc(state: _State, m: ConfirmationPoc) -> None:
+    _authority(state, m)
+    _require(state, m.participant, EXECUTING_ROLES + ("validator",))
+    if m.epoch != state.meta["epoch"]:
+        raise Rejected(f"confirmation PoC for epoch {m.epoch}, but the current epoch is {state.meta['epoch']}")
+    ratio = str(rules.dec(float(m.ratio)))
+    state.parts[m.participant]["confirmation_poc_ratio"] = ratio
+    state.confirmations.append(dict(id=m.id, epoch=m.epoch, participant=m.participant, ratio=ratio, block=state.height))
+    state.record(m.participant, rules.SCOPE_CONFIRMATION_POC, m.id)
+
+
+def _commit_seed(state: _State, m: CommitSeed) -> None:
+    _require(state, m.participant, VALIDATING_ROLES, what="validator")
+    if m.epoch != state.meta["epoch"]:
+        raise Rejected(f"seed commitment for epoch {m.epoch}, but the current epoch is {state.meta['epoch']}")
+    if state.seed_of(m.epoch, m.participant) is not None:
+        raise Rejected(f"{m.participant!r} already committed a seed for epoch {m.epoch}")
+    state.seeds[(m.epoch, m.participant)] = (m.seed_sha256, state.height)
+    state.seed_commits.append(dict(epoch=m.epoch, participant=m.participant, seed_sha256=m.seed_sha256,
+                                   block=state.height))
 
 
 def _poc_commit(state: _State, m: PocCommitMsg) -> None:
@@ -279,6 +395,8 @@ def _poc_commit(state: _State, m: PocCommitMsg) -> None:
 def _poc_validation(state: _State, m: PocValidationMsg) -> None:
     _require(state, m.validator, VALIDATING_ROLES)
     _require(state, m.participant)
+    if m.epoch != state.meta["epoch"]:
+        raise Rejected(f"PoC validation for epoch {m.epoch}, but the current epoch is {state.meta['epoch']}")
     if m.mismatches > m.sampled:
         raise Rejected(f"mismatches ({m.mismatches}) > sampled ({m.sampled})")
     state.poc_validations.append(dict(id=m.id, epoch=m.epoch, validator=m.validator, participant=m.participant,
@@ -298,6 +416,8 @@ def _start(state: _State, m: StartInference) -> None:
                                       guidance_high=r.guidance_high, guidance_low=r.guidance_low, shift=r.shift)
     except PricingError as err:
         raise Rejected(f"request: {err}") from None
+    if not math.isfinite(units):
+        raise Rejected(f"request: {units} compute units is not a finite number")
     price = state.meta["unit_price_ngonka"]
     cost = cost_ngonka(units, price)
     if m.max_cost_ngonka is not None and cost > m.max_cost_ngonka:
@@ -309,7 +429,8 @@ def _start(state: _State, m: StartInference) -> None:
         prompt_sha256=r.prompt_sha256, width=r.width, height=r.height, frames=r.frames, steps=r.steps,
         guidance_high=r.guidance_high, guidance_low=r.guidance_low, shift=r.shift, seed=r.seed, units=units,
         unit_price_ngonka=price, cost_ngonka=cost, escrow_ngonka=0, paid_ngonka=0, refunded_ngonka=0,
-        video_sha256=None, status="STARTED", start_block=state.height, finish_block=None, settle_block=None,
+        video_sha256=None, status="STARTED", start_block=state.height, finish_block=None, traffic_basis=None,
+        executor_reputation=None, settle_block=None,
         validations=0, failed_validations=0, validators="", failed_by="", reporter=None, committee="",
         vote_deadline_block=None, truth_deviation=None)
     state.infs_new.add(m.inference_id)
@@ -332,12 +453,22 @@ def _finish(state: _State, m: FinishInference) -> None:
         raise Rejected(f"inference {m.inference_id!r} belongs to executor {inf['executor']!r}, not {m.executor!r}")
     if inf["status"] != "STARTED":
         raise Rejected(f"inference {m.inference_id!r} is {inf['status']}, not STARTED")
+    meta = state.meta
+    meta["epoch_finished"] += 1
+    # Gonka records the sampling inputs at finish: TrafficBasis = max(this epoch's finished requests,
+    # the previous epoch's), and the executor's reputation
+    basis = max(meta["epoch_finished"], meta["previous_epoch_requests"])
+    rep = int(state.parts[m.executor]["reputation"])
     inf.update(status="FINISHED", finish_block=state.height, video_sha256=m.video_sha256,
-               truth_deviation=m.truth_deviation)
+               truth_deviation=m.truth_deviation, traffic_basis=basis, executor_reputation=rep)
     state.touch_inf(m.inference_id)
+    state.report.finished[m.inference_id] = (basis, rep)
+    state.record(m.executor, rules.RUN_ALL, m.id, inference_count=1)
 
 
 def _validation(state: _State, m: SubmitValidation) -> None:
+    if math.isnan(m.score):  # the schema refuses NaN; agents that skip validation are held to it here
+        raise Rejected("score must be a number, not NaN")
     inf = _get_inf(state, m.inference_id)
     _require(state, m.validator, VALIDATING_ROLES, active=True, what="validator")
     if m.validator == inf["executor"]:
@@ -348,6 +479,18 @@ def _validation(state: _State, m: SubmitValidation) -> None:
         raise Rejected("validation window closed")
     if m.validator in _csv(inf["validators"]) or m.validator in _csv(inf["failed_by"]):
         raise Rejected(f"validator {m.validator!r} already validated {m.inference_id!r}")
+    commit = state.seed_of(inf["epoch"], m.validator)
+    if commit is None:
+        raise Rejected(f"validator {m.validator!r} committed no seed for epoch {inf['epoch']}")
+    if rules.seed_commitment(m.seed) != commit[0]:
+        raise Rejected(f"seed does not match {m.validator!r}'s commitment for epoch {inf['epoch']}")
+    if commit[1] >= inf["start_block"]:
+        raise Rejected(f"{m.validator!r}'s seed was committed at block {commit[1]}, not before the inference "
+                       f"started (block {inf['start_block']})")
+    if not rules.should_validate(m.seed, m.inference_id, inf["traffic_basis"], inf["executor_reputation"],
+                                 state.total_power(), state.power(m.validator), state.power(inf["executor"]),
+                                 state.p):
+        raise Rejected(f"validator {m.validator!r} was not sampled for {m.inference_id!r} (Gonka ShouldValidate)")
     state.validations.append(dict(id=m.id, inference_id=m.inference_id, validator=m.validator, score=float(m.score),
                                   passed=bool(m.passed), block=state.height))
     state.touch_inf(m.inference_id)
@@ -381,39 +524,52 @@ def _vote(state: _State, m: SubmitVote) -> None:
 
 def _end_epoch(state: _State, m: EndEpoch) -> None:
     meta, p = state.meta, state.p
+    _authority(state, m)
     if m.epoch != meta["epoch"]:
         raise Rejected(f"end of epoch {m.epoch}, but the current epoch is {meta['epoch']}")
     eligible = {pid: part["poc_weight"] for pid, part in state.parts.items()
                 if part["status"] == "ACTIVE" and part["poc_weight"] > 0 and part["role"] != "requester"}
     total_w = sum(eligible.values())
     reward_total = p.epoch_reward_ngonka(m.epoch) if total_w > 0 else 0
+    if meta["supply_ngonka"] + reward_total > INT64_MAX:
+        reward_total = 0  # the supply stays within int64: no reward once it would overflow
     minted = 0
     for pid in sorted(eligible):
         share = reward_total * eligible[pid] // total_w
         state.transfer("reward", T.MINT, pid, share, m.id)
         minted += share
+    meta["supply_ngonka"] += minted
+    cutoff = rules.dec(p.miss_percentage_cutoff)
     for pid, part in state.parts.items():
         if part["role"] == "requester":
             continue
         if part["status"] == "ACTIVE" and part["poc_weight"] > 0:
+            # Gonka: one more epoch, and this epoch's miss rate (missed / finished) if above the cutoff
+            miss = rules.epoch_miss_rate(part["inference_count"], part["missed_requests"])
+            if miss > cutoff:
+                part["miss_sum"] = str(Decimal(part["miss_sum"]) + miss)
             part["epochs_completed"] += 1
-            part["reputation"] = rules.reputation(part["epochs_completed"], p)
-            state.touch_part(pid)
-        elif part["status"] == "INVALID" and p.invalid_rejoins_next_epoch:
-            part.update(status="ACTIVE", consecutive_invalid=0, sprt_llr=0.0, invalid_since_block=None)
-            state.touch_part(pid)
+            part["reputation"] = rules.reputation_from_miss_sum(part["epochs_completed"], Decimal(part["miss_sum"]), p)
+        elif part["status"] in ("INVALID", "INACTIVE") and p.invalid_rejoins_next_epoch:
+            part.update(status="ACTIVE", status_reason="", consecutive_invalid=0, invalid_since_block=None)
+        # Gonka CurrentEpochStats: per epoch
+        part.update(inference_count=0, missed_requests=0, validated_epoch=0, invalidated_epoch=0, invalid_llr_e12=0,
+                    inactive_llr_e12=0, confirmation_poc_ratio=None)
+        state.touch_part(pid)
+    state._total_power = None
     epochs = T.Epoch.__table__
     state.conn.execute(update(epochs).where(epochs.c.index == m.epoch).values(
         end_block=state.height, requests=meta["epoch_requests"], reward_ngonka=minted, settled=True))
     state.conn.execute(insert(epochs).values(index=m.epoch + 1, start_block=state.height + 1))
     meta.update(epoch=m.epoch + 1, epoch_start_block=state.height + 1,
-                previous_epoch_requests=meta["epoch_requests"], epoch_requests=0)
+                previous_epoch_requests=meta["epoch_finished"], epoch_requests=0, epoch_finished=0)
     state.report.epoch_ended = m.epoch
 
 
 _HANDLERS = {Mint: _mint, RegisterParticipant: _register, DepositCollateral: _deposit, SetWeights: _set_weights,
-             PocCommitMsg: _poc_commit, PocValidationMsg: _poc_validation, StartInference: _start,
-             FinishInference: _finish, SubmitValidation: _validation, SubmitVote: _vote, EndEpoch: _end_epoch}
+             ConfirmationPoc: _confirmation_poc, CommitSeed: _commit_seed, PocCommitMsg: _poc_commit,
+             PocValidationMsg: _poc_validation, StartInference: _start, FinishInference: _finish,
+             SubmitValidation: _validation, SubmitVote: _vote, EndEpoch: _end_epoch}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -492,22 +648,30 @@ def _expire(state: _State) -> None:
         inf.update(status="EXPIRED", settle_block=h, refunded_ngonka=inf["refunded_ngonka"] + refund)
         state.touch_inf(inf["id"])
         state.report.expired += 1
+        if inf["executor"] in state.parts:  # Gonka MissedRequests (scope: missed inference)
+            state.record(inf["executor"], rules.SCOPE_MISSED_INFERENCE, msg_id, missed_requests=1)
 
 
-def _price(state: _State) -> tuple[float, float, float]:
-    """Gonka's utilisation rule over the rolling window (units started per block vs capacity)."""
+def _price(state: _State) -> tuple[int, Decimal, float]:
+    """Gonka's dynamic price for the next block (keeper/dynamic_pricing.go, rolling_window_state.go):
+    the average load per block over the full window (zero-padded before the chain's first blocks),
+    over the ACTIVE executors' capacity per block, in decimals; the grace-period price instead while
+    the epoch is within the grace period. Returns (next price, utilisation, capacity)."""
     p, h = state.p, state.height
-    window = p.window_blocks
-    blocks = T.Block.__table__
-    past = state.conn.execute(select(func.coalesce(func.sum(blocks.c.units), 0.0), func.count()).where(
-        blocks.c.height > h - window)).one()
-    units = float(past[0]) + state.block_units
-    n_blocks = int(past[1]) + 1
     capacity = sum(p.block_seconds / part["seconds_per_unit"] for part in state.parts.values()
                    if part["role"] in EXECUTING_ROLES and part["status"] == "ACTIVE" and part["seconds_per_unit"] > 0)
-    utilisation = units / (capacity * n_blocks) if capacity > 0 else 0.0
-    price = state.meta["unit_price_ngonka"]
-    return next_unit_price(price, utilisation, p.price_rule), utilisation, capacity
+    grace = grace_price(state.meta["epoch"], p.price_rule)
+    window = p.window_blocks
+    loads = [state.block_units]
+    if window > 1:
+        blocks = T.Block.__table__
+        loads += [r[0] for r in state.conn.execute(select(blocks.c.units).where(blocks.c.height > h - window))]
+    total = sum((Decimal(float(x)) for x in loads), Decimal(0))
+    average = rules.div16(total, window)
+    utilisation = rules.div16(average, Decimal(capacity)) if capacity > 0 else Decimal(0)
+    if grace is not None:
+        return grace, utilisation, capacity
+    return next_unit_price(state.meta["unit_price_ngonka"], utilisation, p.price_rule), utilisation, capacity
 
 
 # ---------------------------------------------------------------------------------------------
@@ -551,6 +715,8 @@ def _apply(conn: Connection, messages: Sequence[Any]) -> BlockReport:
         todo.append(m)
 
     state.load_inferences(getattr(m, "inference_id") for m in todo if hasattr(m, "inference_id"))
+    state.load_seeds({state.infs[m.inference_id]["epoch"] for m in todo
+                      if type(m) is SubmitValidation and m.inference_id in state.infs})
     applied: list[dict] = []
     for m in todo:
         handler = _HANDLERS.get(type(m))
@@ -571,7 +737,8 @@ def _apply(conn: Connection, messages: Sequence[Any]) -> BlockReport:
     _tally(state)
     _settle(state)
     _expire(state)
-    next_price, utilisation, capacity = _price(state)
+    next_price, utilisation_exact, capacity = _price(state)
+    utilisation = float(utilisation_exact)
     state.report.next_unit_price_ngonka = next_price
     state.report.utilisation = utilisation
     state.report.units = state.block_units
@@ -580,7 +747,7 @@ def _apply(conn: Connection, messages: Sequence[Any]) -> BlockReport:
     return state.report
 
 
-def _flush(state: _State, applied: list[dict], next_price: float, utilisation: float, capacity: float) -> None:
+def _flush(state: _State, applied: list[dict], next_price: int, utilisation: float, capacity: float) -> None:
     conn, meta, h = state.conn, state.meta, state.height
     if state.parts_new:
         conn.execute(insert(_PART), [state.parts[p] for p in sorted(state.parts_new)])
@@ -596,6 +763,7 @@ def _flush(state: _State, applied: list[dict], next_price: float, utilisation: f
         conn.execute(stmt, [{"_id": i, **{c: state.infs[i][c] for c in _INF_MUTABLE}} for i in dirty])
     for table, rows in ((T.Validation, state.validations), (T.InvalidationVote, state.votes),
                         (T.PocCommit, state.poc_commits), (T.PocValidation, state.poc_validations),
+                        (T.SeedCommit, state.seed_commits), (T.ConfirmationPocResult, state.confirmations),
                         (T.LedgerEntry, state.ledger), (T.AppliedMessage, applied)):
         if rows:
             conn.execute(insert(table.__table__), rows)
@@ -607,4 +775,5 @@ def _flush(state: _State, applied: list[dict], next_price: float, utilisation: f
     meta_t = T.ChainMeta.__table__
     conn.execute(update(meta_t).where(meta_t.c.id == 1).values(
         height=h, epoch=meta["epoch"], epoch_start_block=meta["epoch_start_block"], unit_price_ngonka=next_price,
-        previous_epoch_requests=meta["previous_epoch_requests"], epoch_requests=meta["epoch_requests"]))
+        previous_epoch_requests=meta["previous_epoch_requests"], epoch_requests=meta["epoch_requests"],
+        epoch_finished=meta["epoch_finished"], supply_ngonka=meta["supply_ngonka"]))

@@ -17,6 +17,7 @@ from sqlmodel import Session, SQLModel, create_engine
 
 from sim.chain import tables as T
 from sim.chain.params import ChainParams
+from sim.pricing import grace_price
 
 
 class ChainDatabaseError(RuntimeError):
@@ -103,7 +104,7 @@ def check_schema(engine: Engine) -> T.ChainMeta | None:
 
 _CHAIN_TABLES = {t.__tablename__ for t in (T.ChainMeta, T.Participant, T.Epoch, T.Block, T.Inference, T.Validation,
                                            T.InvalidationVote, T.PocCommit, T.PocValidation, T.PriceHistory,
-                                           T.LedgerEntry, T.AppliedMessage)}
+                                           T.SeedCommit, T.ConfirmationPocResult, T.LedgerEntry, T.AppliedMessage)}
 
 
 def _tables():
@@ -122,8 +123,10 @@ def create_chain(url: str, params: ChainParams | None = None) -> Engine:
         with engine.begin() as conn:
             SQLModel.metadata.create_all(conn, tables=_tables())
         with Session(engine) as s, s.begin():
-            s.add(T.ChainMeta(schema_version=T.SCHEMA_VERSION, unit_price_ngonka=float(
-                params.price_rule.base_unit_price_ngonka), params_json=params.model_dump_json()))
+            start_price = grace_price(0, params.price_rule)
+            s.add(T.ChainMeta(schema_version=T.SCHEMA_VERSION, unit_price_ngonka=int(
+                params.price_rule.base_unit_price_ngonka if start_price is None else start_price),
+                params_json=params.model_dump_json()))
             s.add(T.Epoch(index=0, start_block=1))
     except SQLAlchemyError as err:
         raise ChainDatabaseError(f"cannot create the chain at {_safe(url)}: {err}") from None

@@ -1,6 +1,7 @@
 """Invariants of chain state, checked after every block in the tests (and on demand by the CLI).
 
-- supply: balances + escrow + collateral = minted - burned (from the ledger);
+- supply: balances + escrow + collateral = minted - burned (from the ledger) = the chain's recorded
+  supply, within int64;
 - every account's balance, escrow and collateral equals what its ledger rows add up to, and none is
   negative;
 - every settled inference is paid or refunded exactly once: a VALIDATED one has exactly one
@@ -31,6 +32,9 @@ def check_invariants(engine: Engine) -> list[str]:
         esc = c.execute(select(func.coalesce(func.sum(_I.c.escrow_ngonka), 0))).scalar()
         if int(bal) + int(col) + int(esc) != int(minted) - int(burned):
             bad.append(f"supply: balances {bal} + collateral {col} + escrow {esc} != minted {minted} - burned {burned}")
+        supply = c.execute(select(T.ChainMeta.__table__.c.supply_ngonka)).scalar()
+        if supply != int(minted) - int(burned) or not 0 <= supply <= 2**63 - 1:
+            bad.append(f"supply: recorded {supply} != minted {minted} - burned {burned} (or outside int64)")
         neg = c.execute(select(_P.c.id).where((_P.c.balance_ngonka < 0) | (_P.c.collateral_ngonka < 0))).all()
         if neg:
             bad.append(f"negative balance or collateral: {[r[0] for r in neg][:10]}")

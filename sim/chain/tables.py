@@ -15,7 +15,7 @@ from typing import Optional
 from sqlalchemy import BigInteger, Column, Index, Text
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 MINT, BURN, ESCROW, COLLATERAL = "@mint", "@burn", "@escrow", "@collateral"
 
@@ -33,28 +33,40 @@ class ChainMeta(SQLModel, table=True):
     height: int = 0
     epoch: int = 0
     epoch_start_block: int = 1
-    unit_price_ngonka: float
+    unit_price_ngonka: int = _money()  # integer price per unit (Gonka truncates it at every update)
     params_json: str = Field(sa_column=Column(Text, nullable=False))
-    previous_epoch_requests: int = 0
-    epoch_requests: int = 0
+    previous_epoch_requests: int = _money()  # inferences finished in the previous epoch (Gonka PreviousEpochRequests)
+    epoch_requests: int = _money()  # inferences started in the current epoch
+    epoch_finished: int = _money()  # inferences finished in the current epoch (Gonka NumberOfRequests)
+    supply_ngonka: int = _money()  # minted - burned; kept <= int64 so no balance can overflow
 
 
 class Participant(SQLModel, table=True):
     __tablename__ = "participant"
     id: str = Field(primary_key=True)
     role: str  # requester | host (executes and validates) | executor | validator
-    status: str = "ACTIVE"  # ACTIVE | INVALID
+    status: str = "ACTIVE"  # ACTIVE | INVALID | INACTIVE
+    status_reason: str = ""  # Gonka's reason codes (sim.chain.rules): consecutive_failures, downtime, ...
     balance_ngonka: int = _money()
     collateral_ngonka: int = _money()
-    reputation: int = 0
+    reputation: int = 0  # 0..100
     epochs_completed: int = 0
+    miss_sum: str = "0"  # exact decimal: sum of the epochs' miss rates above the cutoff (reputation)
     poc_weight: int = _money()
     gpu_type: str = ""
     seconds_per_unit: float = 0.0  # GPU seconds per compute unit (capacity); 0 for requesters
-    consecutive_invalid: int = 0
-    sprt_llr: float = 0.0
-    checked_count: int = 0
-    invalidated_count: int = 0
+    consecutive_invalid: int = _money()
+    # current-epoch statistics (Gonka CurrentEpochStats; reset when an epoch ends)
+    inference_count: int = _money()  # finished
+    missed_requests: int = _money()  # expired
+    validated_epoch: int = _money()
+    invalidated_epoch: int = _money()
+    invalid_llr_e12: int = _money()  # invalidation SPRT LLR in units of 1e-12 (exact)
+    inactive_llr_e12: int = _money()  # downtime SPRT LLR in units of 1e-12 (exact)
+    confirmation_poc_ratio: Optional[str] = None  # exact decimal, None when no confirmation PoC ran
+    # lifetime counters (reports)
+    checked_count: int = _money()
+    invalidated_count: int = _money()
     invalid_since_block: Optional[int] = None
 
 
@@ -72,9 +84,9 @@ class Block(SQLModel, table=True):
     __tablename__ = "block"
     height: int = Field(primary_key=True)
     epoch: int
-    unit_price_ngonka: float  # price in force during this block
-    next_unit_price_ngonka: float
-    utilisation: float
+    unit_price_ngonka: int = _money()  # price in force during this block
+    next_unit_price_ngonka: int = _money()
+    utilisation: float  # float view of the exact decimal utilisation
     units: float  # units started in this block
     capacity_units: float  # units per block the ACTIVE executors can serve
     messages: int
@@ -104,7 +116,7 @@ class Inference(SQLModel, table=True):
     shift: float
     seed: int = Field(sa_type=BigInteger)
     units: float
-    unit_price_ngonka: float
+    unit_price_ngonka: int = _money()
     cost_ngonka: int = _money()  # = escrow at start (exact: the units are known up front)
     escrow_ngonka: int = _money()  # outstanding escrow (0 once paid, refunded or expired)
     paid_ngonka: int = _money()
@@ -113,6 +125,8 @@ class Inference(SQLModel, table=True):
     status: str = "STARTED"  # STARTED FINISHED VOTING VALIDATED INVALIDATED EXPIRED
     start_block: int
     finish_block: Optional[int] = None
+    traffic_basis: Optional[int] = Field(default=None, sa_type=BigInteger)  # recorded at finish (Gonka TrafficBasis)
+    executor_reputation: Optional[int] = None  # recorded at finish (Gonka ExecutorReputation)
     settle_block: Optional[int] = None
     validations: int = 0
     failed_validations: int = 0
@@ -151,7 +165,7 @@ class PocCommit(SQLModel, table=True):
     epoch: int = Field(index=True)
     participant: str
     merkle_root: str
-    nonce_count: int
+    nonce_count: int = _money()
     weight: int = _money()
 
 
@@ -161,15 +175,34 @@ class PocValidation(SQLModel, table=True):
     epoch: int = Field(index=True)
     validator: str
     participant: str
-    sampled: int
-    mismatches: int
+    sampled: int = _money()
+    mismatches: int = _money()
     accepted: bool
+
+
+class SeedCommit(SQLModel, table=True):
+    """A validator's seed commitment of an epoch (one per validator and epoch)."""
+
+    __tablename__ = "seed_commit"
+    epoch: int = Field(primary_key=True)
+    participant: str = Field(primary_key=True)
+    seed_sha256: str
+    block: int
+
+
+class ConfirmationPocResult(SQLModel, table=True):
+    __tablename__ = "confirmation_poc"
+    id: str = Field(primary_key=True)  # message id
+    epoch: int = Field(index=True)
+    participant: str
+    ratio: str  # exact decimal
+    block: int
 
 
 class PriceHistory(SQLModel, table=True):
     __tablename__ = "price_history"
     block: int = Field(primary_key=True)
-    unit_price_ngonka: float
+    unit_price_ngonka: int = _money()
     utilisation: float
 
 

@@ -90,6 +90,7 @@ def invalid_time(p_inv_given_checked: float, n_checked: int, chain: ChainParams,
     if n_checked <= 0:
         return 0.0, 1.0
     up, down = rules.sprt_increments(chain)
+    limit = rules.consecutive_limit(chain) or np.iinfo(np.int64).max
     llr = np.zeros(trials)
     consec = np.zeros(trials, dtype=np.int64)
     hit_at = np.full(trials, n_checked, dtype=np.int64)
@@ -98,7 +99,7 @@ def invalid_time(p_inv_given_checked: float, n_checked: int, chain: ChainParams,
         bad = rng.random(trials) < p_inv_given_checked
         llr = np.where(bad, llr + up, llr + down)
         consec = np.where(bad, consec + 1, 0)
-        hit = alive & ((llr >= chain.sprt_llr_threshold) | (consec >= chain.invalid_consecutive))
+        hit = alive & ((llr >= chain.sprt_llr_threshold) | (consec >= limit))
         hit_at[hit] = step + 1
         alive &= ~hit
         if chain.sprt_restart_on_accept:

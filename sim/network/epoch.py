@@ -5,8 +5,10 @@ Order of one block (agents decide, the chain applies; `apply_block` is the only 
 
 1. executors finish the inferences started `finish_delay_blocks` ago (honest or cheating work);
 2. validators decide which of the inferences finished in the previous block to check, with
-   Gonka's formula and their secret per-epoch seed, validate them (the backend gives the score) and
-   submit the verdict;
+   Gonka's ShouldValidate on the sampling inputs the chain recorded at finish (traffic basis,
+   executor reputation) and their secret seed of the inference's epoch (committed on chain when
+   the epoch starts and revealed in each validation, which the chain re-checks), validate them
+   (the backend gives the score) and submit the verdict;
 3. the vote committees of validations that failed in the previous block re-validate and vote;
 4. requesters submit the block's new requests to executors chosen by PoC weight;
 5. at the epoch's last block: `EndEpoch` (rewards by weight, reputation), then the next epoch's
@@ -28,15 +30,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from sqlalchemy import case, func, select
 
-from sim.chain import (ChainParams, EndEpoch, FinishInference, Mint, RegisterParticipant, RequestParams, SetWeights,
-                       StartInference, SubmitValidation, SubmitVote, apply_block, create_chain)
+from sim.chain import (ChainParams, CommitSeed, EndEpoch, FinishInference, Mint, RegisterParticipant, RequestParams,
+                       SetWeights, StartInference, SubmitValidation, SubmitVote, apply_block, create_chain)
 from sim.chain import rules
+from sim.chain.rules import splitmix_draws  # noqa: F401  (re-exported)
 from sim.chain import tables as T
 from sim.chain.params import NGONKA_PER_GNK
 from sim.network.backends import Backend, SurrogateBackend
 from sim.network.params import NetworkParams
 
-MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 @dataclass(frozen=True)
@@ -128,16 +130,6 @@ def weights_fn_from(params: NetworkParams) -> WeightsFn:
                              params.chain.pricing.unit_seconds)
 
 
-def splitmix_draws(seed: int, numbers: np.ndarray) -> np.ndarray:
-    """Vectorised SplitMix64 of (seed, inference number) -> uniforms in [0, 1)."""
-    with np.errstate(over="ignore"):
-        z = (np.uint64(seed & 0xFFFFFFFFFFFFFFFF) + numbers.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) & MASK64
-        z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & MASK64
-        z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & MASK64
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) / float(2**53)
-
-
 @dataclass
 class NetworkResult:
     params: NetworkParams
@@ -176,6 +168,7 @@ class NetworkSimulation:
                                        seconds_per_unit=g.seconds_per_unit or unit_s,
                                        collateral_ngonka=int(g.collateral_gnk * NGONKA_PER_GNK), gpu_type=g.gpu_type))
         self.by_id = {h.id: h for h in self.hosts}
+        self.authority = params.chain.module_authority
         ss = np.random.SeedSequence(params.seed)
         self._ss_arrivals, self._ss_exec, self._ss_valid, self._ss_seeds = ss.spawn(4)
         self.rng_arrivals = np.random.default_rng(self._ss_arrivals)
@@ -194,6 +187,8 @@ class NetworkSimulation:
         self.n_blocks = 0
         self.epoch = 0
         self.invalid_events: list[tuple[int, str]] = []
+        self.seeds_by_epoch: dict[int, dict[str, int]] = {}
+        self.finish_info: dict[str, tuple[int, int]] = {}
         self.poc_rows: list[dict] = []
         self._counter = 0
 
@@ -205,6 +200,12 @@ class NetworkSimulation:
         for pid in rep.new_invalid:
             self.status[pid] = "INVALID"
             self.invalid_events.append((self.epoch, pid))
+        for pid in rep.new_inactive:
+            self.status[pid] = "INACTIVE"
+        if rep.epoch_ended is not None:  # INVALID and INACTIVE participants rejoin
+            parts = self._participants()
+            self.status = {h.id: parts[h.id]["status"] for h in self.hosts}
+        self.finish_info.update(rep.finished)
         return rep
 
     def _participants(self) -> dict[str, dict]:
@@ -221,9 +222,11 @@ class NetworkSimulation:
     def _genesis(self) -> None:
         msgs: list = []
         for r in range(self.p.requesters):
-            msgs.append(Mint(id=f"genesis:mint:req{r:03d}", to=f"req{r:03d}", amount_ngonka=10**6 * NGONKA_PER_GNK))
+            msgs.append(Mint(id=f"genesis:mint:req{r:03d}", sender=self.authority, to=f"req{r:03d}",
+                             amount_ngonka=10**6 * NGONKA_PER_GNK))
         for h in self.hosts:
-            msgs.append(Mint(id=f"genesis:mint:{h.id}", to=h.id, amount_ngonka=h.collateral_ngonka + 10 * NGONKA_PER_GNK))
+            msgs.append(Mint(id=f"genesis:mint:{h.id}", sender=self.authority, to=h.id,
+                             amount_ngonka=h.collateral_ngonka + 10 * NGONKA_PER_GNK))
             msgs.append(RegisterParticipant(id=f"genesis:reg:{h.id}", participant=h.id, role="host", gpu_type=h.gpu_type,
                                             seconds_per_unit=h.seconds_per_unit, collateral_ngonka=h.collateral_ngonka))
         rep = self._apply(msgs)
@@ -239,16 +242,20 @@ class NetworkSimulation:
         if unknown:
             raise ValueError(f"weights_fn returned unknown participants {sorted(unknown)[:5]}")
         self.poc_rows.extend(ew.rows)
-        rep = self._apply([*ew.messages, SetWeights(id=f"weights:{epoch}", epoch=epoch, weights=self.weights)])
+        # secret per-validator seeds of this epoch (Gonka: int64), committed before any request
+        seeds = {h.id: int(self.rng_seeds.integers(0, 2**62)) for h in self.hosts}
+        self.seeds_by_epoch[epoch] = seeds
+        self.seeds = seeds
+        commits = [CommitSeed(id=f"seed:{epoch}:{pid}", epoch=epoch, participant=pid,
+                              seed_sha256=rules.seed_commitment(seed)) for pid, seed in seeds.items()]
+        rep = self._apply([*ew.messages, SetWeights(id=f"weights:{epoch}", sender=self.authority, epoch=epoch,
+                                                    weights=self.weights), *commits])
         if rep.rejected:
             raise RuntimeError(f"weights rejected: {rep.rejected}")
         parts = self._participants()
         self.status = {h.id: parts[h.id]["status"] for h in self.hosts}
         self.reputation = {h.id: parts[h.id]["reputation"] for h in self.hosts}
-        meta = self._meta()
-        self.traffic = meta["previous_epoch_requests"] if epoch > 0 else self.p.requests_per_epoch
-        # secret per-validator seeds of this epoch
-        self.seeds = {h.id: int(self.rng_seeds.integers(0, 2**62)) for h in self.hosts}
+        self.traffic = self._meta()["previous_epoch_requests"]
 
     # ---- agents --------------------------------------------------------------------------------
     def _requests(self, epoch: int, n: int) -> list:
@@ -301,43 +308,78 @@ class NetworkSimulation:
         return out
 
     def _validate(self, finished: list) -> list:
-        """Validators sample finished inferences (Gonka's formula, secret seeds) and validate them."""
+        """Validators sample finished inferences (Gonka's ShouldValidate with their secret seed of the
+        inference's epoch) and validate them: vectorised floats, the few pairs within
+        rules.FLOAT_MARGIN of the boundary decided in exact decimals (the chain re-checks each)."""
         if not finished:
             return []
         ids = [m.inference_id for m in finished]
         numbers = np.array([int(i.split("-", 1)[1]) for i in ids], dtype=np.uint64)
+        epochs = np.array([int(i[1:].split("-", 1)[0]) for i in ids], dtype=np.int64)
         execs = np.array([m.executor for m in finished], dtype=object)
+        info = [self.finish_info[i] for i in ids]
+        traffic = np.array([t for t, _ in info], dtype=np.int64)
+        reps = np.array([r for _, r in info], dtype=np.int64)
         truth = [m.truth_deviation for m in finished]
+        total_w, exec_w = self._powers(execs)
+        cp = self.p.chain
         pairs_i: list[int] = []
         pairs_v: list[str] = []
-        for vid, prob in self.check_probabilities(execs).items():
-            h = self.by_id[vid]
-            if self.p.sampling_hash == "sha256":
-                u = rules.seed_draws(self.seeds[h.id], ids)
-            else:
-                u = splitmix_draws(self.seeds[h.id], numbers)
-            pick = np.nonzero((u < prob) & (execs != h.id))[0]
-            pairs_i.extend(pick.tolist())
-            pairs_v.extend([h.id] * len(pick))
+        pairs_seed: list[int] = []
+        groups = [(ep, np.nonzero(epochs == ep)[0]) for ep in np.unique(epochs).tolist()]
+        for vid, prob in self.check_probabilities(execs, reps, traffic).items():
+            for ep, sel in groups:
+                seed = self.seeds_by_epoch[ep][vid]
+                sub_ids = ids if len(groups) == 1 else [ids[i] for i in sel]
+                if self.p.sampling_hash == "sha256":
+                    u = rules.seed_draws(seed, sub_ids)
+
+                    def exact(k, sel=sel, seed=seed, vid=vid):
+                        i = sel[k]
+                        return rules.should_validate_exact(seed, ids[i], int(traffic[i]), int(reps[i]), int(total_w),
+                                                           self.weights[vid], int(exec_w[i]), cp)
+
+                else:
+                    u = splitmix_draws(seed, numbers[sel])
+
+                    def exact(k, sel=sel, seed=seed, vid=vid):
+                        i = sel[k]
+                        return rules.should_validate_exact(seed, ids[i], int(traffic[i]), int(reps[i]), int(total_w),
+                                                           self.weights[vid], int(exec_w[i]), cp, "splitmix64")
+                hit = rules.decide(u, prob[sel], exact)
+                pick = sel[np.nonzero(hit & (execs[sel] != vid))[0]]
+                pairs_i.extend(pick.tolist())
+                pairs_v.extend([vid] * len(pick))
+                pairs_seed.extend([seed] * len(pick))
         if not pairs_i:
             return []
         sel_ids = [ids[i] for i in pairs_i]
         scores, passed = self.backend.validate(sel_ids, [truth[i] for i in pairs_i], pairs_v, self.rng_valid)
         self._account_validation(pairs_v, [finished[i] for i in pairs_i])
         return [SubmitValidation.model_construct(id=f"val:{iid}:{v}", kind="validation", inference_id=iid, validator=v,
-                                                 score=float(s), passed=bool(ok))
-                for iid, v, s, ok in zip(sel_ids, pairs_v, scores, passed)]
+                                                 seed=seed, score=float(s), passed=bool(ok))
+                for iid, v, seed, s, ok in zip(sel_ids, pairs_v, pairs_seed, scores, passed)]
 
-    def check_probabilities(self, executors: Sequence[str]) -> dict[str, np.ndarray]:
-        """Gonka's P(validator v checks an inference of executor e), for every active validator
-        with weight: min(1, target(reputation_e, traffic) x w_v / (W - w_e)), W the power of the
-        active participants and w_e the executor's (0 once it is INVALID: it is out of W). The
-        executor's own entry is 0 (it cannot validate itself)."""
-        cp: ChainParams = self.p.chain
-        execs = np.asarray(executors, dtype=object)
+    def _powers(self, execs: np.ndarray) -> tuple[float, np.ndarray]:
+        """(W, w_e): the ACTIVE participants' power and each executor's (0 unless ACTIVE)."""
         total_w = float(sum(self.weights.get(h.id, 0) for h in self.hosts if self.status[h.id] == "ACTIVE"))
         exec_w = np.array([self.weights.get(e, 0) if self.status[e] == "ACTIVE" else 0 for e in execs], float)
-        target = np.array([rules.target_validators(self.reputation[e], self.traffic, cp) for e in execs], float)
+        return total_w, exec_w
+
+    def check_probabilities(self, executors: Sequence[str], reputations: Sequence[int] | None = None,
+                            traffic: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+        """Gonka's P(validator v checks an inference of executor e), for every active validator
+        with weight: min(1, target(reputation, traffic) x w_v / (W - w_e)), W the power of the
+        active participants and w_e the executor's (0 once it is INVALID or INACTIVE: it is out of
+        W), 0 when W <= w_e. Reputation and traffic basis per inference (as recorded at finish),
+        default: the executor's reputation and the traffic at the epoch's start. The executor's own
+        entry is 0 (it cannot validate itself)."""
+        cp: ChainParams = self.p.chain
+        execs = np.asarray(executors, dtype=object)
+        total_w, exec_w = self._powers(execs)
+        reps = [self.reputation[e] for e in execs] if reputations is None else reputations
+        traf = [self.traffic] * len(execs) if traffic is None else traffic
+        target = np.broadcast_to(rules.target_validators(np.asarray(reps), np.asarray(traf), cp), (len(execs),))
         out = {}
         for h in self.hosts:
             if self.status[h.id] != "ACTIVE" or self.weights.get(h.id, 0) <= 0:
@@ -384,7 +426,7 @@ class NetworkSimulation:
     # ---- the loop ------------------------------------------------------------------------------
     def run(self, progress: Callable[[dict], None] | None = None) -> NetworkResult:
         t0 = time.perf_counter()
-        self.engine = create_chain(self.db_url, self.p.chain)
+        self.engine = create_chain(self.db_url, self.p.chain_params)
         try:
             return self._run(progress, t0)
         finally:
@@ -416,7 +458,7 @@ class NetworkSimulation:
                 new = self._requests(epoch, int(counts[b]) if b < arrival_blocks else 0)
                 msgs += new
                 if b == p.blocks_per_epoch - 2:
-                    msgs.append(EndEpoch(id=f"end:{epoch}", epoch=epoch))
+                    msgs.append(EndEpoch(id=f"end:{epoch}", sender=self.authority, epoch=epoch))
                 rep = self._apply(msgs)
                 accepted = [m for m in new if m.id not in rep.rejected]
                 for m in accepted:

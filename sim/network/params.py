@@ -123,7 +123,7 @@ class NetworkParams(BaseModel):
     finish_delay_blocks: int = Field(1, ge=1, description="blocks from start to finish (project assumption)")
     sampling_hash: Literal["sha256", "splitmix64"] = Field(
         "sha256", description="validator draw: Gonka's SHA256(seed:id) or a vectorised SplitMix64 of the "
-        "same inputs (same distribution, 50x faster, for large sweeps)")
+        "same inputs (same distribution, 50x faster, for large sweeps; the chain then re-checks that draw)")
     weights_source: Literal["capacity", "poc"] = Field(
         "capacity", description="where each epoch's weights come from: capacity (what an honest PoC stage "
         "measures: proportional to GPU speed) or poc (sim.poc's stage, with each group's poc_strategy)")
@@ -164,6 +164,13 @@ class NetworkParams(BaseModel):
                 raise ValueError(f"hosts.{gi}.poc_strategy {g.poc_strategy!r}: copy needs a host id; "
                                  f"allowed: {ids[0]}..{ids[-1]}")
         return self
+
+    @property
+    def chain_params(self):
+        """The chain's rules, with the validators' draw (`sampling_hash`) the chain re-checks."""
+        if self.chain.sampling_draw == self.sampling_hash:
+            return self.chain
+        return self.chain.model_copy(update={"sampling_draw": self.sampling_hash})
 
     @property
     def n_hosts(self) -> int:
