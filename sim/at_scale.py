@@ -85,10 +85,30 @@ def _cosine(a, b) -> float:
     return float(a @ b) / den if den > 0 else 0.0
 
 
+def record_key(rec: dict[str, Any]) -> tuple:
+    """What identifies a generation across runs (for resuming a plan)."""
+    return (rec["preset"], rec["width"], rec["height"], rec["frames"], rec["steps"], rec["prompt_id"], rec["config"])
+
+
+def done_keys(paths: Iterable[str | Path]) -> set[tuple]:
+    """The generations already measured in these JSON-lines files (missing files count as empty)."""
+    keys: set[tuple] = set()
+    for path in paths:
+        path = Path(path)
+        if path.exists():
+            keys |= {record_key(json.loads(line)) for line in path.read_text().splitlines() if line.strip()}
+    return keys
+
+
 def measure(blocks: Iterable[Block], *, device: str = "cuda", attention: str = "_native_cudnn",
-            deadline_s: float = math.inf, log: Callable[[str], None] = print) -> Iterator[dict[str, Any]]:
-    """Run the plan; yield one record per generation (see the module docstring). A config is
-    skipped, and logged, when fewer than the block's `min_left_s` seconds remain before the deadline."""
+            deadline_s: float = math.inf, log: Callable[[str], None] = print,
+            done: set[tuple] = frozenset()) -> Iterator[dict[str, Any]]:
+    """Run the plan; yield one record per generation (see the module docstring).
+
+    Generations whose `record_key` is in `done` are not yielded again; a prompt with all its configs
+    done is skipped, otherwise its canonical generation is rerun as the reference. A prompt is
+    started only when the time the previous prompt took (or `min_left_s` for the first) still fits
+    before the deadline, so a run cut short leaves whole prompts; skips are logged."""
     import torch
 
     from models.deviations import parse_deviation
@@ -112,13 +132,21 @@ def measure(blocks: Iterable[Block], *, device: str = "cuda", attention: str = "
         prompts = load_prompts(ExperimentParams(prompts=max(2, max(block.prompts) + 1), seed=block.seed))
         every = {*range(3, block.steps, 4), *block.challenge, *(k + 1 for k in block.challenge)}
         cheat = parse_deviation(block.cheat_direction) if block.selfnorm and block.cheat_direction else None
+        per_prompt = block.min_left_s
         for pi in block.prompts:
+            key = (block.preset, block.width, block.height, block.frames, block.steps, pi)
+            pending = [c for c in block.configs if (*key, c) not in done]
+            if not pending:
+                continue
+            if deadline_s - (time.perf_counter() - t_start) < per_prompt:
+                log(f"deadline: skipping {block.preset} p{pi} ({len(pending)} configs, ~{per_prompt:.0f} s)")
+                continue
+            t_prompt = time.perf_counter()
             req = GenerationRequest(model=block.preset, prompt=prompts[pi], width=block.width, height=block.height,
                                     frames=block.frames, steps=block.steps, seed=pi, truncate_prompt=True)
             canon = None
             for config in block.configs:
-                if deadline_s - (time.perf_counter() - t_start) < block.min_left_s:
-                    log(f"deadline: skipping {block.preset} p{pi} {config}")
+                if config != "canonical" and config not in pending:
                     continue
                 dev = None if config == "canonical" else parse_deviation(config)
                 last = (dev.apply_request(req).steps if dev else block.steps) - 1
@@ -170,9 +198,11 @@ def measure(blocks: Iterable[Block], *, device: str = "cuda", attention: str = "
                             item["cheat_err"] = rel_l2(val.numpy(), ch.numpy())
                     local.append(item)
                 rec["local"] = local
-                yield rec
+                if config in pending:
+                    yield rec
                 del g
             canon = None
+            per_prompt = time.perf_counter() - t_prompt
             if cuda:
                 torch.cuda.empty_cache()
 

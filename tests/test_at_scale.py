@@ -76,6 +76,32 @@ def test_measure_on_tiny(tmp_path):
     assert "### tiny" in at_scale.markdown(df, at_scale.evaluate_rules(df))
 
 
+def test_measure_resumes_from_earlier_lines(tmp_path):
+    block = {"preset": "tiny", "width": 64, "height": 64, "frames": 5, "steps": 4, "prompts": [0, 1],
+             "configs": ["canonical", "steps:3", "fp8"], "challenge": [1], "min_left_s": 0}
+    first = list(at_scale.measure([at_scale.Block.from_dict(block | {"configs": ["canonical", "steps:3"]})],
+                                  device="cpu", attention="native"))
+    lines = tmp_path / "done.jsonl"
+    lines.write_text("".join(json.dumps(r) + "\n" for r in first[:3]))  # p0 both, p1 canonical only
+    done = at_scale.done_keys([lines, tmp_path / "absent.jsonl"])
+    assert len(done) == 3
+    rest = list(at_scale.measure([at_scale.Block.from_dict(block)], device="cpu", attention="native", done=done))
+    assert [(r["prompt_id"], r["config"]) for r in rest] == [(0, "fp8"), (1, "steps:3"), (1, "fp8")]
+    # the canonical reference is rerun for comparison, so distances match a run from scratch
+    assert rest[1]["latent_rel_l2"] == first[3]["latent_rel_l2"]
+    assert not list(at_scale.measure([at_scale.Block.from_dict(block)], device="cpu", attention="native",
+                                     done=done | {at_scale.record_key(r) for r in rest}))
+
+
+def test_measure_skips_prompts_that_do_not_fit_the_deadline():
+    block = at_scale.Block.from_dict({"preset": "tiny", "width": 64, "height": 64, "frames": 5, "steps": 4,
+                                      "prompts": [0, 1], "configs": ["canonical"], "min_left_s": 0})
+    logged = []
+    recs = list(at_scale.measure([block], device="cpu", attention="native", deadline_s=1e-9, log=logged.append))
+    assert recs == []
+    assert [line.split(" (")[0] for line in logged] == ["deadline: skipping tiny p0", "deadline: skipping tiny p1"]
+
+
 @pytest.mark.parametrize("spec,needle", [
     ({"configs": ["batch:2"]}, "must start with 'canonical'"),
     ({"challenge": [3]}, "challenged steps"),
