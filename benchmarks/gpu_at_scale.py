@@ -34,7 +34,8 @@ def main() -> None:
     ap.add_argument("--plan", required=True, help="JSON file: a list of blocks (see above)")
     ap.add_argument("--out", required=True, help="directory for at_scale.jsonl and at_scale_meta.json")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--deadline", type=float, default=540.0, help="seconds after which no new generation starts")
+    ap.add_argument("--deadline", type=float, default=540.0,
+                    help="seconds after the start (profile included) after which no new prompt starts")
     ap.add_argument("--attention", default="_native_cudnn", help="the validator's attention backend")
     ap.add_argument("--resume", nargs="*", default=[], help="JSON-lines files whose generations are not rerun")
     ap.add_argument("--profile", action="store_true", help="profile one canonical generation first")
@@ -58,7 +59,8 @@ def main() -> None:
         _profile(blocks[0], args, out)
     done = done_keys([*args.resume, out / "at_scale.jsonl"])
     with (out / "at_scale.jsonl").open("a") as sink:
-        for rec in measure(blocks, device=args.device, attention=args.attention, deadline_s=args.deadline,
+        for rec in measure(blocks, device=args.device, attention=args.attention,
+                           deadline_s=args.deadline - (time.perf_counter() - t0),
                            log=lambda s: print(s, flush=True), done=done):
             sink.write(json.dumps(rec) + "\n")
             sink.flush()

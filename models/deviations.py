@@ -385,6 +385,7 @@ def _backup_device(weights) -> str | None:
         return "cpu"
     need = sum(w.numel() * w.element_size() for w in weights)
     free, _total = torch.cuda.mem_get_info(dev)
+    free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)  # the allocator's cache is free too
     return None if free > need + (8 << 30) else "cpu"
 
 
