@@ -336,11 +336,13 @@ def evaluate_rules(df: pd.DataFrame, rules: Iterable[Rule] = RULES,
             if cal_b.empty:
                 continue
             thr = float(cal_b.max())
-            tb, tm = s[benign & ~calib].dropna(), s[malign & ~calib]
-            fr, fa = int((tb > thr).sum()), int((tm.fillna(-math.inf) <= thr).sum())
+            # NaN: the statistic was not measured for that claim (a plan without it), so it is no
+            # claim of this rule; a committed latent that is missing is +inf and always rejected
+            tb, tm = s[benign & ~calib].dropna(), s[malign & ~calib].dropna()
+            fr, fa = int((tb > thr).sum()), int((tm <= thr).sum())
             per_family = {}
-            for fam, gm in g[malign & ~calib].groupby(g["config"].map(_family)):
-                sm = s[gm.index].fillna(-math.inf)
+            for fam, gm in g.loc[tm.index].groupby(g.loc[tm.index, "config"].map(_family)):
+                sm = s[gm.index]
                 per_family[fam] = (int((sm <= thr).sum()), len(sm))
             out.append({"preset": preset, "size": size, "rule": rule.name, "statistic": rule.statistic,
                         "pinned": rule.pinned, "compute": rule.compute, "threshold": thr,
@@ -366,8 +368,10 @@ def separation(df: pd.DataFrame, rules: Iterable[Rule] = RULES) -> list[dict[str
             worst = float(benign.max())
             fams = {}
             for fam, gm in g[g["class"].eq("malign")].groupby(g["config"].map(_family)):
-                m = float(s[gm.index].fillna(math.inf).min())
-                fams[fam] = m / worst if worst > 0 else math.inf
+                sm = s[gm.index].dropna()
+                if sm.empty:
+                    continue
+                fams[fam] = float(sm.min()) / worst if worst > 0 else math.inf
             out.append({"preset": preset, "size": size, "rule": rule.name, "benign_max": worst,
                         "benign_claims": len(benign), "ratio_per_family": fams})
     return out

@@ -154,3 +154,21 @@ def test_cpu_executor_of_a_gpu_validator_drops_gpu_only_attention():
     rt = parse_deviation("device:cpu").apply_runtime(Runtime(attention_backend="_native_cudnn"))
     assert rt.device == "cpu" and rt.attention_backend == "native"
     assert parse_deviation("device:cpu").apply_runtime(Runtime(attention_backend="_native_math")).attention_backend == "_native_math"
+
+
+def test_unmeasured_statistic_is_no_claim_and_a_missing_latent_is_rejected(tmp_path):
+    rows = []
+    for pid in range(4):
+        rows += [_row(pid, "canonical", "canonical", 0.0, local=0.0),
+                 _row(pid, "attention:x", "benign", 0.01, local=0.001)]
+    rows += [_row(1, "fp8", "malign", 0.05), _row(3, "fp8", "malign", 0.05, local=0.01)]  # p1: no replay measured
+    missing = _row(3, "steps:3", "malign", 0.3, local=0.0)
+    missing["local"] = [{"k": 1, "missing": True}]
+    rows.append(missing)
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = {r["rule"]: r for r in at_scale.evaluate_rules(at_scale.load_rows([path]))}
+    local = res["local-1step-pinned"]
+    assert local["far"] == (0, 2)  # the unmeasured fp8 claim is left out, not counted as accepted
+    assert local["far_per_family"] == {"fp8": (0, 1), "steps": (0, 1)}
+    assert res["full-final-pinned"]["far"] == (0, 3)
