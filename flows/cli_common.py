@@ -23,11 +23,12 @@ OUTPUT = {"json": False}
 
 
 def pydantic_message(err) -> str:
+    """`field: message; ...` (a message that already names its field is not prefixed again)."""
     parts = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "input"
+        loc = ".".join(str(x) for x in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}")
+        parts.append(msg if not loc or msg.startswith(f"{loc}:") else f"{loc}: {msg}")
     return "; ".join(parts)
 
 

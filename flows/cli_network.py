@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 
-from flows.cli_common import fail as _fail, read_config, show  # noqa: F401
+from flows.cli_common import Group, fail as _fail, read_config, show  # noqa: F401
 from flows.cli_generate import ALLOW_PLUGIN_HELP
 
 # Defaults of the host options of `network run`, used when neither the command line nor --config sets them.
@@ -77,7 +77,7 @@ EPOCH_COLUMNS = ["epoch", "requests", "units", "mean_unit_price_ngonka", "valida
 
 
 def register(app: typer.Typer) -> None:
-    net = typer.Typer(name="network", help="Network epochs on the mock chain: requesters, executors, validators, "
+    net = typer.Typer(cls=Group, name="network", help="Network epochs on the mock chain: requesters, executors, validators, "
                       "DiT pricing, and whether cheating pays.", no_args_is_help=True)
     app.add_typer(net, name="network")
 

@@ -13,7 +13,7 @@ import typer
 DEFAULT_MIX = "honest=8,fp8=1,int4=1,one-expert:high=1,fabricate:0.5=1,copy=1,inflate:2=1,duplicate:2=1"
 
 
-from flows.cli_common import fail as _fail, show  # noqa: F401
+from flows.cli_common import Group, fail as _fail, show  # noqa: F401
 
 POC_FILES = ("poc_stage.json", "poc_stage.md")  # what `poc run --out DIR` writes (flows.poc)
 MAX_SAMPLE_SIZE = 100_000
@@ -39,7 +39,7 @@ def _sizes(samples: str) -> list[int]:
 
 
 def register(app: typer.Typer) -> None:
-    poc = typer.Typer(help="Proof-of-Compute for the DiT: stages, measurements, cheats, detection power.",
+    poc = typer.Typer(cls=Group, help="Proof-of-Compute for the DiT: stages, measurements, cheats, detection power.",
                       no_args_is_help=True)
     app.add_typer(poc, name="poc")
 

@@ -279,6 +279,13 @@ def finished_work(run: Path) -> bool:
     return any(Path(run).glob("gens/*/*/record.json")) or any(Path(run).glob("scores/*.parquet"))
 
 
+def stored_result_fields(stored: dict[str, Any]) -> dict[str, Any]:
+    """`result_fields` of a stored params.json, compared without validating it (so nothing it names
+    is imported); a field the file predates takes its default."""
+    defaults = json.loads(ExperimentParams.model_construct().model_dump_json())
+    return {k: v for k, v in {**defaults, **stored}.items() if k not in NON_RESULT_FIELDS}
+
+
 def open_run(params: ExperimentParams) -> Path:
     """Create the run directory or check that an existing one was made by the same parameters.
 
@@ -294,8 +301,7 @@ def open_run(params: ExperimentParams) -> Path:
                 raise ValueError(f"expected a JSON object, got {type(old).__name__}")
         except (OSError, ValueError) as err:
             raise ExperimentError(f"{pfile}: unreadable parameters ({err}); use another --out") from None
-        a = {k: v for k, v in old.items() if k not in NON_RESULT_FIELDS}
-        b = params.result_fields()
+        a, b = stored_result_fields(old), params.result_fields()
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         if diff:
             detail = "; ".join(f"{k}: run has {a.get(k)!r}, asked {b.get(k)!r}" for k in diff)
