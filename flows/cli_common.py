@@ -65,10 +65,34 @@ def domain_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+class _NoDomainTraceback:
+    """A logging filter for Prefect's run loggers: a run that failed on a domain error is logged in
+    one line, without the traceback Prefect attaches (the command then prints its own line)."""
+
+    def filter(self, record) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and isinstance(exc, domain_errors()) and not os.environ.get(DEBUG_ENV):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_FILTER = _NoDomainTraceback()
+
+
+def quiet_prefect_tracebacks() -> None:
+    import logging
+
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
+
 class Group(TyperGroup):
     """The top-level command group: domain errors from any command become one line and status 1."""
 
     def invoke(self, ctx):
+        quiet_prefect_tracebacks()
         try:
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, SystemExit):

@@ -8,7 +8,6 @@ from typing import List, Optional
 
 import typer
 
-
 from flows.cli_common import fail, pydantic_message, show  # noqa: F401  (fail, pydantic_message: re-exported)
 
 ALLOW_PLUGIN_HELP = ("module (or package) whose deviations may be imported by a package.module:Class spec "

@@ -132,6 +132,14 @@ def register(app: typer.Typer) -> None:
             if out.is_dir() and any(out.iterdir()):
                 raise ValueError(f"out: {out} already holds a run ({', '.join(sorted(x.name for x in out.iterdir())[:3])}); "
                                  "nothing is replaced: choose a new or empty --out")
+            if p.fidelity == "real":
+                from models.presets import preset_spec
+                from sim.policies import get_policy
+
+                preset_spec(p.preset)
+                get_policy(p.policy)
+                if p.threshold is None and not p.run_dir:
+                    raise ValueError("threshold: real fidelity needs --threshold or a --run-dir with thresholds.json")
             if db is not None:
                 from sim.chain import make_engine
 

@@ -26,11 +26,16 @@ def _records(df) -> list[dict]:
 
 
 @task
-def simulate(params_json: str, db_url: str) -> dict:
+def simulate(params_json: str, db_url: str, work_dir: str | None = None) -> dict:
     from sim.network import NetworkParams, run_network
 
     params = NetworkParams.model_validate_json(params_json)
-    res = run_network(params, db_url)
+    backend = None
+    if params.fidelity == "real" and work_dir is not None:  # generations under OUT/gens, not a temp dir
+        from sim.network.real import RealBackend
+
+        backend = RealBackend(params, work_dir)
+    res = run_network(params, db_url, backend=backend)
     return {"epochs": res.epochs, "hosts": res.hosts, "poc": res.extra.get("poc"), "seconds": res.seconds,
             "blocks": res.blocks, "messages": res.messages}
 
@@ -52,7 +57,7 @@ def network_flow(params: dict[str, Any], out: str, db_url: str | None = None) ->
         shown_url = db_url or f"sqlite:///{(out_dir / 'chain.db').resolve()}"
         db_url = db_url or f"sqlite:///{(tmp / 'chain.db').resolve()}"
         write_json_atomic(tmp / "params.json", json.loads(p.model_dump_json()))
-        res = simulate(p.model_dump_json(), db_url)
+        res = simulate(p.model_dump_json(), db_url, str(tmp))
         _write_parquet(res["epochs"], tmp / "epochs.parquet")
         _write_parquet(res["hosts"], tmp / "hosts.parquet")
         if res.get("poc") is not None:

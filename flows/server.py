@@ -62,14 +62,12 @@ def _server():
 
 @contextlib.contextmanager
 def temporary_server() -> Iterator[None]:
-    """Run the block with Prefect's temporary server started so that it dies with this process."""
+    """Run the block with Prefect's temporary server started so that it dies with this process.
+
+    It is not stopped when the block ends: Prefect stops it at interpreter exit, after its log
+    worker has sent the last run logs; a kill ends it through the parent-death signal."""
     server = _server()
-    if server is None or server.running:
-        yield
-        return
-    with _popen_dies_with_parent():
-        server.start()
-    try:
-        yield
-    finally:
-        server.stop()
+    if server is not None and not server.running:
+        with _popen_dies_with_parent():
+            server.start()
+    yield

@@ -98,7 +98,7 @@ class ExperimentParams(BaseModel):
     calib_fraction: float = Field(0.5, gt=0, lt=1, description="share of prompts used to choose thresholds")
     validator_runtime: Runtime = Field(default_factory=Runtime, description="how the validator (and a default executor) runs")
     weights_dir: str | None = Field(None, description="directory with LPIPS/DISTS weight files, if those metrics are used")
-    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for confidence intervals")
+    bootstrap: int = Field(1000, ge=0, le=MAX_BOOTSTRAP, description="bootstrap resamples for confidence intervals")
     strips: int = Field(3, ge=0, description="prompts shown as frame strips in the report")
     out: str = Field("runs/experiment", description="run directory")
     numerics: str = Field("", description="fingerprint of the preset, scheduler, codec and library versions "
@@ -106,13 +106,6 @@ class ExperimentParams(BaseModel):
 
     _no_bool = field_validator("prompts", "seed", "fingerprint_k", "calib_fraction", "bootstrap", "strips",
                                "hwnoise_headline", mode="before")(no_bool)
-
-    @field_validator("bootstrap")
-    @classmethod
-    def _check_bootstrap(cls, v):
-        if v > MAX_BOOTSTRAP:
-            raise ValueError(f"bootstrap must be in 0..{MAX_BOOTSTRAP}, got {v}")
-        return v
 
     @field_validator("prompts")
     @classmethod
