@@ -7,77 +7,70 @@ from typing import List, Optional
 
 import typer
 
+from flows.cli_common import read_config, show
+from flows.cli_generate import ALLOW_PLUGIN_HELP
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def experiment(
-        preset: str = typer.Option("tiny", help="model preset"),
-        prompts: str = typer.Option("20", help="a count (seeded sample of the bundled VBench prompts), 'vbench', or a file"),
-        out: Path = typer.Option(Path("runs/experiment"), help="run directory (resumes if it exists)"),
+        preset: Optional[str] = typer.Option(None, help="model preset [default: tiny]"),
+        prompts: Optional[str] = typer.Option(None, help="a count (seeded sample of the bundled VBench prompts), "
+                                              "'vbench', or a file [default: 20]"),
+        out: Optional[Path] = typer.Option(None, help="run directory (resumes if it exists) [default: runs/experiment]"),
         deviation: Optional[List[str]] = typer.Option(None, help="deviation spec (repeat); default: the benign and malign sets"),
         hwnoise_eps: Optional[List[float]] = typer.Option(None, help="emulated hardware noise levels (repeat)"),
-        hwnoise_headline: float = typer.Option(3e-3, help="hwnoise level counted as benign in the headline table"),
+        hwnoise_headline: Optional[float] = typer.Option(None, help="hwnoise level counted as benign in the headline "
+                                                         "table [default: 3e-3]"),
         metric: Optional[List[str]] = typer.Option(None, help="frame metric of the full policy (repeat)"),
         policy: Optional[List[str]] = typer.Option(None, help="full, checkpoint, fingerprint, segment (repeat)"),
-        steps: int = typer.Option(8, help="denoising steps of every request"),
-        truncate_prompt: bool = typer.Option(True, help="truncate prompts over the text encoder's limit (recorded)"),
-        seed: int = typer.Option(0, help="run seed"),
-        fingerprint_k: int = typer.Option(32, help="fingerprint dimensions"),
-        bootstrap: int = typer.Option(1000, help="bootstrap resamples"),
-        device: str = typer.Option("cpu", help="validator device"),
-        dtype: str = typer.Option("bfloat16", help="validator dtype"),
-        config: Optional[Path] = typer.Option(None, help="a JSON file of ExperimentParams (other options ignored)"),
+        steps: Optional[int] = typer.Option(None, help="denoising steps of every request [default: 8]"),
+        truncate_prompt: Optional[bool] = typer.Option(None, "--truncate-prompt/--no-truncate-prompt",
+                                                       help="truncate prompts over the text encoder's limit "
+                                                       "(recorded) [default: truncate]"),
+        seed: Optional[int] = typer.Option(None, help="run seed [default: 0]"),
+        fingerprint_k: Optional[int] = typer.Option(None, help="fingerprint dimensions [default: 32]"),
+        bootstrap: Optional[int] = typer.Option(None, help="bootstrap resamples [default: 1000]"),
+        device: Optional[str] = typer.Option(None, help="validator device [default: cpu]"),
+        dtype: Optional[str] = typer.Option(None, help="validator dtype [default: bfloat16]"),
+        config: Optional[Path] = typer.Option(None, help="a JSON file of ExperimentParams fields; options given on "
+                                              "the command line override it"),
+        allow_plugin: Optional[List[str]] = typer.Option(None, help=ALLOW_PLUGIN_HELP),
         progress: bool = typer.Option(True, help="show a progress bar"),
     ) -> None:
         """Run (or resume) the validation experiment and write RUN/report.html; prints the verdict table."""
-        from pydantic import ValidationError
-        from rich.console import Console
         from rich.table import Table
 
-        from flows.cli_generate import fail, pydantic_message
-        from sim.experiment import ExperimentError, ExperimentParams
+        from models.deviations import allow_plugins
+        from sim.experiment import ExperimentParams, load_prompts, open_run
 
-        try:
-            if config is not None:
-                try:
-                    params = ExperimentParams.model_validate_json(config.read_text())
-                except OSError as err:
-                    fail(f"config: cannot read {config}: {err}")
-            else:
-                fields = dict(preset=preset, prompts=int(prompts) if prompts.isdigit() else prompts, out=str(out),
-                              request={"steps": steps, "truncate_prompt": truncate_prompt}, seed=seed, fingerprint_k=fingerprint_k, bootstrap=bootstrap,
-                              hwnoise_headline=hwnoise_headline,
-                              validator_runtime={"device": device, "dtype": dtype})
-                if deviation:
-                    fields["deviations"] = tuple(deviation)
-                if hwnoise_eps:
-                    fields["hwnoise_eps"] = tuple(hwnoise_eps)
-                if metric:
-                    fields["metrics"] = tuple(metric)
-                if policy:
-                    fields["policies"] = tuple(policy)
-                params = ExperimentParams(**fields)
-        except ValidationError as err:
-            fail(pydantic_message(err))
-        from sim.experiment import load_prompts, open_run
+        data = read_config(config)
+        request = dict(data.get("request") or {"steps": 8, "truncate_prompt": True})
+        request.update({k: v for k, v in (("steps", steps), ("truncate_prompt", truncate_prompt)) if v is not None})
+        runtime = dict(data.get("validator_runtime") or {})
+        runtime.update({k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
+        cli = dict(preset=preset, prompts=int(prompts) if prompts and prompts.strip().isdigit() else prompts,
+                   out=None if out is None else str(out), seed=seed, fingerprint_k=fingerprint_k, bootstrap=bootstrap,
+                   hwnoise_headline=hwnoise_headline, deviations=tuple(deviation) if deviation else None,
+                   hwnoise_eps=tuple(hwnoise_eps) if hwnoise_eps else None, metrics=tuple(metric) if metric else None,
+                   policies=tuple(policy) if policy else None)
+        data.update({k: v for k, v in cli.items() if v is not None}, request=request)
+        if runtime:
+            data["validator_runtime"] = runtime
+        with allow_plugins(allow_plugin or ()):
+            params = ExperimentParams.model_validate(data)
+            params.validator_runtime.check_device()
+            load_prompts(params)  # a bad prompt file is refused before the run directory is touched
+            open_run(params)  # refuses a mismatched run directory before any work starts
+            from flows.experiment import experiment_flow
+            from flows.server import temporary_server
 
-        try:  # refuse a mismatched run directory or a bad prompt file before any work starts
-            open_run(params)
-            load_prompts(params)
-        except ExperimentError as err:
-            fail(str(err))
-        from flows.experiment import experiment_flow
-
-        try:
-            summary = experiment_flow(params, show_progress=progress)
-        except (ExperimentError, ValueError) as err:
-            fail(str(err))
+            with temporary_server():
+                summary = experiment_flow(params, show_progress=progress)
         t = Table(title=f"Best policy per malign deviation (held-out prompts), {params.preset}")
         cols = list(summary["verdicts"][0]) if summary["verdicts"] else []
         for c in cols:
             t.add_column(c, overflow="fold")
         for row in summary["verdicts"]:
             t.add_row(*(str(row[c]) for c in cols))
-        console = Console(width=max(160, Console().width))
-        console.print(t)
-        console.print(f"report: {summary['report']}")
+        show(t, f"report: {summary['report']}")

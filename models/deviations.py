@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal
+import os
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Literal
 
 from models.request import GenerationRequest, Runtime
 
@@ -107,8 +108,42 @@ def register_deviation(cls: type[Deviation]) -> type[Deviation]:
     return cls
 
 
+# An import-path spec runs its module's top-level code, so only modules on this allow-list are
+# imported: t2vsim's own packages, the ones passed to `allow_plugins` (the CLI's --allow-plugin), and
+# those named, comma-separated, in the T2VSIM_ALLOW_PLUGINS environment variable (for deployments).
+PLUGIN_ENV = "T2VSIM_ALLOW_PLUGINS"
+TRUSTED_PACKAGES = ("models", "sim")
+_ALLOWED_PLUGINS: set[str] = set()
+
+
+def allowed_plugins() -> set[str]:
+    env = {m.strip() for m in os.environ.get(PLUGIN_ENV, "").split(",") if m.strip()}
+    return set(TRUSTED_PACKAGES) | _ALLOWED_PLUGINS | env
+
+
+def _plugin_allowed(module: str) -> bool:
+    return any(module == a or module.startswith(a + ".") for a in allowed_plugins())
+
+
+@contextlib.contextmanager
+def allow_plugins(modules: "Iterable[str]") -> Iterator[None]:
+    """Allow importing deviations from `modules` (or packages) for the duration of the block."""
+    added = set()
+    for m in modules:
+        m = m.strip()
+        if not m or not all(part.isidentifier() for part in m.split(".")):
+            raise DeviationError(f"allow_plugin: {m!r} is not a module name (package.module)")
+        if m not in _ALLOWED_PLUGINS:
+            added.add(m)
+    _ALLOWED_PLUGINS.update(added)
+    try:
+        yield
+    finally:
+        _ALLOWED_PLUGINS.difference_update(added)
+
+
 def parse_deviation(spec: "str | Deviation") -> Deviation:
-    """A deviation from `name[:arg]` or `package.module:ClassName[:arg]`."""
+    """A deviation from `name[:arg]` or `package.module:ClassName[:arg]` (module on the allow-list)."""
     if isinstance(spec, Deviation):
         return spec
     if not isinstance(spec, str) or not spec.strip():
@@ -117,6 +152,10 @@ def parse_deviation(spec: "str | Deviation") -> Deviation:
     head, _, rest = spec.partition(":")
     if "." in head:  # an import path
         cls_name, _, arg = rest.partition(":")
+        if not _plugin_allowed(head):
+            raise DeviationError(
+                f"deviation {spec!r}: module {head!r} is not an allowed plugin (importing it runs its code); "
+                f"pass --allow-plugin {head} or set {PLUGIN_ENV}={head}")
         try:
             module = importlib.import_module(head)
         except ImportError as err:
@@ -124,6 +163,10 @@ def parse_deviation(spec: "str | Deviation") -> Deviation:
         cls = getattr(module, cls_name, None)
         if not (isinstance(cls, type) and issubclass(cls, Deviation)):
             raise DeviationError(f"deviation {spec!r}: {head}.{cls_name} is not a Deviation subclass")
+        if any(not isinstance(getattr(cls, a, None), str) for a in ("name", "kind", "description")) \
+                or cls.kind not in ("benign", "malign"):
+            raise DeviationError(f"deviation {spec!r}: {head}.{cls_name} is not a usable deviation (it must set "
+                                 "name, kind = 'benign' or 'malign', and description)")
         dev = cls(arg or None)
         dev.import_path = f"{head}:{cls_name}"  # type: ignore[attr-defined]
         return dev

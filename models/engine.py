@@ -19,8 +19,6 @@ import copy
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +36,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from models.deviations import Deviation
 
 DEFAULT_CAPTURE: tuple[str, ...] = ("init", "switch", "final")
+# What `Generation.save` writes into a generation directory; record.json holds the SHA-256 of the others.
+GENERATION_FILES = ("video.mp4", "latents.safetensors", "record.json")
+HASHED_FILES = ("video.mp4", "latents.safetensors")
+RECORD_KEYS = ("request", "effective_request", "runtime", "deviation", "sha256", "cost")
 SOLVER_KEYS = ("model_outputs", "timestep_list", "lower_order_nums", "last_sample", "this_order", "_step_index")
 
 
@@ -134,13 +136,14 @@ class Generation:
         }
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write video.mp4, record.json and latents.safetensors atomically (temp dir + rename)."""
+        """Write video.mp4, latents.safetensors and record.json (with every artifact's SHA-256) into a
+        fresh directory beside `directory`, then rename it into place (`models.io` policy: a
+        directory holding anything but these files is refused, never emptied)."""
         from safetensors.torch import save_file
 
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        from models.io import staged_dir
+
+        with staged_dir(directory, GENERATION_FILES) as tmp:
             (tmp / "video.mp4").write_bytes(self.mp4)
             tensors, meta = {}, {}
             for name, ck in self.checkpoints.items():
@@ -151,43 +154,63 @@ class Generation:
                     meta[name] = json.dumps(_solver_scalars(ck.solver))
             meta["steps"] = json.dumps(self.capture_steps)
             save_file(tensors, str(tmp / "latents.safetensors"), metadata=meta)
-            (tmp / "record.json").write_text(json.dumps(self.record(), indent=1))
-            if directory.exists():
-                shutil.rmtree(directory)
-            os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return directory
+            record = self.record()
+            record["files"] = {n: _file_sha256(tmp / n) for n in HASHED_FILES}
+            (tmp / "record.json").write_text(json.dumps(record, indent=1, allow_nan=False))
+        return Path(directory)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, *, verify: bool = True) -> "Generation":
-        """Read a saved generation; refuses a missing file, a truncated file or a hash mismatch."""
+        """Read a saved generation; refuses a missing file, a truncated file, a record that is not
+        one, or a file whose SHA-256 differs from the record's (every artifact is hashed)."""
         directory = Path(directory)
         try:
             rec = json.loads((directory / "record.json").read_text())
             mp4 = (directory / "video.mp4").read_bytes()
         except FileNotFoundError as err:
             raise ArtifactError(f"{directory}: missing {Path(err.filename).name}") from None
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ArtifactError(f"{directory}/record.json is not valid JSON: {err}") from None
+        missing = [k for k in RECORD_KEYS if not isinstance(rec, dict) or k not in rec]
+        if missing:
+            raise ArtifactError(f"{directory}/record.json is not a generation record (missing {', '.join(missing)})")
         sha = hashlib.sha256(mp4).hexdigest()
-        if verify and sha != rec["sha256"]:
-            raise ArtifactError(f"{directory}/video.mp4: SHA-256 {sha} does not match the record's {rec['sha256']}")
+        if verify:
+            files = rec.get("files")
+            if not isinstance(files, dict) or set(files) != set(HASHED_FILES):
+                raise ArtifactError(f"{directory}/record.json does not hash every artifact ({', '.join(HASHED_FILES)}); "
+                                    "it was written by an older t2vsim: regenerate it")
+            if sha != rec["sha256"] or sha != files["video.mp4"]:
+                raise ArtifactError(f"{directory}/video.mp4: SHA-256 {sha} does not match the record's {rec['sha256']}")
+            for name in HASHED_FILES[1:]:
+                got = _file_sha256(directory / name)
+                if got != files[name]:
+                    raise ArtifactError(f"{directory}/{name}: SHA-256 {got} does not match the record's {files[name]}")
         checkpoints = load_checkpoints(directory / "latents.safetensors")
-        return cls(
-            request=GenerationRequest(**rec["request"]),
-            effective_request=GenerationRequest(**rec["effective_request"]),
-            runtime=Runtime(**rec["runtime"]),
-            deviation=rec["deviation"],
-            frames=decode_mp4(mp4) if mp4 else np.zeros((0, 0, 0, 3), np.uint8),
-            mp4=mp4,
-            sha256=sha,
-            checkpoints=checkpoints,
-            cost=Cost.from_dict(rec["cost"]),
-            prompt_truncated=rec.get("prompt_truncated", False),
-            run_seed=rec.get("run_seed", 0),
-        )
+        try:
+            return cls(
+                request=GenerationRequest(**rec["request"]),
+                effective_request=GenerationRequest(**rec["effective_request"]),
+                runtime=Runtime(**rec["runtime"]),
+                deviation=rec["deviation"],
+                frames=decode_mp4(mp4) if mp4 else np.zeros((0, 0, 0, 3), np.uint8),
+                mp4=mp4,
+                sha256=sha,
+                checkpoints=checkpoints,
+                cost=Cost.from_dict(rec["cost"]),
+                prompt_truncated=rec.get("prompt_truncated", False),
+                run_seed=rec.get("run_seed", 0),
+            )
+        except (TypeError, ValueError) as err:  # pydantic's ValidationError is a ValueError
+            raise ArtifactError(f"{directory}/record.json holds invalid fields: {err}") from None
+
+
+def _file_sha256(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except FileNotFoundError:
+        raise ArtifactError(f"{path.parent}: missing {path.name}") from None
 
 
 def _solver_tensors(solver: dict[str, Any]) -> dict[str, "torch.Tensor"]:
@@ -275,12 +298,30 @@ def schedule(request: GenerationRequest, scheduler_config: dict[str, Any]) -> li
     return [float(t) for t in sched.timesteps]
 
 
+def check_captures(names: Iterable[str], steps: int) -> tuple[str, ...]:
+    """Capture names checked before any work: init, switch, final or step:K with 0 <= K < steps."""
+    names = tuple(names)
+    for name in names:
+        if not isinstance(name, str):
+            raise ValueError(f"capture: names must be text, got {name!r}")
+        if name in ("init", "switch", "final"):
+            continue
+        k = name[5:] if name.startswith("step:") else None
+        if k is None or not k.isdigit():
+            raise ValueError(f"capture: unknown name {name!r}; allowed: init, switch, final, step:K")
+        if not 0 <= int(k) < steps:
+            raise ValueError(f"capture: step {int(k)} outside 0..{steps - 1}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"capture: duplicated names in {list(names)}")
+    return names
+
+
 def resolve_captures(names: Iterable[str], timesteps: list[float], boundary_ratio: float) -> dict[str, int]:
     boundary = boundary_ratio * 1000
     high = [i for i, t in enumerate(timesteps) if t >= boundary]
     n = len(timesteps)
     out: dict[str, int] = {}
-    for name in names:
+    for name in check_captures(names, n):
         if name == "init":
             out[name] = -1
         elif name == "final":

@@ -32,7 +32,8 @@ from typing import Any, Callable, Iterable
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.deviations import BENIGN_DEFAULT, MALIGN_DEFAULT
-from models.request import GenerationRequest, Runtime
+from models.io import check_out_dir, write_atomic as _atomic_write
+from models.request import GenerationRequest, Runtime, no_bool
 
 PROMPT_SET = Path(__file__).parent / "data" / "vbench_all_dimension.txt"
 DEFAULT_FRAME_METRICS = ("ssim", "psnr", "gmsd", "haarpsi")
@@ -42,6 +43,8 @@ DEFAULT_FRAME_METRICS = ("ssim", "psnr", "gmsd", "haarpsi")
 # benign class uses 3e-3 and the sweep brackets it.
 HWNOISE_CALIBRATED_EPS = 3e-3
 DEFAULT_HWNOISE_EPS = (1e-3, 3e-3, 1e-2, 3e-2)
+MAX_PROMPTS = 100_000
+MAX_BOOTSTRAP = 100_000
 # Parameters that do not change any result: a rerun may change them.
 NON_RESULT_FIELDS = {"out", "bootstrap", "strips"}
 
@@ -71,7 +74,7 @@ def numerics_fingerprint(preset: str) -> str:
 class ExperimentParams(BaseModel):
     """Every setting of one experiment run; saved as RUN/params.json."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     preset: str = Field("tiny", description="model preset of every generation")
     prompts: int | str = Field(20, description="a count (a seeded sample of the bundled VBench set), "
@@ -95,11 +98,37 @@ class ExperimentParams(BaseModel):
     calib_fraction: float = Field(0.5, gt=0, lt=1, description="share of prompts used to choose thresholds")
     validator_runtime: Runtime = Field(default_factory=Runtime, description="how the validator (and a default executor) runs")
     weights_dir: str | None = Field(None, description="directory with LPIPS/DISTS weight files, if those metrics are used")
-    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for confidence intervals")
+    bootstrap: int = Field(1000, ge=0, le=MAX_BOOTSTRAP, description="bootstrap resamples for confidence intervals")
     strips: int = Field(3, ge=0, description="prompts shown as frame strips in the report")
     out: str = Field("runs/experiment", description="run directory")
     numerics: str = Field("", description="fingerprint of the preset, scheduler, codec and library versions "
                                           "(filled in; a run directory made under another one is refused)")
+
+    _no_bool = field_validator("prompts", "seed", "fingerprint_k", "calib_fraction", "bootstrap", "strips",
+                               "hwnoise_headline", mode="before")(no_bool)
+
+    @field_validator("prompts")
+    @classmethod
+    def _check_prompts(cls, v):
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("prompts: give a count, 'vbench' or a prompt file, got an empty string")
+        if isinstance(v, int) and v > MAX_PROMPTS:
+            raise ValueError(f"prompts: a count must be in 2..{MAX_PROMPTS}, got {v}")
+        return v
+
+    @field_validator("out")
+    @classmethod
+    def _check_out(cls, v):
+        if not v.strip():
+            raise ValueError("out: must be a directory path, got an empty string")
+        return v
+
+    @field_validator("aggregations")
+    @classmethod
+    def _check_aggregations(cls, v):
+        from sim.metrics import check_aggregations
+
+        return tuple(check_aggregations(v))
 
     @field_validator("deviations")
     @classmethod
@@ -164,6 +193,11 @@ class ExperimentParams(BaseModel):
             raise ValueError(f"request: {detail}") from None
         if isinstance(self.prompts, int) and self.prompts < 2:
             raise ValueError(f"prompts: a count must be >= 2 (one calibration and one test prompt), got {self.prompts}")
+        from models.engine import check_captures
+
+        if not self.capture:
+            raise ValueError("capture: at least one checkpoint is needed; allowed: init, switch, final, step:K")
+        check_captures(self.capture, self.base_request("p", 0).steps)
         return self
 
     def all_deviations(self) -> tuple[str, ...]:
@@ -230,53 +264,74 @@ def run_seed_of(prompt_id: int, spec: str, params: ExperimentParams) -> int:
 # The run directory
 
 
+RUN_MARKER = "params.json"
+
+
+def finished_work(run: Path) -> bool:
+    """Whether a run directory holds any complete generation or score file (work a rerun reuses)."""
+    return any(Path(run).glob("gens/*/*/record.json")) or any(Path(run).glob("scores/*.parquet"))
+
+
+def stored_result_fields(stored: dict[str, Any]) -> dict[str, Any]:
+    """`result_fields` of a stored params.json, compared without validating it (so nothing it names
+    is imported); a field the file predates takes its default."""
+    defaults = json.loads(ExperimentParams.model_construct().model_dump_json())
+    return {k: v for k, v in {**defaults, **stored}.items() if k not in NON_RESULT_FIELDS}
+
+
 def open_run(params: ExperimentParams) -> Path:
-    """Create the run directory or check that an existing one was made by the same parameters."""
-    run = Path(params.out)
-    run.mkdir(parents=True, exist_ok=True)
-    pfile = run / "params.json"
-    if pfile.exists():
+    """Create the run directory or check that an existing one was made by the same parameters.
+
+    The stored params.json is compared as JSON and never validated, so nothing it names (a plugin
+    deviation's module) is imported. A run directory without finished work (a run that failed
+    before its first generation) takes the new parameters."""
+    run = check_out_dir(params.out, resumable=RUN_MARKER)
+    pfile = run / RUN_MARKER
+    if pfile.exists() and finished_work(run):
         try:
-            old = ExperimentParams.model_validate_json(pfile.read_text())
-        except Exception as err:
+            old = json.loads(pfile.read_text())
+            if not isinstance(old, dict):
+                raise ValueError(f"expected a JSON object, got {type(old).__name__}")
+        except (OSError, ValueError) as err:
             raise ExperimentError(f"{pfile}: unreadable parameters ({err}); use another --out") from None
-        a, b = old.result_fields(), params.result_fields()
+        a, b = stored_result_fields(old), params.result_fields()
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         if diff:
             detail = "; ".join(f"{k}: run has {a.get(k)!r}, asked {b.get(k)!r}" for k in diff)
             raise ExperimentError(f"{run} was made by a different parameter set, refusing to mix ({detail})")
+    run.mkdir(parents=True, exist_ok=True)
     _atomic_write(pfile, params.model_dump_json(indent=1))
     for stale in (run / "gens").glob("*/.*") if (run / "gens").exists() else []:
         shutil.rmtree(stale, ignore_errors=True)  # half-written generations of a killed run
     return run
 
 
-def _atomic_write(path: Path, text: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(text.encode() if isinstance(text, str) else text)
-    os.replace(tmp, path)
-
-
 def _expected_record(request: GenerationRequest, runtime: Runtime, spec: str | None) -> dict[str, Any]:
-    return {"request": request.model_dump(), "deviation": spec, "runtime": runtime.model_dump()}
+    """What `models.engine.generate` records for these inputs: the effective runtime (a benign
+    deviation such as batch:N changes it) and the deviation's own spec (a plugin's class name)."""
+    if spec is None:
+        return {"request": request.model_dump(), "deviation": None, "runtime": runtime.model_dump()}
+    from models.deviations import parse_deviation
+
+    dev = parse_deviation(spec)
+    return {"request": request.model_dump(), "deviation": dev.spec, "runtime": dev.apply_runtime(runtime).model_dump()}
 
 
 def load_or_generate(directory: Path, request: GenerationRequest, runtime: Runtime, spec: str | None,
                      run_seed: int, capture: Iterable[str]):
-    """The generation stored in `directory` if complete and made from these inputs, else a new one."""
+    """The generation stored in `directory` if complete, made from these inputs and with every
+    artifact's hash matching its record; else a new one (which replaces the stored one)."""
     from models.engine import ArtifactError, Generation, generate
 
     if directory.exists():
         try:
             rec = json.loads((directory / "record.json").read_text())
             exp = _expected_record(request, runtime, spec)
-            if all(_normalise(rec.get(k)) == _normalise(v) for k, v in exp.items()) and rec.get("run_seed") == run_seed:
+            if isinstance(rec, dict) and rec.get("run_seed") == run_seed \
+                    and all(_normalise(rec.get(k)) == _normalise(v) for k, v in exp.items()):
                 return Generation.load(directory)
         except (OSError, ValueError, ArtifactError, KeyError):
-            pass
-        shutil.rmtree(directory, ignore_errors=True)  # partial or stale: redo
+            pass  # partial, stale or edited: redone below, and replaced only when complete
     gen = generate(request, runtime, spec, capture=tuple(capture), run_seed=run_seed)
     gen.save(directory)
     return gen

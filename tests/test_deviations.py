@@ -7,6 +7,7 @@ from models.deviations import (
     DEVIATIONS,
     Deviation,
     DeviationError,
+    allow_plugins,
     Steps,
     fp8_round,
     parse_deviation,
@@ -124,7 +125,10 @@ def test_registry_and_kinds():
 
 
 def test_import_path_deviation():
-    dev = parse_deviation("tests.test_deviations:DoubleSeed")
+    with pytest.raises(DeviationError, match="not an allowed plugin"):
+        parse_deviation("tests.test_deviations:DoubleSeed")  # importing would run the module's code
+    with allow_plugins(["tests"]):
+        dev = parse_deviation("tests.test_deviations:DoubleSeed")
     assert dev.kind == "malign"
     g = generate(REQ, deviation=dev, capture=("init",))
     assert g.effective_request.seed == REQ.seed * 2 + 1
@@ -141,8 +145,10 @@ def test_import_path_deviation():
         ("one-expert:middle", "high or low"),
         ("model:huge", "unknown preset"),
         ("attention:fast", "attention_backend must be one of"),
-        ("nosuch.module:X", "cannot import module"),
-        ("tests.test_deviations:REQ", "not a Deviation subclass"),
+        ("nosuch.module:X", "'nosuch.module' is not an allowed plugin"),
+        ("sim.nosuch:X", "cannot import module"),
+        ("models.deviations:Deviation", "not a usable deviation"),
+        ("models.deviations:REQ", "not a Deviation subclass"),
         ("", "non-empty"),
     ],
 )

@@ -244,6 +244,8 @@ def test_bundled_prompt_set_and_split():
 def test_a_run_made_under_other_numerics_is_refused(tmp_path):
     params = small_params(tmp_path / "run")
     ex.open_run(params)
+    (Path(params.out) / "scores").mkdir()
+    (Path(params.out) / "scores" / "p0000.parquet").write_bytes(b"")  # finished work to protect
     pfile = Path(params.out) / "params.json"
     data = json.loads(pfile.read_text())
     data["numerics"] = "0" * 16  # as if made by another torch/diffusers/codec/preset configuration
