@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.deviations import BENIGN_DEFAULT, MALIGN_DEFAULT
+from models.deviations import ADAPTIVE_DEFAULT, BENIGN_DEFAULT, MALIGN_DEFAULT
 from models.request import GenerationRequest, Runtime
 
 PROMPT_SET = Path(__file__).parent / "data" / "vbench_all_dimension.txt"
@@ -80,7 +80,7 @@ class ExperimentParams(BaseModel):
                                     description="overrides of the preset's request defaults (e.g. steps, width); "
                                                 "prompts over the text encoder's limit (tiny: 64 byte tokens) are "
                                                 "truncated and each generation records it")
-    deviations: tuple[str, ...] = Field(BENIGN_DEFAULT + MALIGN_DEFAULT,
+    deviations: tuple[str, ...] = Field(BENIGN_DEFAULT + MALIGN_DEFAULT + ADAPTIVE_DEFAULT,
                                         description="deviation specs or import paths (benign and malign)")
     hwnoise_eps: tuple[float, ...] = Field(DEFAULT_HWNOISE_EPS,
                                            description="emulated-hardware noise levels added as benign hwnoise:EPS")
@@ -89,7 +89,11 @@ class ExperimentParams(BaseModel):
     metrics: tuple[str, ...] = Field(DEFAULT_FRAME_METRICS, description="frame metrics of the full-replay policy")
     aggregations: tuple[str, ...] = Field(("mean", "worst", "p90"), description="how frame scores are aggregated")
     policies: tuple[str, ...] = Field(("full", "checkpoint", "fingerprint", "segment"), description="validation policies")
-    capture: tuple[str, ...] = Field(("init", "switch", "final"), description="checkpoints an executor keeps")
+    capture: tuple[str, ...] = Field(("init", "switch", "final"), description="checkpoints the checkpoint and "
+                                     "fingerprint policies compare (the executor also keeps the committed points)")
+    commit_every: int = Field(2, ge=1, description="steps per committed segment of the commit-then-challenge "
+                                                   "(segment) policy: the executor commits the noise, every k-th "
+                                                   "step and the final latent")
     seed: int = Field(0, ge=0, description="run seed: prompt sample, request seeds, split, hardware noise")
     fingerprint_k: int = Field(32, ge=1, le=4096, description="JL fingerprint dimensions (float16 each)")
     calib_fraction: float = Field(0.5, gt=0, lt=1, description="share of prompts used to choose thresholds")
@@ -165,6 +169,13 @@ class ExperimentParams(BaseModel):
         if isinstance(self.prompts, int) and self.prompts < 2:
             raise ValueError(f"prompts: a count must be >= 2 (one calibration and one test prompt), got {self.prompts}")
         return self
+
+    def executor_capture(self) -> tuple[str, ...]:
+        """What every executor keeps: the compared checkpoints and the committed points."""
+        from sim.commitment import capture_names
+
+        steps = self.base_request("p", 0).steps
+        return tuple(dict.fromkeys((*self.capture, *capture_names(steps, min(self.commit_every, steps)))))
 
     def all_deviations(self) -> tuple[str, ...]:
         return tuple(self.deviations) + tuple(f"hwnoise:{e:g}" for e in self.hwnoise_eps)
@@ -317,12 +328,14 @@ def run_prompt(params: ExperimentParams, prompt_id: int, prompt: str, n_prompts:
     rt = params.validator_runtime
     timing = {"generation": 0.0, "validator_replay": 0.0, "scoring": 0.0}
     t0 = time.perf_counter()
-    canonical = load_or_generate(gdir / "canonical", request, rt, None, 0, params.capture)
+    capture = params.executor_capture()
+    canonical = load_or_generate(gdir / "canonical", request, rt, None, 0, capture)
     timing["generation"] += time.perf_counter() - t0
     if on_generation:
         on_generation("canonical")
     ctx = ValidationContext(runtime=rt, fingerprint_k=params.fingerprint_k, fingerprint_seed=params.seed,
-                            metrics=params.metrics, aggregations=params.aggregations, weights_dir=params.weights_dir)
+                            metrics=params.metrics, aggregations=params.aggregations, weights_dir=params.weights_dir,
+                            capture=params.capture, commit_every=params.commit_every)
     ctx.replays[request.key()] = canonical
     policies = [get_policy(p) for p in params.policies]
     split = split_of(prompt_id, n_prompts, params)
@@ -340,7 +353,7 @@ def run_prompt(params: ExperimentParams, prompt_id: int, prompt: str, n_prompts:
     for i, spec in enumerate(specs):
         rseed = run_seed_of(prompt_id, spec, params)
         t0 = time.perf_counter()
-        gen = load_or_generate(gdir / slug(spec), request, rt, spec, rseed, params.capture)
+        gen = load_or_generate(gdir / slug(spec), request, rt, spec, rseed, capture)
         timing["generation"] += time.perf_counter() - t0
         if on_generation:
             on_generation(spec)
