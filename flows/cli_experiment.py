@@ -26,6 +26,7 @@ def register(app: typer.Typer) -> None:
         bootstrap: int = typer.Option(1000, help="bootstrap resamples"),
         device: str = typer.Option("cpu", help="validator device"),
         dtype: str = typer.Option("bfloat16", help="validator dtype"),
+        sweep: bool = typer.Option(False, help="add the severity sweep (models.deviations.SEVERITY_SWEEP) to the deviations"),
         config: Optional[Path] = typer.Option(None, help="a JSON file of ExperimentParams (other options ignored)"),
         progress: bool = typer.Option(True, help="show a progress bar"),
     ) -> None:
@@ -50,6 +51,11 @@ def register(app: typer.Typer) -> None:
                               validator_runtime={"device": device, "dtype": dtype})
                 if deviation:
                     fields["deviations"] = tuple(deviation)
+                if sweep:
+                    from models.deviations import SEVERITY_SWEEP
+                    from sim.experiment import ExperimentParams as _P
+
+                    fields["deviations"] = tuple(fields.get("deviations", _P.model_fields["deviations"].default)) + SEVERITY_SWEEP
                 if hwnoise_eps:
                     fields["hwnoise_eps"] = tuple(hwnoise_eps)
                 if metric:
@@ -79,5 +85,13 @@ def register(app: typer.Typer) -> None:
         for row in summary["verdicts"]:
             t.add_row(*(str(row[c]) for c in cols))
         console = Console(width=max(160, Console().width))
+        if summary.get("deployable"):
+            d = Table(title="Deployable validator, one rule for every claim (held-out prompts; count, exact 95% bounds)")
+            for c in summary["deployable"][0]:
+                d.add_column(c, overflow="fold")
+            for row in summary["deployable"]:
+                d.add_row(*(str(v) for v in row.values()))
+            console.print(d)
+        t.title = "Oracle view: " + t.title
         console.print(t)
         console.print(f"report: {summary['report']}")

@@ -158,7 +158,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from sim.network import ExecutorGroup, NetworkParams
-        from sim.network.economics import setting_from, strategy_table
+        from sim.network.economics import largest_undetected, setting_from, strategy_table
 
         try:
             p = NetworkParams(run_dir=str(run_dir), requests_per_epoch=requests, policy=policy, metric=metric,
@@ -168,7 +168,7 @@ def register(app: typer.Typer) -> None:
         except ValueError as err:
             _fail(str(err))
         tab = strategy_table({d: b.fail_rate(d) for d in b.malign}, b.executor_share, b.fail_rate(None), p.chain,
-                             setting_from(p))
+                             setting_from(p), undetected=largest_undetected(run_dir))
         if out:
             from flows.network import _write_parquet
 

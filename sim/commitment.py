@@ -6,8 +6,9 @@ The protocol (one inference):
    root over the digests of its latent trajectory at the committed points: the initial noise, every
    k-th step, and the final latent (`CommitSchedule`). A leaf is the step number (8 bytes, signed,
    big-endian) and the SHA-256 of the checkpoint: latent and solver state (float32 bytes, shapes,
-   the solver's scalars). The tree is the PoC's RFC 6962 tree (`sim.poc.merkle`): 32 bytes on
-   chain, plus the schedule (k, two bytes) and the leaf count (two bytes).
+   the solver's scalars). The tree is the PoC's RFC 6962 tree (`sim.poc.merkle`): its 32-byte root
+   is all that goes on chain (k is a chain parameter and the leaf count follows from the request's
+   steps), 64 bytes with the MP4's hash.
 2. **Challenge.** After the commitment is on chain, randomness the executor cannot know when it
    commits picks which segments to open: a later block hash or the validator's secret seed
    (`challenge`), hashed with the root; never the executor's data alone (the MP4's hash is the
@@ -42,8 +43,9 @@ from sim.poc.merkle import HASH_BYTES, MerkleTree, verify_proof
 
 STEP_BYTES = 8
 LEAF_BYTES = STEP_BYTES + HASH_BYTES
-# What goes on chain besides the MP4's SHA-256: the root, the step interval k and the leaf count.
-COMMITMENT_CHAIN_BYTES = HASH_BYTES + 2 + 2
+# What goes on chain besides the MP4's SHA-256: the root (k is a chain parameter; the leaf count
+# follows from the request's steps and k).
+COMMITMENT_CHAIN_BYTES = HASH_BYTES
 
 
 class CommitmentError(ValueError):

@@ -99,6 +99,8 @@ class ExperimentParams(BaseModel):
     calib_fraction: float = Field(0.5, gt=0, lt=1, description="share of prompts used to choose thresholds")
     validator_runtime: Runtime = Field(default_factory=Runtime, description="how the validator (and a default executor) runs")
     weights_dir: str | None = Field(None, description="directory with LPIPS/DISTS weight files, if those metrics are used")
+    challenge_segments: int = Field(1, ge=1, description="committed segments the deployable validator challenges "
+                                                         "per validation (its compute budget)")
     bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for confidence intervals")
     strips: int = Field(3, ge=0, description="prompts shown as frame strips in the report")
     out: str = Field("runs/experiment", description="run directory")
@@ -456,13 +458,23 @@ def _analyse(params: ExperimentParams, n_prompts: int) -> dict[str, Any]:
     summary = stats.summary()
     summary["deviation_sizes"] = benign_noise_table(df)
     summary["n_prompts"] = n_prompts
+    deployment = None
+    if "segment" in params.policies:
+        from sim.deployable import evaluate
+
+        deployment = evaluate(df, every=params.commit_every, challenged=params.challenge_segments,
+                              benign_eps=benign_eps, secret_seed=params.seed, n_boot=min(200, params.bootstrap),
+                              hwnoise_levels=params.hwnoise_eps, run_dir=run, calib_fraction=params.calib_fraction)
+        summary["deployable"] = deployment.summary()
+        _atomic_write(run / "validator.json", json.dumps(deployment.summary(), indent=1, default=str))
     _atomic_write(run / "summary.json", json.dumps(summary, indent=1, default=str))
-    html, md = write_report(run, df, json.loads(params.model_dump_json()), stats=stats)
+    html, md = write_report(run, df, json.loads(params.model_dump_json()), stats=stats, deployment=deployment)
     timing = stage_seconds(params, n_prompts)
     timing["statistics_and_report"] = time.perf_counter() - t0
     _atomic_write(run / "timing.json", json.dumps(timing, indent=1))
     verdicts = verdict_rows(stats)
     return {"report": str(html), "markdown": Path(md).read_text(), "verdicts": verdicts,
+            "deployable": deployable_rows(deployment) if deployment is not None else [],
             "n_rows": int(len(df)), "run": str(run), "timing": timing}
 
 
@@ -477,8 +489,25 @@ def stage_seconds(params: ExperimentParams, n_prompts: int) -> dict[str, float]:
     return total
 
 
+def deployable_rows(dep) -> list[dict[str, Any]]:
+    """The deployable rule as a whole on held-out prompts (for the CLI and the flow's artifact)."""
+    t = dep.table
+    return [{"rule": f"{dep.config.challenged} of {dep.config.segments} segments, {dep.config.metric}",
+             "FRR": _fmt_count(t["frr"]), "FAR": _fmt_count(t["far"]),
+             "validator compute": f"{t['validator_share']:.3g}x", "bytes on chain": str(t["chain_bytes"]),
+             "bytes kept": _fmt(t["kept_bytes"], "d")}]
+
+
+def _fmt_count(r: dict) -> str:
+    """A rate with its count and exact 95% bounds: 0% (0/10) [0%, 31%]."""
+    if not r.get("n"):
+        return "n/a"
+    return f"{100 * r['rate']:.3g}% ({r['k']}/{r['n']}) [{100 * r['cp_lo']:.2g}%, {100 * r['cp_hi']:.3g}%]"
+
+
 def verdict_rows(stats) -> list[dict[str, Any]]:
-    """Best policy per malign deviation (chosen on calib), with its held-out operating point."""
+    """Best policy per malign deviation (chosen on calib), with its held-out operating point (oracle
+    view: each cheat gets the policy that suits it)."""
     v = stats.verdicts
     if v is None or len(v) == 0:
         return []
@@ -488,8 +517,10 @@ def verdict_rows(stats) -> list[dict[str, Any]]:
         rows.append({
             "deviation": r["deviation"], "policy": r["policy"], "metric": r["metric"],
             "separated": r["separation"],
-            "FRR@FAR<=1%": _fmt_ci(r["frr_at_far"], r["frr_at_far_lo"], r["frr_at_far_hi"]),
-            "FAR@FRR<=1%": _fmt_ci(r["far_at_frr"], r["far_at_frr_lo"], r["far_at_frr_hi"]),
+            "FRR@FAR<=1%": _fmt_count({"rate": r["frr_at_far"], "k": r["frr_at_far_k"], "n": r["frr_at_far_n"],
+                                        "cp_lo": r["frr_at_far_cp_lo"], "cp_hi": r["frr_at_far_cp_hi"]}),
+            "FAR@FRR<=1%": _fmt_count({"rate": r["far_at_frr"], "k": r["far_at_frr_k"], "n": r["far_at_frr_n"],
+                                        "cp_lo": r["far_at_frr_cp_lo"], "cp_hi": r["far_at_frr_cp_hi"]}),
             "benign median": _fmt(r["benign_median"]), "malign median": _fmt(r["malign_median"]),
             "validator compute": _fmt(r["validator_compute_share"]), "bytes kept": _fmt(r["bytes_kept"], "d"),
         })

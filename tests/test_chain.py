@@ -380,3 +380,18 @@ def test_property_random_messages_postgres(pg_url, blocks):
         _property_run(pg_url, blocks)
     finally:
         _pg_clean(pg_url)
+
+
+def test_finish_inference_stores_the_trajectory_commitment(chain_url):
+    """FinishInference carries the 32-byte Merkle root of the committed trajectory next to the MP4 hash."""
+    from pydantic import ValidationError
+
+    eng = _new_chain(chain_url)
+    _genesis(eng)
+    apply_block(eng, [_start(1)])
+    root = "cd" * 32
+    apply_block(eng, [FinishInference(id="fin:1", inference_id="inf1", executor="h1", video_sha256="ab" * 32,
+                                      commitment_root=root)])
+    assert _row(eng, T.Inference, "inf1")["commitment_root"] == root
+    with pytest.raises(ValidationError, match="commitment_root"):
+        FinishInference(id="fin:2", inference_id="inf1", executor="h1", video_sha256="x", commitment_root="zz")

@@ -35,7 +35,7 @@ _PART = T.Participant.__table__
 _CHUNK = 500
 EXECUTING_ROLES = ("host", "executor")
 VALIDATING_ROLES = ("host", "validator")
-_INF_MUTABLE = ("status", "escrow_ngonka", "paid_ngonka", "refunded_ngonka", "video_sha256", "finish_block",
+_INF_MUTABLE = ("status", "escrow_ngonka", "paid_ngonka", "refunded_ngonka", "video_sha256", "commitment_root", "finish_block",
                 "settle_block", "validations", "failed_validations", "validators", "failed_by", "reporter",
                 "committee", "vote_deadline_block", "truth_deviation")
 _PART_MUTABLE = ("role", "status", "balance_ngonka", "collateral_ngonka", "reputation", "epochs_completed",
@@ -309,7 +309,7 @@ def _start(state: _State, m: StartInference) -> None:
         prompt_sha256=r.prompt_sha256, width=r.width, height=r.height, frames=r.frames, steps=r.steps,
         guidance_high=r.guidance_high, guidance_low=r.guidance_low, shift=r.shift, seed=r.seed, units=units,
         unit_price_ngonka=price, cost_ngonka=cost, escrow_ngonka=0, paid_ngonka=0, refunded_ngonka=0,
-        video_sha256=None, status="STARTED", start_block=state.height, finish_block=None, settle_block=None,
+        video_sha256=None, commitment_root=None, status="STARTED", start_block=state.height, finish_block=None, settle_block=None,
         validations=0, failed_validations=0, validators="", failed_by="", reporter=None, committee="",
         vote_deadline_block=None, truth_deviation=None)
     state.infs_new.add(m.inference_id)
@@ -332,7 +332,7 @@ def _finish(state: _State, m: FinishInference) -> None:
         raise Rejected(f"inference {m.inference_id!r} belongs to executor {inf['executor']!r}, not {m.executor!r}")
     if inf["status"] != "STARTED":
         raise Rejected(f"inference {m.inference_id!r} is {inf['status']}, not STARTED")
-    inf.update(status="FINISHED", finish_block=state.height, video_sha256=m.video_sha256,
+    inf.update(status="FINISHED", finish_block=state.height, video_sha256=m.video_sha256, commitment_root=m.commitment_root,
                truth_deviation=m.truth_deviation)
     state.touch_inf(m.inference_id)
 

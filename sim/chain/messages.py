@@ -103,6 +103,8 @@ class FinishInference(_Msg):
     inference_id: str
     executor: str
     video_sha256: str = Field(min_length=1)
+    commitment_root: Optional[str] = Field(None, pattern="^[0-9a-f]{64}$", description="hex Merkle root of the "
+                                           "committed latent trajectory (sim/commitment.py): 32 bytes")
     truth_deviation: Optional[str] = Field(None, description="simulation ground truth (not a chain field)")
 
 

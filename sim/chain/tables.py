@@ -110,6 +110,7 @@ class Inference(SQLModel, table=True):
     paid_ngonka: int = _money()
     refunded_ngonka: int = _money()
     video_sha256: Optional[str] = None
+    commitment_root: Optional[str] = None  # Merkle root of the committed trajectory (sim/commitment.py)
     status: str = "STARTED"  # STARTED FINISHED VOTING VALIDATED INVALIDATED EXPIRED
     start_block: int
     finish_block: Optional[int] = None
