@@ -68,8 +68,10 @@ def test_scores_order_benign_below_plain_cheats(finished):
     # commit-then-challenge: every committed segment (4 of 2 steps) replayed, honest work replays exactly
     seg = df[df.policy == "segment"]
     assert {f"cosine.seg{i}" for i in range(4)} | {"decode.mad", "rel_l2.start"} <= set(seg.metric)
-    honest = seg[(seg.deviation == "threads:1") & seg.metric.str.contains("seg|decode|start")]
-    assert (honest.score == 0).all()
+    honest = seg[seg.deviation == "threads:1"]
+    assert (honest[honest.metric.str.contains("seg|start")].score == 0).all()
+    # the VAE decode is not bit-identical across thread counts (latents are): a small pixel difference
+    assert (honest[honest.metric == "decode.mad"].score < 1.0).all()
     assert (seg[(seg.deviation == "seed:+1") & (seg.metric == "rel_l2.start")].score > 0).all()
 
 
