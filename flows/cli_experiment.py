@@ -11,6 +11,19 @@ from flows.cli_common import read_config, show
 from flows.cli_generate import ALLOW_PLUGIN_HELP
 
 
+def rows_table(title: str, rows: list[dict]):
+    """A rich Table of dict rows (the columns of the first)."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    cols = list(rows[0]) if rows else []
+    for c in cols:
+        t.add_column(c, overflow="fold")
+    for row in rows:
+        t.add_row(*(str(row.get(c, "")) for c in cols))
+    return t
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def experiment(
@@ -33,14 +46,14 @@ def register(app: typer.Typer) -> None:
         bootstrap: Optional[int] = typer.Option(None, help="bootstrap resamples [default: 1000]"),
         device: Optional[str] = typer.Option(None, help="validator device [default: cpu]"),
         dtype: Optional[str] = typer.Option(None, help="validator dtype [default: bfloat16]"),
+        sweep: bool = typer.Option(False, help="add the severity sweep (models.deviations.SEVERITY_SWEEP) to the "
+                                   "deviations (those of --deviation or --config, else the default sets)"),
         config: Optional[Path] = typer.Option(None, help="a JSON file of ExperimentParams fields; options given on "
                                               "the command line override it"),
         allow_plugin: Optional[List[str]] = typer.Option(None, help=ALLOW_PLUGIN_HELP),
         progress: bool = typer.Option(True, help="show a progress bar"),
     ) -> None:
         """Run (or resume) the validation experiment and write RUN/report.html; prints the verdict table."""
-        from rich.table import Table
-
         from models.deviations import allow_plugins
         from sim.experiment import ExperimentParams, load_prompts, open_run
 
@@ -55,6 +68,11 @@ def register(app: typer.Typer) -> None:
                    hwnoise_eps=tuple(hwnoise_eps) if hwnoise_eps else None, metrics=tuple(metric) if metric else None,
                    policies=tuple(policy) if policy else None)
         data.update({k: v for k, v in cli.items() if v is not None}, request=request)
+        if sweep:
+            from models.deviations import SEVERITY_SWEEP
+
+            base = data.get("deviations", ExperimentParams.model_fields["deviations"].default)
+            data["deviations"] = [*base, *SEVERITY_SWEEP] if isinstance(base, (list, tuple)) else base
         if runtime:
             data["validator_runtime"] = runtime
         with allow_plugins(allow_plugin or ()):
@@ -67,10 +85,8 @@ def register(app: typer.Typer) -> None:
 
             with temporary_server():
                 summary = experiment_flow(params, show_progress=progress)
-        t = Table(title=f"Best policy per malign deviation (held-out prompts), {params.preset}")
-        cols = list(summary["verdicts"][0]) if summary["verdicts"] else []
-        for c in cols:
-            t.add_column(c, overflow="fold")
-        for row in summary["verdicts"]:
-            t.add_row(*(str(row[c]) for c in cols))
-        show(t, f"report: {summary['report']}")
+        tables = [rows_table("Deployable validator, one rule for every claim (held-out prompts; count, exact 95% bounds)",
+                             summary["deployable"])] if summary.get("deployable") else []
+        tables.append(rows_table(f"Oracle view: best policy per malign deviation (held-out prompts), {params.preset}",
+                                 summary["verdicts"]))
+        show(*tables, f"report: {summary['report']}")

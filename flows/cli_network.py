@@ -176,7 +176,7 @@ def register(app: typer.Typer) -> None:
         """Per cheating strategy: compute saving, catch chance per epoch, expected profit vs honest."""
         from models.io import check_out_file
         from sim.network import ExecutorGroup, NetworkParams
-        from sim.network.economics import setting_from, strategy_table
+        from sim.network.economics import largest_undetected, setting_from, strategy_table
 
         p = NetworkParams(run_dir=str(run_dir), requests_per_epoch=requests, policy=policy, metric=metric,
                           threshold=threshold, hosts=(ExecutorGroup(count=honest + malicious),),
@@ -185,7 +185,7 @@ def register(app: typer.Typer) -> None:
             check_out_file(out)
         b = p.surrogate_backend()
         tab = strategy_table({d: b.fail_rate(d) for d in b.malign}, b.executor_share, b.fail_rate(None), p.chain,
-                             setting_from(p))
+                             setting_from(p), undetected=largest_undetected(run_dir))
         if out:
             from flows.network import _write_parquet
 

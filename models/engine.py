@@ -40,7 +40,17 @@ DEFAULT_CAPTURE: tuple[str, ...] = ("init", "switch", "final")
 GENERATION_FILES = ("video.mp4", "latents.safetensors", "record.json")
 HASHED_FILES = ("video.mp4", "latents.safetensors")
 RECORD_KEYS = ("request", "effective_request", "runtime", "deviation", "sha256", "cost")
+# Captured latents are stored, committed and compared in float32, the dtype the pipeline keeps them
+# in between steps (the transformer's input is cast to the model dtype); bytes are counted in it too
+# (`Checkpoint.nbytes`): resuming from a bf16-rounded latent would not reproduce the run.
+LATENT_DTYPE_NAME = "float32"
 SOLVER_KEYS = ("model_outputs", "timestep_list", "lower_order_nums", "last_sample", "this_order", "_step_index")
+
+
+def _latent_dtype():
+    import torch
+
+    return getattr(torch, LATENT_DTYPE_NAME)
 
 
 class PromptTooLong(ValueError):
@@ -341,7 +351,8 @@ def resolve_captures(names: Iterable[str], timesteps: list[float], boundary_rati
 def solver_state(scheduler) -> dict[str, Any]:
     """The multistep state of the request in row 0 of the batch: latent-shaped tensors (5-D) are
     sliced to that row, so a batched executor's checkpoint holds neither its neighbours' prompts'
-    trajectories nor their bytes, and resumes into a batch of one."""
+    trajectories nor their bytes; it resumes alone or as row 0 of a batch. Tensors are kept in
+    the dtype the scheduler holds (float32: `LATENT_DTYPE_NAME`)."""
     import torch
 
     def own(x):
@@ -365,13 +376,24 @@ def restore_solver_state(scheduler, state: dict[str, Any], device, step: int) ->
     from the state (a checkpoint from another schedule must not move the validator's clock)."""
     import torch
 
+    def put(saved, current):
+        saved = saved.to(device)
+        if (isinstance(current, torch.Tensor) and current.dim() == saved.dim() >= 1 and current.shape[0] > saved.shape[0]
+                and current.shape[1:] == saved.shape[1:]):  # resumed inside a batch: the request is row 0
+            current = current.clone()
+            current[:saved.shape[0]] = saved.to(current.dtype)
+            return current
+        return saved
+
     for key, v in state.items():
         if key == "_step_index":
             continue
+        cur = getattr(scheduler, key, None)
         if isinstance(v, torch.Tensor):
-            v = v.to(device)
+            v = put(v, cur)
         elif isinstance(v, list):
-            v = [x.to(device) if isinstance(x, torch.Tensor) else x for x in v]
+            cur = cur if isinstance(cur, list) and len(cur) == len(v) else [None] * len(v)
+            v = [put(x, c) if isinstance(x, torch.Tensor) else x for x, c in zip(v, cur)]
         setattr(scheduler, key, copy.copy(v))
     scheduler._step_index = step + 1
 
@@ -625,7 +647,7 @@ def generate(
 
     checkpoints: dict[str, Checkpoint] = {}
     if "init" in steps_at:
-        checkpoints["init"] = Checkpoint(step=-1, latents=noise[:1].detach().float().cpu().clone(), solver=None)
+        checkpoints["init"] = Checkpoint(step=-1, latents=noise[:1].detach().to("cpu", _latent_dtype(), copy=True), solver=None)
 
     high, low = pipe.transformer, pipe.transformer_2
     ctx = {"run_seed": run_seed, "request": request, "runtime": eff_runtime, "spec": spec}
@@ -655,7 +677,8 @@ def generate(
                 for name, s in steps_at.items():  # captured as computed, before any substitution
                     if s == i and i >= resume_step:
                         checkpoints[name] = Checkpoint(
-                            step=i, latents=lat[:1].detach().float().cpu().clone(), solver=solver_state(p.scheduler)
+                            step=i, latents=lat[:1].detach().to("cpu", _latent_dtype(), copy=True),
+                            solver=solver_state(p.scheduler)
                         )
                 if i in substitute:
                     lat = lat.clone()

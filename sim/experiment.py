@@ -31,9 +31,9 @@ from typing import Any, Callable, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.deviations import BENIGN_DEFAULT, MALIGN_DEFAULT
+from models.deviations import ADAPTIVE_DEFAULT, BENIGN_DEFAULT, MALIGN_DEFAULT
 from models.io import check_out_dir, write_atomic as _atomic_write
-from models.request import GenerationRequest, Runtime, no_bool
+from models.request import MAX_STEPS, GenerationRequest, Runtime, no_bool
 
 PROMPT_SET = Path(__file__).parent / "data" / "vbench_all_dimension.txt"
 DEFAULT_FRAME_METRICS = ("ssim", "psnr", "gmsd", "haarpsi")
@@ -83,7 +83,7 @@ class ExperimentParams(BaseModel):
                                     description="overrides of the preset's request defaults (e.g. steps, width); "
                                                 "prompts over the text encoder's limit (tiny: 64 byte tokens) are "
                                                 "truncated and each generation records it")
-    deviations: tuple[str, ...] = Field(BENIGN_DEFAULT + MALIGN_DEFAULT,
+    deviations: tuple[str, ...] = Field(BENIGN_DEFAULT + MALIGN_DEFAULT + ADAPTIVE_DEFAULT,
                                         description="deviation specs or import paths (benign and malign)")
     hwnoise_eps: tuple[float, ...] = Field(DEFAULT_HWNOISE_EPS,
                                            description="emulated-hardware noise levels added as benign hwnoise:EPS")
@@ -92,12 +92,18 @@ class ExperimentParams(BaseModel):
     metrics: tuple[str, ...] = Field(DEFAULT_FRAME_METRICS, description="frame metrics of the full-replay policy")
     aggregations: tuple[str, ...] = Field(("mean", "worst", "p90"), description="how frame scores are aggregated")
     policies: tuple[str, ...] = Field(("full", "checkpoint", "fingerprint", "segment"), description="validation policies")
-    capture: tuple[str, ...] = Field(("init", "switch", "final"), description="checkpoints an executor keeps")
+    capture: tuple[str, ...] = Field(("init", "switch", "final"), description="checkpoints the checkpoint and "
+                                     "fingerprint policies compare (the executor also keeps the committed points)")
+    commit_every: int = Field(2, ge=1, le=MAX_STEPS, description="steps per committed segment of the commit-then-challenge "
+                                                   "(segment) policy: the executor commits the noise, every k-th "
+                                                   "step and the final latent")
     seed: int = Field(0, ge=0, description="run seed: prompt sample, request seeds, split, hardware noise")
     fingerprint_k: int = Field(32, ge=1, le=4096, description="JL fingerprint dimensions (float16 each)")
     calib_fraction: float = Field(0.5, gt=0, lt=1, description="share of prompts used to choose thresholds")
     validator_runtime: Runtime = Field(default_factory=Runtime, description="how the validator (and a default executor) runs")
     weights_dir: str | None = Field(None, description="directory with LPIPS/DISTS weight files, if those metrics are used")
+    challenge_segments: int = Field(1, ge=1, le=MAX_STEPS, description="committed segments the deployable "
+                                    "validator challenges per validation (its compute budget)")
     bootstrap: int = Field(1000, ge=0, le=MAX_BOOTSTRAP, description="bootstrap resamples for confidence intervals")
     strips: int = Field(3, ge=0, description="prompts shown as frame strips in the report")
     out: str = Field("runs/experiment", description="run directory")
@@ -105,7 +111,7 @@ class ExperimentParams(BaseModel):
                                           "(filled in; a run directory made under another one is refused)")
 
     _no_bool = field_validator("prompts", "seed", "fingerprint_k", "calib_fraction", "bootstrap", "strips",
-                               "hwnoise_headline", mode="before")(no_bool)
+                               "hwnoise_headline", "commit_every", "challenge_segments", mode="before")(no_bool)
 
     @field_validator("prompts")
     @classmethod
@@ -199,6 +205,13 @@ class ExperimentParams(BaseModel):
             raise ValueError("capture: at least one checkpoint is needed; allowed: init, switch, final, step:K")
         check_captures(self.capture, self.base_request("p", 0).steps)
         return self
+
+    def executor_capture(self) -> tuple[str, ...]:
+        """What every executor keeps: the compared checkpoints and the committed points."""
+        from sim.commitment import capture_names
+
+        steps = self.base_request("p", 0).steps
+        return tuple(dict.fromkeys((*self.capture, *capture_names(steps, min(self.commit_every, steps)))))
 
     def all_deviations(self) -> tuple[str, ...]:
         return tuple(self.deviations) + tuple(f"hwnoise:{e:g}" for e in self.hwnoise_eps)
@@ -372,12 +385,14 @@ def run_prompt(params: ExperimentParams, prompt_id: int, prompt: str, n_prompts:
     rt = params.validator_runtime
     timing = {"generation": 0.0, "validator_replay": 0.0, "scoring": 0.0}
     t0 = time.perf_counter()
-    canonical = load_or_generate(gdir / "canonical", request, rt, None, 0, params.capture)
+    capture = params.executor_capture()
+    canonical = load_or_generate(gdir / "canonical", request, rt, None, 0, capture)
     timing["generation"] += time.perf_counter() - t0
     if on_generation:
         on_generation("canonical")
     ctx = ValidationContext(runtime=rt, fingerprint_k=params.fingerprint_k, fingerprint_seed=params.seed,
-                            metrics=params.metrics, aggregations=params.aggregations, weights_dir=params.weights_dir)
+                            metrics=params.metrics, aggregations=params.aggregations, weights_dir=params.weights_dir,
+                            capture=params.capture, commit_every=params.commit_every)
     ctx.replays[request.key()] = canonical
     policies = [get_policy(p) for p in params.policies]
     split = split_of(prompt_id, n_prompts, params)
@@ -395,7 +410,7 @@ def run_prompt(params: ExperimentParams, prompt_id: int, prompt: str, n_prompts:
     for i, spec in enumerate(specs):
         rseed = run_seed_of(prompt_id, spec, params)
         t0 = time.perf_counter()
-        gen = load_or_generate(gdir / slug(spec), request, rt, spec, rseed, params.capture)
+        gen = load_or_generate(gdir / slug(spec), request, rt, spec, rseed, capture)
         timing["generation"] += time.perf_counter() - t0
         if on_generation:
             on_generation(spec)
@@ -498,13 +513,23 @@ def _analyse(params: ExperimentParams, n_prompts: int) -> dict[str, Any]:
     summary = stats.summary()
     summary["deviation_sizes"] = benign_noise_table(df)
     summary["n_prompts"] = n_prompts
+    deployment = None
+    if "segment" in params.policies:
+        from sim.deployable import evaluate
+
+        deployment = evaluate(df, every=params.commit_every, challenged=params.challenge_segments,
+                              benign_eps=benign_eps, secret_seed=params.seed, n_boot=min(200, params.bootstrap),
+                              hwnoise_levels=params.hwnoise_eps, run_dir=run, calib_fraction=params.calib_fraction)
+        summary["deployable"] = deployment.summary()
+        _atomic_write(run / "validator.json", json.dumps(deployment.summary(), indent=1, default=str))
     _atomic_write(run / "summary.json", json.dumps(summary, indent=1, default=str))
-    html, md = write_report(run, df, json.loads(params.model_dump_json()), stats=stats)
+    html, md = write_report(run, df, json.loads(params.model_dump_json()), stats=stats, deployment=deployment)
     timing = stage_seconds(params, n_prompts)
     timing["statistics_and_report"] = time.perf_counter() - t0
     _atomic_write(run / "timing.json", json.dumps(timing, indent=1))
     verdicts = verdict_rows(stats)
     return {"report": str(html), "markdown": Path(md).read_text(), "verdicts": verdicts,
+            "deployable": deployable_rows(deployment) if deployment is not None else [],
             "n_rows": int(len(df)), "run": str(run), "timing": timing}
 
 
@@ -519,8 +544,25 @@ def stage_seconds(params: ExperimentParams, n_prompts: int) -> dict[str, float]:
     return total
 
 
+def deployable_rows(dep) -> list[dict[str, Any]]:
+    """The deployable rule as a whole on held-out prompts (for the CLI and the flow's artifact)."""
+    t = dep.table
+    return [{"rule": f"{dep.config.challenged} of {dep.config.segments} segments, {dep.config.metric}",
+             "FRR": _fmt_count(t["frr"]), "FAR": _fmt_count(t["far"]),
+             "validator compute": f"{t['validator_share']:.3g}x", "bytes on chain": str(t["chain_bytes"]),
+             "bytes kept": _fmt(t["kept_bytes"], "d")}]
+
+
+def _fmt_count(r: dict) -> str:
+    """A rate with its count and exact 95% bounds: 0% (0/10) [0%, 31%]."""
+    if not r.get("n"):
+        return "n/a"
+    return f"{100 * r['rate']:.3g}% ({r['k']}/{r['n']}) [{100 * r['cp_lo']:.2g}%, {100 * r['cp_hi']:.3g}%]"
+
+
 def verdict_rows(stats) -> list[dict[str, Any]]:
-    """Best policy per malign deviation (chosen on calib), with its held-out operating point."""
+    """Best policy per malign deviation (chosen on calib), with its held-out operating point (oracle
+    view: each cheat gets the policy that suits it)."""
     v = stats.verdicts
     if v is None or len(v) == 0:
         return []
@@ -530,8 +572,10 @@ def verdict_rows(stats) -> list[dict[str, Any]]:
         rows.append({
             "deviation": r["deviation"], "policy": r["policy"], "metric": r["metric"],
             "separated": r["separation"],
-            "FRR@FAR<=1%": _fmt_ci(r["frr_at_far"], r["frr_at_far_lo"], r["frr_at_far_hi"]),
-            "FAR@FRR<=1%": _fmt_ci(r["far_at_frr"], r["far_at_frr_lo"], r["far_at_frr_hi"]),
+            "FRR@FAR<=1%": _fmt_count({"rate": r["frr_at_far"], "k": r["frr_at_far_k"], "n": r["frr_at_far_n"],
+                                        "cp_lo": r["frr_at_far_cp_lo"], "cp_hi": r["frr_at_far_cp_hi"]}),
+            "FAR@FRR<=1%": _fmt_count({"rate": r["far_at_frr"], "k": r["far_at_frr_k"], "n": r["far_at_frr_n"],
+                                        "cp_lo": r["far_at_frr_cp_lo"], "cp_hi": r["far_at_frr_cp_hi"]}),
             "benign median": _fmt(r["benign_median"]), "malign median": _fmt(r["malign_median"]),
             "validator compute": _fmt(r["validator_compute_share"]), "bytes kept": _fmt(r["bytes_kept"], "d"),
         })
