@@ -66,12 +66,13 @@ def register(app: typer.Typer) -> None:
             fail(pydantic_message(err))
         from models.deviations import DeviationError, parse_deviation
         from models.engine import generate as run
+        from models.engines.vllm_omni import EngineError
 
         try:
             dev = parse_deviation(deviation) if deviation else None
             gen = run(request, runtime, dev, capture=[c.strip() for c in capture.split(",") if c.strip()],
                       weights_seed=weights_seed)
-        except (DeviationError, ValueError) as err:
+        except (DeviationError, ValueError, EngineError) as err:
             fail(str(err))
         gen.save(out)
         from rich.console import Console
