@@ -33,7 +33,9 @@ if [ "$T2VSIM_VLLM_OMNI_GPU" = 1 ]; then
 else
   # Every package at its locked version and nothing else (the lock is the resolved set).
   "$BIN/pip" install -q --no-deps -r "$LOCK" 2>&1 | quiet
-  "$BIN/pip" install -q --no-deps --no-build-isolation ./vllm_omni_plugin 2>&1 | quiet
+  BUILD="$(mktemp -d)"; cp -r vllm_omni_plugin "$BUILD/"  # built outside the work tree
+  "$BIN/pip" install -q --no-deps --no-build-isolation --force-reinstall "$BUILD/vllm_omni_plugin" 2>&1 | quiet
+  rm -rf "$BUILD"
   SITE="$("$BIN/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
   echo "import t2vsim_vllm_omni_cpu.torch_fixes" > "$SITE/t2vsim_vllm_omni_cpu_fixes.pth"
 fi

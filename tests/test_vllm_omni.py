@@ -187,3 +187,20 @@ def test_no_orphan_when_the_starting_process_is_killed(omni_env, model_dir, tmp_
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_latent_policies_reject_a_claim_without_latents(tmp_path):
+    """A vllm-omni executor keeps no latents: the latent policies score its claim as unscorable."""
+    import math
+
+    from sim.policies import Claim, ValidationContext, get_policy
+
+    req = GenerationRequest(prompt="a red fox in snow")
+    g = generate(req)
+    g.checkpoints = {}  # what a vllm-omni generation carries
+    d = g.save(tmp_path / "claim")
+    claim = Claim(request=req, sha256=g.sha256, directory=d)
+    for name in ("checkpoint", "fingerprint", "segment"):
+        res = get_policy(name).score(claim, ValidationContext())
+        assert res.scores and all(math.isinf(v) for v in res.scores.values()), name
+        assert "kept no latents" in res.reason
