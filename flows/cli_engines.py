@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
     @engines.command("install")
     def install(
         engine: str = typer.Argument(..., help="vllm-omni"),
-        env: Optional[Path] = typer.Option(None, help="environment directory (default: .venv-vllm-omni or "
+        env: Optional[Path] = typer.Option(None, help="environment directory (default: ~/.cache/t2vsim/vllm-omni-env or "
                                                       "$T2VSIM_VLLM_OMNI_ENV)"),
         gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="stock vLLM-Omni for CUDA, or the CPU build "
                                                                     "with the project's platform plugin (default: detect)"),

