@@ -39,6 +39,26 @@ def distances(a, b) -> dict[str, float]:
             "psnr_db": float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))}
 
 
+def idle_cpu(pgid: int, seconds: float = 5.0) -> float:
+    """CPU cores the processes of group `pgid` use while no request is in flight."""
+    def ticks() -> int:
+        total = 0
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                f = stat[stat.rindex(")") + 2:].split()
+                if int(f[2]) == pgid:
+                    total += int(f[11]) + int(f[12])
+        return total
+
+    a = ticks()
+    time.sleep(seconds)
+    return (ticks() - a) / os.sysconf("SC_CLK_TCK") / seconds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=3)
@@ -71,7 +91,10 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
         if dtype == "float32":
             req = GenerationRequest(prompt=PROMPTS[0], seed=0)
+            timing["idle_server_cpu_cores"] = idle_cpu(next(iter(vllm_omni._POOL.values())).pgid)
             for name, rt in (("diffusers in-process", own), ("vllm-omni server", omni)):
+                if name.startswith("diffusers"):
+                    vllm_omni.stop_servers()  # an idle server spins (idle_server_cpu_cores): time without it
                 runs, inference = [], []
                 for _ in range(args.runs):
                     s = time.perf_counter()
@@ -104,7 +127,8 @@ def main() -> None:
                          f"{agg(dtype, key, 'psnr_db', min):.1f} |")
     lines += ["", f"Per generation (float32, warm, median of {args.runs}): diffusers in-process {d_in:.3f} s, "
               f"through the vLLM-Omni server {d_srv:.3f} s (server inference {timing['vllm-omni server'].get('server_inference_median_s', float('nan')):.3f} s); "
-              f"boundary overhead {d_srv - d_in:+.3f} s. Server start {timing.get('server_start_s') or float('nan'):.1f} s. "
+              f"boundary overhead {d_srv - d_in:+.3f} s (diffusers timed with no server running; an idle "
+              f"server uses {timing['idle_server_cpu_cores']:.2f} CPU cores). Server start {timing.get('server_start_s') or float('nan'):.1f} s. "
               f"Same request 3x through the server, same SHA-256: {timing['vllm_omni_repeat_same_sha256']}."]
     (RESULTS / "engines.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
