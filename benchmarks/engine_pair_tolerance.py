@@ -1,8 +1,8 @@
 """Does the validator's rule tolerate the engine pair? From finished experiment runs that include
 the benign deviation `engine:vllm-omni`:
 
-    .venv/bin/python benchmarks/run_experiment.py --config runs/engine6_own.json      # validator: own schedule
-    .venv/bin/python benchmarks/run_experiment.py --config runs/engine6_pinned.json   # validator: Runtime(schedule="wan")
+    .venv/bin/python benchmarks/run_experiment.py --config benchmarks/configs/engine6_own.json      # validator: own schedule
+    .venv/bin/python benchmarks/run_experiment.py --config benchmarks/configs/engine6_pinned.json   # validator: Runtime(schedule="wan")
     .venv/bin/python benchmarks/engine_pair_tolerance.py runs/engine6_own runs/engine6_pinned
 
 For each policy/metric: the largest score of the other benign deviations on calibration prompts (the
