@@ -274,6 +274,19 @@ class Device(Deviation):
 
 
 @register_deviation
+class Engine(Deviation):
+    name, kind, arg_help = "engine", "benign", "diffusers|vllm-omni"
+    description = "another inference engine (vLLM-Omni, as Gonka's ML nodes run it: models/engines/)"
+
+    def parse(self, arg):
+        Runtime(engine=arg)
+        self.engine = arg
+
+    def apply_runtime(self, runtime):
+        return runtime.model_copy(update={"engine": self.engine})
+
+
+@register_deviation
 class Compile(Deviation):
     name, kind = "compile", "benign"
     description = "torch.compile'd transformers (other fused kernels)"

@@ -299,11 +299,11 @@ def initial_noise(request: GenerationRequest, seed: int | None = None) -> "torch
     return torch.randn(shape, generator=g, dtype=torch.float32)
 
 
-def schedule(request: GenerationRequest, scheduler_config: dict[str, Any]) -> list[float]:
-    """The timesteps the pipeline will step through for this request."""
-    from diffusers import UniPCMultistepScheduler
+def schedule(request: GenerationRequest, scheduler_config: dict[str, Any], kind: str = "engine") -> list[float]:
+    """The timesteps the pipeline will step through for this request (`kind`: Runtime.schedule)."""
+    from models.engines.schedules import make_scheduler
 
-    sched = UniPCMultistepScheduler.from_config(scheduler_config, flow_shift=request.shift)
+    sched = make_scheduler(scheduler_config, request.shift, kind)
     sched.set_timesteps(request.steps)
     return [float(t) for t in sched.timesteps]
 
@@ -396,6 +396,22 @@ def restore_solver_state(scheduler, state: dict[str, Any], device, step: int) ->
             v = [put(x, c) if isinstance(x, torch.Tensor) else x for x, c in zip(v, cur)]
         setattr(scheduler, key, copy.copy(v))
     scheduler._step_index = step + 1
+
+
+def text_context_len(spec, runtime: Runtime) -> int:
+    """Text-embedding rows the transformers attend to: the preset's limit, or the Wan reference's 512
+    (what vLLM-Omni pads every prompt to) under `Runtime(schedule="wan")`."""
+    from models.engines.schedules import WAN_TEXT_LEN
+
+    return max(WAN_TEXT_LEN, spec.text_len) if runtime.schedule == "wan" else spec.text_len
+
+
+def truncate_to_tokens(tokenizer, prompt: str, n: int) -> str:
+    """The prompt cut to the text the pipeline would keep with `n` tokens (cleaned as the pipeline does)."""
+    from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+    ids = tokenizer(prompt_clean(prompt), max_length=n, truncation=True, add_special_tokens=True)["input_ids"]
+    return tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def count_tokens(pipe, prompt: str) -> int:
@@ -603,6 +619,12 @@ def generate(
     eff_request = dev.apply_request(request) if dev else request
     eff_runtime = dev.apply_runtime(runtime) if dev else runtime
     preset = dev.preset(eff_request.model) if dev else eff_request.model
+    if eff_runtime.engine != "diffusers":  # another engine (models/engines/): same request, same weights
+        from models.engines import vllm_omni
+
+        return vllm_omni.generate(request, eff_request, eff_runtime, dev, run_seed=run_seed, weights_seed=weights_seed,
+                                  resume_from=resume_from, substitute=substitute, stop_after=stop_after,
+                                  decode_off=not decode)
     spec = preset_spec(preset)
     pipe = build_pipeline(preset, eff_runtime, weights_seed)
     device = torch.device(eff_runtime.device)
@@ -616,7 +638,10 @@ def generate(
             f"{preset!r}; shorten it or set truncate_prompt=true to truncate explicitly (recorded)"
         )
 
-    timesteps = schedule(eff_request, pipe.scheduler.config)
+    if truncated and eff_runtime.schedule == "wan":  # the context is longer than the preset's limit
+        eff_request = eff_request.model_copy(update={"prompt": truncate_to_tokens(pipe.tokenizer, eff_request.prompt,
+                                                                                  spec.text_len)})
+    timesteps = schedule(eff_request, pipe.scheduler.config, eff_runtime.schedule)
     steps_at = resolve_captures(capture, timesteps, spec.boundary_ratio)
     last = len(timesteps) - 1
     if stop_after is not None and not -1 <= stop_after <= last:
@@ -627,10 +652,10 @@ def generate(
         raise ValueError("resume_from: a checkpoint after step 0 needs its solver state to resume exactly")
     substitute = dict(substitute or {})
 
-    from diffusers import UniPCMultistepScheduler
+    from models.engines.schedules import make_scheduler
 
     saved_scheduler = pipe.scheduler
-    pipe.scheduler = UniPCMultistepScheduler.from_config(saved_scheduler.config, flow_shift=eff_request.shift)
+    pipe.scheduler = make_scheduler(saved_scheduler.config, eff_request.shift, eff_runtime.schedule)
 
     # The request's noise, plus other requests' when it runs inside a batch.
     noise = resume_from.latents if (resume_from is not None and resume_from.step == -1) else initial_noise(eff_request)
@@ -698,7 +723,7 @@ def generate(
                 guidance_scale_2=eff_request.guidance_low,
                 latents=latents_in.to(device),
                 output_type="np" if (decode and stop_after is None) else "latent",
-                max_sequence_length=spec.text_len,
+                max_sequence_length=text_context_len(spec, eff_runtime),
                 callback_on_step_end=on_step_end,
             )
             if decode and stop_after is None:

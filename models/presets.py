@@ -169,8 +169,11 @@ def preset_spec(name: str) -> PresetSpec:
         vcfg = _read_json(root / "vae" / "config.json")
         xcfg = _read_json(root / "text_encoder" / "config.json")
         boundary = _read_json(index).get("boundary_ratio") or BOUNDARY_RATIO
+        # A random preset saved by models.engines.preset_dir keeps its own defaults and text length.
+        saved = _read_json(root / "t2vsim_preset.json") if (root / "t2vsim_preset.json").is_file() else {}
         return PresetSpec(name=name, transformer_config=tcfg, vae_config=vcfg, text_config=xcfg,
-                          request_defaults=dict(A14B_DEFAULTS), text_len=512, boundary_ratio=float(boundary),
+                          request_defaults=dict(saved.get("request_defaults") or A14B_DEFAULTS),
+                          text_len=int(saved.get("text_len", 512)), boundary_ratio=float(boundary),
                           path=str(root), description=f"local diffusers directory {root}")
     raise ValueError(f"unknown preset {name!r}; allowed: {', '.join(preset_names())}")
 

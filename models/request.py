@@ -207,6 +207,18 @@ class Runtime(BaseModel):
         "activations). true/false mean 'all'/'none'",
     )
 
+    engine: Literal["diffusers", "vllm-omni"] = Field(
+        "diffusers",
+        description="inference engine: 'diffusers' (in-process WanPipeline) or 'vllm-omni' (a vLLM-Omni "
+        "server in its own environment, models/engines/vllm_omni.py)",
+    )
+    schedule: Literal["engine", "wan"] = Field(
+        "engine",
+        description="denoising schedule: 'engine' (each engine's own: diffusers' UniPC config of the directory, "
+        "vLLM-Omni's native one) or 'wan' (the native Wan2.2 sigmas vLLM-Omni uses, pinned in diffusers too; "
+        "models/engines/schedules.py)",
+    )
+
     @field_validator("offload", mode="before")
     @classmethod
     def _offload(cls, v):

@@ -168,9 +168,12 @@ def _checkpoints_or_none(claim: Claim):
     from models.engine import ArtifactError, load_checkpoints
 
     try:
-        return load_checkpoints(claim.latents_path), ""
+        checkpoints = load_checkpoints(claim.latents_path)
     except ArtifactError as err:
         return None, str(err)
+    if not checkpoints:  # e.g. an executor on an engine that exposes no latents (vllm-omni)
+        return None, f"{claim.latents_path}: the executor kept no latents"
+    return checkpoints, ""
 
 
 def _copy_checkpoints(checkpoints):
