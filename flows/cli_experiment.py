@@ -27,7 +27,9 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", help="validator device"),
         dtype: str = typer.Option("bfloat16", help="validator dtype"),
         config: Optional[Path] = typer.Option(None, help="a JSON file of ExperimentParams (other options ignored)"),
-        progress: bool = typer.Option(True, help="show a progress bar"),
+        progress: bool = typer.Option(True, help="log each generation (progress is also a Prefect artifact)"),
+        workers: int = typer.Option(0, help="Ray workers (0: every prompt in this process)"),
+        ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join (default: start a local one)"),
     ) -> None:
         """Run (or resume) the validation experiment and write RUN/report.html; prints the verdict table."""
         from pydantic import ValidationError
@@ -67,9 +69,14 @@ def register(app: typer.Typer) -> None:
         except ExperimentError as err:
             fail(str(err))
         from flows.experiment import experiment_flow
+        from flows.fanout import FanOut
 
         try:
-            summary = experiment_flow(params, show_progress=progress)
+            fanout = FanOut(workers=workers, address=ray_address)
+        except ValidationError as err:
+            fail(pydantic_message(err))
+        try:
+            summary = experiment_flow(params, show_progress=progress, fanout=fanout)
         except (ExperimentError, ValueError) as err:
             fail(str(err))
         t = Table(title=f"Best policy per malign deviation (held-out prompts), {params.preset}")

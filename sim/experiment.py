@@ -12,7 +12,8 @@ Run directory (resumable; each generation is keyed by its inputs):
     RUN/scores.parquet                 all rows; thresholds.json, summary.json, report.html/.md
 
 A generation directory appears only complete (written to a temporary directory, then renamed); a
-prompt is complete when its score file exists. A rerun after a crash skips complete prompts, reuses
+prompt is complete when its score file exists. `out` may also be an fsspec URL (`s3://bucket/run`):
+the files then go through `sim.storage.RunStore` (see there), with the same completeness rules. A rerun after a crash skips complete prompts, reuses
 complete generations whose record matches the expected inputs, and redoes the rest, so it ends with
 the same table as an uninterrupted run.
 """
@@ -230,33 +231,57 @@ def run_seed_of(prompt_id: int, spec: str, params: ExperimentParams) -> int:
 # The run directory
 
 
-def open_run(params: ExperimentParams) -> Path:
-    """Create the run directory or check that an existing one was made by the same parameters."""
-    run = Path(params.out)
-    run.mkdir(parents=True, exist_ok=True)
-    pfile = run / "params.json"
-    if pfile.exists():
+def store_of(params: ExperimentParams):
+    """The run directory of `params.out` (a local path or an fsspec URL)."""
+    from sim.storage import RunStore, StorageError
+
+    try:
+        return RunStore(params.out)
+    except StorageError as err:
+        raise ExperimentError(str(err)) from None
+
+
+def environment() -> dict[str, Any]:
+    """The library versions behind `numerics` (RUN/environment.json, read by the regression flow)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for p in ("torch", "diffusers", "av", "transformers", "numpy", "piq"):
         try:
-            old = ExperimentParams.model_validate_json(pfile.read_text())
+            out[p] = version(p)
+        except PackageNotFoundError:  # pragma: no cover - all are dependencies
+            out[p] = None
+    return out
+
+
+def open_run(params: ExperimentParams) -> Path:
+    """Create the run directory or check that an existing one was made by the same parameters
+    (the numerics fingerprint included); returns the local directory of the run."""
+    store = store_of(params)
+    if store.exists("params.json"):
+        pfile = store.path("params.json")
+        try:
+            old = ExperimentParams.model_validate_json(store.read_text("params.json"))
         except Exception as err:
             raise ExperimentError(f"{pfile}: unreadable parameters ({err}); use another --out") from None
         a, b = old.result_fields(), params.result_fields()
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         if diff:
             detail = "; ".join(f"{k}: run has {a.get(k)!r}, asked {b.get(k)!r}" for k in diff)
-            raise ExperimentError(f"{run} was made by a different parameter set, refusing to mix ({detail})")
-    _atomic_write(pfile, params.model_dump_json(indent=1))
-    for stale in (run / "gens").glob("*/.*") if (run / "gens").exists() else []:
+            raise ExperimentError(f"{params.out} was made by a different parameter set, refusing to mix ({detail})")
+    store.write_bytes("params.json", params.model_dump_json(indent=1))
+    store.write_bytes("environment.json", json.dumps({"numerics": params.numerics, "versions": environment()},
+                                                     indent=1))
+    gens = store.local("gens")
+    for stale in gens.glob("*/.*") if gens.exists() else []:
         shutil.rmtree(stale, ignore_errors=True)  # half-written generations of a killed run
-    return run
+    return store.local()
 
 
 def _atomic_write(path: Path, text: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(text.encode() if isinstance(text, str) else text)
-    os.replace(tmp, path)
+    from sim.storage import atomic_write
+
+    atomic_write(path, text)
 
 
 def _expected_record(request: GenerationRequest, runtime: Runtime, spec: str | None) -> dict[str, Any]:
@@ -264,8 +289,9 @@ def _expected_record(request: GenerationRequest, runtime: Runtime, spec: str | N
 
 
 def load_or_generate(directory: Path, request: GenerationRequest, runtime: Runtime, spec: str | None,
-                     run_seed: int, capture: Iterable[str]):
-    """The generation stored in `directory` if complete and made from these inputs, else a new one."""
+                     run_seed: int, capture: Iterable[str], on_saved: Callable[[Path], None] | None = None):
+    """The generation stored in `directory` if complete and made from these inputs, else a new one
+    (saved there, then passed to `on_saved`)."""
     from models.engine import ArtifactError, Generation, generate
 
     if directory.exists():
@@ -279,6 +305,8 @@ def load_or_generate(directory: Path, request: GenerationRequest, runtime: Runti
         shutil.rmtree(directory, ignore_errors=True)  # partial or stale: redo
     gen = generate(request, runtime, spec, capture=tuple(capture), run_seed=run_seed)
     gen.save(directory)
+    if on_saved is not None:
+        on_saved(directory)
     return gen
 
 
@@ -299,25 +327,33 @@ def kind_of(spec: str) -> str:
 def run_prompt(params: ExperimentParams, prompt_id: int, prompt: str, n_prompts: int,
                on_generation: Callable[[str], None] | None = None):
     """Generate and score one prompt; returns its rows (a DataFrame). Skips work already on disk."""
+    import io
+
     import pandas as pd
 
     from sim.policies import Claim, ValidationContext, get_policy
 
-    run = Path(params.out)
-    score_file = run / "scores" / f"p{prompt_id:04d}.parquet"
-    if score_file.exists():
+    store = store_of(params)
+    score_rel = f"scores/p{prompt_id:04d}.parquet"
+    if store.exists(score_rel):
         try:
-            return pd.read_parquet(score_file)
+            return pd.read_parquet(io.BytesIO(store.read_bytes(score_rel)))
         except Exception:
-            score_file.unlink()  # truncated by a kill: redo
+            store.remove(score_rel)  # truncated by a kill: redo
     import time
 
     request = params.base_request(prompt, prompt_id)
-    gdir = run / "gens" / f"p{prompt_id:04d}"
+    grel = f"gens/p{prompt_id:04d}"
     rt = params.validator_runtime
+
+    def load_or_generate_at(name: str, spec: str | None, rseed: int):
+        rel = f"{grel}/{name}"
+        return load_or_generate(store.fetch_dir(rel), request, rt, spec, rseed, params.capture,
+                                on_saved=lambda d: store.publish_dir(rel, d))
+
     timing = {"generation": 0.0, "validator_replay": 0.0, "scoring": 0.0}
     t0 = time.perf_counter()
-    canonical = load_or_generate(gdir / "canonical", request, rt, None, 0, params.capture)
+    canonical = load_or_generate_at("canonical", None, 0)
     timing["generation"] += time.perf_counter() - t0
     if on_generation:
         on_generation("canonical")
@@ -340,11 +376,11 @@ def run_prompt(params: ExperimentParams, prompt_id: int, prompt: str, n_prompts:
     for i, spec in enumerate(specs):
         rseed = run_seed_of(prompt_id, spec, params)
         t0 = time.perf_counter()
-        gen = load_or_generate(gdir / slug(spec), request, rt, spec, rseed, params.capture)
+        gen = load_or_generate_at(slug(spec), spec, rseed)
         timing["generation"] += time.perf_counter() - t0
         if on_generation:
             on_generation(spec)
-        claims.append(Claim(request=request, sha256=gen.sha256, directory=gdir / slug(spec)))
+        claims.append(Claim(request=request, sha256=gen.sha256, directory=store.local(f"{grel}/{slug(spec)}")))
         executor.append((float(gen.cost.compute_share), _final_rel_l2(canonical, gen)))
         for j, policy in enumerate(policies):
             if not policy.batched:  # these regenerate per claim: scored as each generation lands
@@ -362,7 +398,7 @@ def run_prompt(params: ExperimentParams, prompt_id: int, prompt: str, n_prompts:
             res = results[(i, j)]
             for metric, score in res.scores.items():
                 rows.append({
-                    "run_id": run.name, "preset": params.preset, "prompt_id": prompt_id, "prompt": prompt,
+                    "run_id": store.name, "preset": params.preset, "prompt_id": prompt_id, "prompt": prompt,
                     "split": split, "deviation": spec, "kind": kind, "policy": policy.name,
                     "metric": metric, "score": float(score),
                     "executor_compute_share": share,
@@ -370,13 +406,17 @@ def run_prompt(params: ExperimentParams, prompt_id: int, prompt: str, n_prompts:
                     "bytes_kept": int(res.bytes_kept), "hwnoise_eps": eps, "deviation_size": size,
                 })
     df = pd.DataFrame(rows)
-    score_file.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(score_file.with_suffix(".timing.json"), json.dumps(timing))
-    fd, tmp = tempfile.mkstemp(prefix=f".{score_file.name}.", dir=score_file.parent)
-    os.close(fd)
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, score_file)
+    store.write_bytes(f"scores/p{prompt_id:04d}.timing.json", json.dumps(timing))
+    store.write_bytes(score_rel, _parquet_bytes(df))  # last: the prompt is complete when this exists
     return df
+
+
+def _parquet_bytes(df) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return buf.getvalue()
 
 
 def _final_rel_l2(canonical, gen) -> float:
@@ -387,14 +427,17 @@ def _final_rel_l2(canonical, gen) -> float:
 
 
 def collect_scores(params: ExperimentParams, n_prompts: int):
+    import io
+
     import pandas as pd
 
-    run = Path(params.out)
-    frames = [pd.read_parquet(run / "scores" / f"p{i:04d}.parquet") for i in range(n_prompts)]
+    store = store_of(params)
+    frames = [pd.read_parquet(io.BytesIO(store.read_bytes(f"scores/p{i:04d}.parquet"))) for i in range(n_prompts)]
     df = pd.concat(frames, ignore_index=True)
-    tmp = run / ".scores.parquet.tmp"
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, run / "scores.parquet")
+    data = _parquet_bytes(df)
+    store.write_bytes("scores.parquet", data)
+    if not store.is_local:
+        _atomic_write(store.local("scores.parquet"), data)
     return df
 
 
@@ -434,32 +477,51 @@ def _analyse(params: ExperimentParams, n_prompts: int) -> dict[str, Any]:
     from sim.report import write_report
     from sim.stats import choose_thresholds, compute_stats
 
-    run = Path(params.out)
+    store = store_of(params)
+    run = store.local()  # the report is drawn here (the run itself, or this machine's cache of it)
     df = collect_scores(params, n_prompts)
     benign_eps = params.hwnoise_headline if params.hwnoise_headline is not None else None
     stats = compute_stats(df, n_boot=params.bootstrap, seed=params.seed, benign_eps=benign_eps)
     thresholds = choose_thresholds(df, benign_eps=benign_eps)
-    _atomic_write(run / "thresholds.json", json.dumps(thresholds, indent=1))
+    store.write_bytes("thresholds.json", json.dumps(thresholds, indent=1))
     summary = stats.summary()
     summary["deviation_sizes"] = benign_noise_table(df)
     summary["n_prompts"] = n_prompts
-    _atomic_write(run / "summary.json", json.dumps(summary, indent=1, default=str))
+    store.write_bytes("summary.json", json.dumps(summary, indent=1, default=str))
+    if not store.is_local:
+        _fetch_strip_videos(store, df, params)
     html, md = write_report(run, df, json.loads(params.model_dump_json()), stats=stats)
+    for rel in ("report.html", "report.md", "report_files"):
+        store.publish_tree(rel)
     timing = stage_seconds(params, n_prompts)
     timing["statistics_and_report"] = time.perf_counter() - t0
-    _atomic_write(run / "timing.json", json.dumps(timing, indent=1))
+    store.write_bytes("timing.json", json.dumps(timing, indent=1))
     verdicts = verdict_rows(stats)
-    return {"report": str(html), "markdown": Path(md).read_text(), "verdicts": verdicts,
-            "n_rows": int(len(df)), "run": str(run), "timing": timing}
+    report = store.path("report.html") if not store.is_local else str(html)
+    return {"report": report, "markdown": Path(md).read_text(), "verdicts": verdicts,
+            "n_rows": int(len(df)), "run": params.out if not store.is_local else str(run), "timing": timing}
+
+
+def _fetch_strip_videos(store, df, params: ExperimentParams) -> None:
+    """Bring the videos the report's frame strips show into the local cache (held-out prompts
+    first, as `sim.report` picks them)."""
+    prompts = df.drop_duplicates("prompt_id").sort_values("prompt_id")
+    order = list(prompts[prompts["split"] == "test"]["prompt_id"]) + list(prompts[prompts["split"] != "test"]["prompt_id"])
+    for pid in order[:params.strips]:
+        for name in ["canonical"] + [slug(d) for d in params.all_deviations()]:
+            rel = f"gens/p{int(pid):04d}/{name}/video.mp4"
+            if store.exists(rel):
+                _atomic_write(store.local(rel), store.read_bytes(rel))
 
 
 def stage_seconds(params: ExperimentParams, n_prompts: int) -> dict[str, float]:
     """Wall seconds per stage summed over prompts (as last computed; a resumed prompt keeps its own)."""
     total = {"generation": 0.0, "validator_replay": 0.0, "scoring": 0.0}
+    store = store_of(params)
     for i in range(n_prompts):
-        f = Path(params.out) / "scores" / f"p{i:04d}.timing.json"
-        if f.exists():
-            for k, v in json.loads(f.read_text()).items():
+        rel = f"scores/p{i:04d}.timing.json"
+        if store.exists(rel):
+            for k, v in json.loads(store.read_text(rel)).items():
                 total[k] = total.get(k, 0.0) + v
     return total
 
