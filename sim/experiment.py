@@ -259,7 +259,7 @@ def open_run(params: ExperimentParams) -> Path:
     (the numerics fingerprint included); returns the local directory of the run."""
     store = store_of(params)
     if store.exists("params.json"):
-        pfile = store.path("params.json")
+        pfile = store.url("params.json")
         try:
             old = ExperimentParams.model_validate_json(store.read_text("params.json"))
         except Exception as err:
@@ -285,7 +285,12 @@ def _atomic_write(path: Path, text: str | bytes) -> None:
 
 
 def _expected_record(request: GenerationRequest, runtime: Runtime, spec: str | None) -> dict[str, Any]:
-    return {"request": request.model_dump(), "deviation": spec, "runtime": runtime.model_dump()}
+    """What the record of that generation holds: the runtime as the deviation changed it (a
+    `threads:1` generation records one thread), so such generations are reused on resume too."""
+    from models.deviations import parse_deviation
+
+    effective = parse_deviation(spec).apply_runtime(runtime) if spec else runtime
+    return {"request": request.model_dump(), "deviation": spec, "runtime": effective.model_dump()}
 
 
 def load_or_generate(directory: Path, request: GenerationRequest, runtime: Runtime, spec: str | None,
@@ -497,9 +502,8 @@ def _analyse(params: ExperimentParams, n_prompts: int) -> dict[str, Any]:
     timing["statistics_and_report"] = time.perf_counter() - t0
     store.write_bytes("timing.json", json.dumps(timing, indent=1))
     verdicts = verdict_rows(stats)
-    report = store.path("report.html") if not store.is_local else str(html)
-    return {"report": report, "markdown": Path(md).read_text(), "verdicts": verdicts,
-            "n_rows": int(len(df)), "run": params.out if not store.is_local else str(run), "timing": timing}
+    return {"report": store.url("report.html"), "markdown": Path(md).read_text(), "verdicts": verdicts,
+            "n_rows": int(len(df)), "run": store.url(), "timing": timing}
 
 
 def _fetch_strip_videos(store, df, params: ExperimentParams) -> None:

@@ -78,6 +78,10 @@ class RunStore:
     def path(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
 
+    def url(self, rel: str = "") -> str:
+        """`rel` as a location a user can pass on (the path itself, or `s3://bucket/...`)."""
+        return str(self.local(rel)) if self.is_local else self.fs.unstrip_protocol(self.path(rel))
+
     def local(self, rel: str = "") -> Path:
         """Where this process reads and writes `rel` (the file itself for a local run)."""
         return self.local_root / rel if rel else self.local_root

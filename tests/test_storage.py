@@ -46,6 +46,9 @@ def s3(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     mp = pytest.MonkeyPatch()
@@ -113,8 +116,13 @@ def test_an_s3_run_equals_a_local_run_and_resumes(s3, tmp_path, monkeypatch):
     monkeypatch.setattr(models.engine, "generate", counting)
     ex.open_run(remote)
     ex.run_prompt(remote, 1, prompts[1], 2)
-    assert calls == ["fp8"]
+    assert calls == ["fp8"]  # threads:1 (a runtime deviation) is reused too
     pd.testing.assert_frame_equal(store_table(store, 2), before)
+    # the same on the local run: a lost score file redoes the scoring, no generation
+    calls.clear()
+    (Path(local.out) / "scores" / "p0001.parquet").unlink()
+    ex.run_prompt(local, 1, prompts[1], 2)
+    assert calls == []
 
 
 def test_the_numerics_guard_holds_on_s3(s3):
