@@ -37,11 +37,17 @@ def ray_local():
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
+    import torch
+
+    # the workers run one PyTorch thread each (cpus_per_worker=1): so does the reference
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     params = params_at(tmp_path_factory.mktemp("single") / "run")
     ex.open_run(params)
     prompts = ex.load_prompts(params)
     for i, p in enumerate(prompts):
         ex.run_prompt(params, i, p, len(prompts))
+    torch.set_num_threads(threads)
     return table(params, len(prompts))
 
 
