@@ -44,6 +44,7 @@ def _add_subapps() -> None:
         ("flows.cli_network", "network"),
         ("flows.cli_poc", "poc"),
         ("flows.cli_engines", "engines"),
+        ("flows.cli_plan", "plan"),
     ):
         try:
             mod = importlib.import_module(module)

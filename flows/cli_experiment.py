@@ -51,7 +51,9 @@ def register(app: typer.Typer) -> None:
         config: Optional[Path] = typer.Option(None, help="a JSON file of ExperimentParams fields; options given on "
                                               "the command line override it"),
         allow_plugin: Optional[List[str]] = typer.Option(None, help=ALLOW_PLUGIN_HELP),
-        progress: bool = typer.Option(True, help="show a progress bar"),
+        progress: bool = typer.Option(True, help="log each generation (progress is also a Prefect artifact)"),
+        workers: int = typer.Option(0, help="Ray workers (0: every prompt in this process)"),
+        ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join (default: start a local one)"),
     ) -> None:
         """Run (or resume) the validation experiment and write RUN/report.html; prints the verdict table."""
         from models.deviations import allow_plugins
@@ -78,13 +80,16 @@ def register(app: typer.Typer) -> None:
         with allow_plugins(allow_plugin or ()):
             params = ExperimentParams.model_validate(data)
             params.validator_runtime.check_device()
+            from flows.fanout import FanOut
+
+            fanout = FanOut(workers=workers, address=ray_address)
             load_prompts(params)  # a bad prompt file is refused before the run directory is touched
             open_run(params)  # refuses a mismatched run directory before any work starts
             from flows.experiment import experiment_flow
             from flows.server import temporary_server
 
             with temporary_server():
-                summary = experiment_flow(params, show_progress=progress)
+                summary = experiment_flow(params, show_progress=progress, fanout=fanout)
         tables = [rows_table("Deployable validator, one rule for every claim (held-out prompts; count, exact 95% bounds)",
                              summary["deployable"])] if summary.get("deployable") else []
         tables.append(rows_table(f"Oracle view: best policy per malign deviation (held-out prompts), {params.preset}",

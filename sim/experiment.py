@@ -12,7 +12,8 @@ Run directory (resumable; each generation is keyed by its inputs):
     RUN/scores.parquet                 all rows; thresholds.json, summary.json, report.html/.md
 
 A generation directory appears only complete (written to a temporary directory, then renamed); a
-prompt is complete when its score file exists. A rerun after a crash skips complete prompts, reuses
+prompt is complete when its score file exists. `out` may also be an fsspec URL (`s3://bucket/run`):
+the files then go through `sim.storage.RunStore` (see there), with the same completeness rules. A rerun after a crash skips complete prompts, reuses
 complete generations whose record matches the expected inputs, and redoes the rest, so it ends with
 the same table as an uninterrupted run.
 """
@@ -22,10 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -280,8 +279,38 @@ def run_seed_of(prompt_id: int, spec: str, params: ExperimentParams) -> int:
 RUN_MARKER = "params.json"
 
 
-def finished_work(run: Path) -> bool:
-    """Whether a run directory holds any complete generation or score file (work a rerun reuses)."""
+def store_of(params: ExperimentParams):
+    """The run directory of `params.out` (a local path or an fsspec URL)."""
+    from sim.storage import RunStore, StorageError
+
+    try:
+        return RunStore(params.out)
+    except StorageError as err:
+        raise ExperimentError(str(err)) from None
+
+
+def environment() -> dict[str, Any]:
+    """The library versions behind `numerics` (RUN/environment.json, read by the regression flow)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for p in ("torch", "diffusers", "av", "transformers", "numpy", "piq"):
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:  # pragma: no cover - all are dependencies
+            out[p] = None
+    return out
+
+
+def finished_work(run) -> bool:
+    """Whether a run directory (a local path or a `RunStore`) holds any complete generation or
+    score file (work a rerun reuses)."""
+    from sim.storage import RunStore
+
+    if isinstance(run, RunStore):
+        if run.is_local:
+            return finished_work(run.local())
+        return bool(run.fs.glob(run.path("gens/*/*/record.json")) or run.fs.glob(run.path("scores/*.parquet")))
     return any(Path(run).glob("gens/*/*/record.json")) or any(Path(run).glob("scores/*.parquet"))
 
 
@@ -293,16 +322,22 @@ def stored_result_fields(stored: dict[str, Any]) -> dict[str, Any]:
 
 
 def open_run(params: ExperimentParams) -> Path:
-    """Create the run directory or check that an existing one was made by the same parameters.
+    """Create the run directory or check that an existing one was made by the same parameters
+    (the numerics fingerprint included); returns the local directory of the run.
 
-    The stored params.json is compared as JSON and never validated, so nothing it names (a plugin
+    A local `out` follows the output-directory policy (`models.io.check_out_dir`). The stored
+    params.json is compared as JSON and never validated, so nothing it names (a plugin
     deviation's module) is imported. A run directory without finished work (a run that failed
     before its first generation) takes the new parameters."""
-    run = check_out_dir(params.out, resumable=RUN_MARKER)
-    pfile = run / RUN_MARKER
-    if pfile.exists() and finished_work(run):
+    from sim.storage import is_url
+
+    if not is_url(params.out):
+        check_out_dir(params.out, resumable=RUN_MARKER)
+    store = store_of(params)
+    if store.exists(RUN_MARKER) and finished_work(store):
+        pfile = store.url(RUN_MARKER)
         try:
-            old = json.loads(pfile.read_text())
+            old = json.loads(store.read_text(RUN_MARKER))
             if not isinstance(old, dict):
                 raise ValueError(f"expected a JSON object, got {type(old).__name__}")
         except (OSError, ValueError) as err:
@@ -311,17 +346,20 @@ def open_run(params: ExperimentParams) -> Path:
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         if diff:
             detail = "; ".join(f"{k}: run has {a.get(k)!r}, asked {b.get(k)!r}" for k in diff)
-            raise ExperimentError(f"{run} was made by a different parameter set, refusing to mix ({detail})")
-    run.mkdir(parents=True, exist_ok=True)
-    _atomic_write(pfile, params.model_dump_json(indent=1))
-    for stale in (run / "gens").glob("*/.*") if (run / "gens").exists() else []:
+            raise ExperimentError(f"{params.out} was made by a different parameter set, refusing to mix ({detail})")
+    store.write_bytes(RUN_MARKER, params.model_dump_json(indent=1))
+    store.write_bytes("environment.json", json.dumps({"numerics": params.numerics, "versions": environment()},
+                                                     indent=1))
+    gens = store.local("gens")
+    for stale in gens.glob("*/.*") if gens.exists() else []:
         shutil.rmtree(stale, ignore_errors=True)  # half-written generations of a killed run
-    return run
+    return store.local()
 
 
 def _expected_record(request: GenerationRequest, runtime: Runtime, spec: str | None) -> dict[str, Any]:
     """What `models.engine.generate` records for these inputs: the effective runtime (a benign
-    deviation such as batch:N changes it) and the deviation's own spec (a plugin's class name)."""
+    deviation such as batch:N or threads:1 changes it) and the deviation's own spec (a plugin's
+    class name), so such generations are reused on resume too."""
     if spec is None:
         return {"request": request.model_dump(), "deviation": None, "runtime": runtime.model_dump()}
     from models.deviations import parse_deviation
@@ -331,9 +369,10 @@ def _expected_record(request: GenerationRequest, runtime: Runtime, spec: str | N
 
 
 def load_or_generate(directory: Path, request: GenerationRequest, runtime: Runtime, spec: str | None,
-                     run_seed: int, capture: Iterable[str]):
+                     run_seed: int, capture: Iterable[str], on_saved: Callable[[Path], None] | None = None):
     """The generation stored in `directory` if complete, made from these inputs and with every
-    artifact's hash matching its record; else a new one (which replaces the stored one)."""
+    artifact's hash matching its record; else a new one (which replaces the stored one, and is then
+    passed to `on_saved`)."""
     from models.engine import ArtifactError, Generation, generate
 
     if directory.exists():
@@ -347,6 +386,8 @@ def load_or_generate(directory: Path, request: GenerationRequest, runtime: Runti
             pass  # partial, stale or edited: redone below, and replaced only when complete
     gen = generate(request, runtime, spec, capture=tuple(capture), run_seed=run_seed)
     gen.save(directory)
+    if on_saved is not None:
+        on_saved(directory)
     return gen
 
 
@@ -367,26 +408,35 @@ def kind_of(spec: str) -> str:
 def run_prompt(params: ExperimentParams, prompt_id: int, prompt: str, n_prompts: int,
                on_generation: Callable[[str], None] | None = None):
     """Generate and score one prompt; returns its rows (a DataFrame). Skips work already on disk."""
+    import io
+
     import pandas as pd
 
     from sim.policies import Claim, ValidationContext, get_policy
 
-    run = Path(params.out)
-    score_file = run / "scores" / f"p{prompt_id:04d}.parquet"
-    if score_file.exists():
+    store = store_of(params)
+    score_rel = f"scores/p{prompt_id:04d}.parquet"
+    if store.exists(score_rel):
         try:
-            return pd.read_parquet(score_file)
+            return pd.read_parquet(io.BytesIO(store.read_bytes(score_rel)))
         except Exception:
-            score_file.unlink()  # truncated by a kill: redo
+            store.remove(score_rel)  # truncated by a kill: redo
     import time
 
     request = params.base_request(prompt, prompt_id)
-    gdir = run / "gens" / f"p{prompt_id:04d}"
+    grel = f"gens/p{prompt_id:04d}"
     rt = params.validator_runtime
+
+    capture = params.executor_capture()
+
+    def load_or_generate_at(name: str, spec: str | None, rseed: int):
+        rel = f"{grel}/{name}"
+        return load_or_generate(store.fetch_dir(rel), request, rt, spec, rseed, capture,
+                                on_saved=lambda d: store.publish_dir(rel, d))
+
     timing = {"generation": 0.0, "validator_replay": 0.0, "scoring": 0.0}
     t0 = time.perf_counter()
-    capture = params.executor_capture()
-    canonical = load_or_generate(gdir / "canonical", request, rt, None, 0, capture)
+    canonical = load_or_generate_at("canonical", None, 0)
     timing["generation"] += time.perf_counter() - t0
     if on_generation:
         on_generation("canonical")
@@ -410,11 +460,11 @@ def run_prompt(params: ExperimentParams, prompt_id: int, prompt: str, n_prompts:
     for i, spec in enumerate(specs):
         rseed = run_seed_of(prompt_id, spec, params)
         t0 = time.perf_counter()
-        gen = load_or_generate(gdir / slug(spec), request, rt, spec, rseed, capture)
+        gen = load_or_generate_at(slug(spec), spec, rseed)
         timing["generation"] += time.perf_counter() - t0
         if on_generation:
             on_generation(spec)
-        claims.append(Claim(request=request, sha256=gen.sha256, directory=gdir / slug(spec)))
+        claims.append(Claim(request=request, sha256=gen.sha256, directory=store.local(f"{grel}/{slug(spec)}")))
         executor.append((float(gen.cost.compute_share), _final_rel_l2(canonical, gen)))
         for j, policy in enumerate(policies):
             if not policy.batched:  # these regenerate per claim: scored as each generation lands
@@ -432,7 +482,7 @@ def run_prompt(params: ExperimentParams, prompt_id: int, prompt: str, n_prompts:
             res = results[(i, j)]
             for metric, score in res.scores.items():
                 rows.append({
-                    "run_id": run.name, "preset": params.preset, "prompt_id": prompt_id, "prompt": prompt,
+                    "run_id": store.name, "preset": params.preset, "prompt_id": prompt_id, "prompt": prompt,
                     "split": split, "deviation": spec, "kind": kind, "policy": policy.name,
                     "metric": metric, "score": float(score),
                     "executor_compute_share": share,
@@ -440,13 +490,17 @@ def run_prompt(params: ExperimentParams, prompt_id: int, prompt: str, n_prompts:
                     "bytes_kept": int(res.bytes_kept), "hwnoise_eps": eps, "deviation_size": size,
                 })
     df = pd.DataFrame(rows)
-    score_file.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(score_file.with_suffix(".timing.json"), json.dumps(timing))
-    fd, tmp = tempfile.mkstemp(prefix=f".{score_file.name}.", dir=score_file.parent)
-    os.close(fd)
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, score_file)
+    store.write_bytes(f"scores/p{prompt_id:04d}.timing.json", json.dumps(timing))
+    store.write_bytes(score_rel, _parquet_bytes(df))  # last: the prompt is complete when this exists
     return df
+
+
+def _parquet_bytes(df) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return buf.getvalue()
 
 
 def _final_rel_l2(canonical, gen) -> float:
@@ -457,14 +511,17 @@ def _final_rel_l2(canonical, gen) -> float:
 
 
 def collect_scores(params: ExperimentParams, n_prompts: int):
+    import io
+
     import pandas as pd
 
-    run = Path(params.out)
-    frames = [pd.read_parquet(run / "scores" / f"p{i:04d}.parquet") for i in range(n_prompts)]
+    store = store_of(params)
+    frames = [pd.read_parquet(io.BytesIO(store.read_bytes(f"scores/p{i:04d}.parquet"))) for i in range(n_prompts)]
     df = pd.concat(frames, ignore_index=True)
-    tmp = run / ".scores.parquet.tmp"
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, run / "scores.parquet")
+    data = _parquet_bytes(df)
+    store.write_bytes("scores.parquet", data)
+    if not store.is_local:
+        _atomic_write(store.local("scores.parquet"), data)
     return df
 
 
@@ -504,42 +561,74 @@ def _analyse(params: ExperimentParams, n_prompts: int) -> dict[str, Any]:
     from sim.report import write_report
     from sim.stats import choose_thresholds, compute_stats
 
-    run = Path(params.out)
+    store = store_of(params)
+    run = store.local()  # the report is drawn here (the run itself, or this machine's cache of it)
     df = collect_scores(params, n_prompts)
     benign_eps = params.hwnoise_headline if params.hwnoise_headline is not None else None
     stats = compute_stats(df, n_boot=params.bootstrap, seed=params.seed, benign_eps=benign_eps)
     thresholds = choose_thresholds(df, benign_eps=benign_eps)
-    _atomic_write(run / "thresholds.json", json.dumps(thresholds, indent=1))
+    store.write_bytes("thresholds.json", json.dumps(thresholds, indent=1))
     summary = stats.summary()
     summary["deviation_sizes"] = benign_noise_table(df)
     summary["n_prompts"] = n_prompts
+    if not store.is_local:
+        _fetch_strip_videos(store, df, params)
     deployment = None
     if "segment" in params.policies:
         from sim.deployable import evaluate
 
+        if not store.is_local:
+            _fetch_commitment_files(store, df, params)
         deployment = evaluate(df, every=params.commit_every, challenged=params.challenge_segments,
                               benign_eps=benign_eps, secret_seed=params.seed, n_boot=min(200, params.bootstrap),
                               hwnoise_levels=params.hwnoise_eps, run_dir=run, calib_fraction=params.calib_fraction)
         summary["deployable"] = deployment.summary()
-        _atomic_write(run / "validator.json", json.dumps(deployment.summary(), indent=1, default=str))
-    _atomic_write(run / "summary.json", json.dumps(summary, indent=1, default=str))
+        store.write_bytes("validator.json", json.dumps(deployment.summary(), indent=1, default=str))
+    store.write_bytes("summary.json", json.dumps(summary, indent=1, default=str))
     html, md = write_report(run, df, json.loads(params.model_dump_json()), stats=stats, deployment=deployment)
+    for rel in ("report.html", "report.md", "report_files"):
+        store.publish_tree(rel)
     timing = stage_seconds(params, n_prompts)
     timing["statistics_and_report"] = time.perf_counter() - t0
-    _atomic_write(run / "timing.json", json.dumps(timing, indent=1))
+    store.write_bytes("timing.json", json.dumps(timing, indent=1))
     verdicts = verdict_rows(stats)
-    return {"report": str(html), "markdown": Path(md).read_text(), "verdicts": verdicts,
+    return {"report": store.url("report.html"), "markdown": Path(md).read_text(), "verdicts": verdicts,
             "deployable": deployable_rows(deployment) if deployment is not None else [],
-            "n_rows": int(len(df)), "run": str(run), "timing": timing}
+            "n_rows": int(len(df)), "run": store.url(), "timing": timing}
+
+
+def _fetch_strip_videos(store, df, params: ExperimentParams) -> None:
+    """Bring the videos the report's frame strips show into the local cache (held-out prompts
+    first, as `sim.report` picks them)."""
+    prompts = df.drop_duplicates("prompt_id").sort_values("prompt_id")
+    order = list(prompts[prompts["split"] == "test"]["prompt_id"]) + list(prompts[prompts["split"] != "test"]["prompt_id"])
+    for pid in order[:params.strips]:
+        for name in ["canonical"] + [slug(d) for d in params.all_deviations()]:
+            rel = f"gens/p{int(pid):04d}/{name}/video.mp4"
+            if store.exists(rel):
+                _atomic_write(store.local(rel), store.read_bytes(rel))
+
+
+def _fetch_commitment_files(store, df, params: ExperimentParams) -> None:
+    """Bring what `sim.deployable.evaluate` reads from the generations into the local cache: the
+    canonical records (decode share) and the stored checkpoints (forged openings)."""
+    for pid in sorted(set(int(p) for p in df["prompt_id"])):
+        rels = [f"gens/p{pid:04d}/canonical/record.json"]
+        rels += [f"gens/p{pid:04d}/{name}/latents.safetensors"
+                 for name in ["canonical"] + [slug(d) for d in params.all_deviations()]]
+        for rel in rels:
+            if store.exists(rel):
+                _atomic_write(store.local(rel), store.read_bytes(rel))
 
 
 def stage_seconds(params: ExperimentParams, n_prompts: int) -> dict[str, float]:
     """Wall seconds per stage summed over prompts (as last computed; a resumed prompt keeps its own)."""
     total = {"generation": 0.0, "validator_replay": 0.0, "scoring": 0.0}
+    store = store_of(params)
     for i in range(n_prompts):
-        f = Path(params.out) / "scores" / f"p{i:04d}.timing.json"
-        if f.exists():
-            for k, v in json.loads(f.read_text()).items():
+        rel = f"scores/p{i:04d}.timing.json"
+        if store.exists(rel):
+            for k, v in json.loads(store.read_text(rel)).items():
                 total[k] = total.get(k, 0.0) + v
     return total
 
