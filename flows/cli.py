@@ -33,6 +33,7 @@ def _add_subapps() -> None:
         ("flows.cli_experiment", "experiment"),
         ("flows.cli_network", "network"),
         ("flows.cli_poc", "poc"),
+        ("flows.cli_shapes", "shapes"),
     ):
         try:
             mod = importlib.import_module(module)
