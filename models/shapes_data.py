@@ -47,11 +47,6 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {  # name -> (dark, light) grey l
 }
 TEXTURED = ("striped", "checkered")
 PAN_MOTIONS = ("pan-left", "pan-right")
-# What a viewer sees of each motion in the frame: pans move the object opposite to the camera.
-OBSERVED_MOTION: dict[str, str] = {
-    "left": "left", "right": "right", "up": "up", "down": "down", "rotate": "still", "grow": "grow",
-    "shrink": "shrink", "pan-left": "pan-right-content", "pan-right": "pan-left-content",
-}
 TEXTURE_PERIOD = 8  # pixels (stripe width and checker cell: half of it)
 SUPERSAMPLE = 4
 

@@ -7,7 +7,9 @@ The full Wan2.2-T2V structure at small size, trained in three resumable stages:
    (`latents_mean`, `latents_std`), as the released Wan VAE carries them.
 2. `high`: the high-noise expert (`WanTransformer3DModel`, the pipeline's `transformer`) by flow
    matching on sigma in [boundary_ratio, 1] (timesteps >= 875 of 1000), the range WanPipeline
-   routes to it.
+   routes to it. Its batches come from a pool of clips encoded once by the trained VAE
+   (`WORK/latents.pt`, `latent_pool` clips: rendering and encoding every batch afresh would cost
+   more than the expert's own step on a CPU); sigma and noise are fresh every step.
 3. `low`: the low-noise expert (`transformer_2`) on sigma in [0, boundary_ratio).
 
 Flow matching as diffusers' Wan schedulers integrate it: x_sigma = (1 - sigma) x0 + sigma eps, the
@@ -65,13 +67,17 @@ class TrainConfig(BaseModel):
     side: int = Field(32, description="frame width and height in pixels (a multiple of 16)")
     frames: int = Field(9, description="frames per clip (4k+1)")
     seed: int = Field(0, ge=0, description="seed of the weights' initial draw, data and noise")
-    vae_steps: int = Field(800, ge=0, description="VAE optimiser steps")
-    expert_steps: int = Field(1500, ge=0, description="optimiser steps per expert")
+    vae_steps: int = Field(1000, ge=0, description="VAE optimiser steps")
+    expert_steps: int = Field(1200, ge=0, description="optimiser steps per expert")
     vae_batch: int = Field(4, ge=1)
     expert_batch: int = Field(16, ge=1)
     vae_lr: float = Field(2e-3, gt=0)
     expert_lr: float = Field(5e-4, gt=0)
     kl_weight: float = Field(1e-6, ge=0)
+    vae_frames: int = Field(5, ge=1, description="frames of the VAE's training clips (4k+1; the causal VAE "
+                                                 "runs any 4k+1 length after)")
+    fg_weight: float = Field(10.0, ge=0, description="extra reconstruction weight on object (saturated) pixels, "
+                                                     "which cover a few % of a frame")
     uncond_prob: float = Field(0.1, ge=0, lt=1, description="share of empty prompts (for CFG)")
     boundary_ratio: float = Field(0.875, gt=0, lt=1)
     checkpoint_every: int = Field(50, ge=1)
@@ -83,6 +89,10 @@ class TrainConfig(BaseModel):
     vae: dict[str, Any] = Field(default_factory=lambda: dict(SHAPES_VAE))
     text: dict[str, Any] = Field(default_factory=lambda: dict(SHAPES_TEXT))
     text_len: int = SHAPES_TEXT_LEN
+
+
+# Fields a resumed run may change (a schedule, not the model): each logged loss records its values.
+SCHEDULE_FIELDS = ("checkpoint_every", "threads", "vae_frames", "fg_weight")
 
 
 class TrainError(ValueError):
@@ -188,7 +198,7 @@ def check_config(cfg: TrainConfig, work: Path) -> None:
     mine = cfg.model_dump(mode="json")
     if path.is_file():
         old = json.loads(path.read_text())
-        fixed = {k for k in mine if not k.endswith("_steps") and k not in ("checkpoint_every", "threads")}
+        fixed = {k for k in mine if not k.endswith("_steps") and k not in SCHEDULE_FIELDS}
         diff = sorted(k for k in fixed if old.get(k) != mine[k])
         if diff:
             raise TrainError(f"work directory {work} was made with other settings ({', '.join(diff)}); "
@@ -209,14 +219,18 @@ def _normalise(vae, z):
     return (z - mean) / std
 
 
-def vae_loss(vae, x, kl_weight: float):
+def vae_loss(vae, x, kl_weight: float, fg_weight: float = 0.0):
+    """L1 + MSE, weighted 1 + fg_weight on object pixels (saturated: RGB spread > 0.3 of the range),
+    plus kl_weight x KL to the unit normal."""
     import torch
 
     post = vae.encode(x).latent_dist
     z = post.mean + post.std * torch.randn_like(post.mean)  # noise drawn under the step's seeded generator
     rec = vae.decode(z).sample
-    l1 = (rec - x).abs().mean()
-    mse = ((rec - x) ** 2).mean()
+    w = 1.0 + fg_weight * ((x.amax(dim=1, keepdim=True) - x.amin(dim=1, keepdim=True)) > 0.6).float()
+    w = w / w.mean()
+    l1 = (w * (rec - x).abs()).mean()
+    mse = (w * (rec - x) ** 2).mean()
     kl = 0.5 * (post.mean**2 + post.var - 1.0 - post.logvar).mean()
     return l1 + mse + kl_weight * kl, {"l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
 
@@ -305,7 +319,7 @@ def train_stage(stage: str, cfg: TrainConfig, work: str | Path, max_seconds: flo
             return _summary(state, stage, total)
         g = torch.Generator().manual_seed(_step_seeds(cfg, stage, step, 1)[0])
         if stage == "vae":
-            clips, prompts = shapes_data.batch(_step_seeds(cfg, stage, step, cfg.vae_batch), cfg.frames, cfg.side)
+            clips, prompts = shapes_data.batch(_step_seeds(cfg, stage, step, cfg.vae_batch), cfg.vae_frames, cfg.side)
             x = torch.from_numpy(clips)
         else:
             idx = torch.randint(0, len(pool["prompts"]), (cfg.expert_batch,), generator=g)
@@ -316,7 +330,7 @@ def train_stage(stage: str, cfg: TrainConfig, work: str | Path, max_seconds: flo
             group["lr"] = lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(1, total))))
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
         if stage == "vae":
-            loss, parts_ = vae_loss(model, x, cfg.kl_weight)
+            loss, parts_ = vae_loss(model, x, cfg.kl_weight, cfg.fg_weight)
         else:
             emb = prompts_emb(prompts)
             drop = torch.rand(len(prompts), generator=g) < cfg.uncond_prob
@@ -336,6 +350,8 @@ def train_stage(stage: str, cfg: TrainConfig, work: str | Path, max_seconds: flo
         window.append(loss.item())
         if step % cfg.checkpoint_every == 0 or step == total:
             mean_loss = sum(window) / len(window)
+            if stage == "vae":
+                parts_.update(frames=cfg.vae_frames, fg_weight=cfg.fg_weight)
             state["losses"].append({"step": step, "loss": mean_loss, **parts_})
             window.clear()
             done_final = step == total
@@ -392,16 +408,6 @@ def vae_summary(vae, cfg: TrainConfig) -> dict[str, Any]:
     # diffusers' WanPipeline decodes z = x / (1 / latents_std) + latents_mean.
     return {"latents_mean": [float(v) for v in mean], "latents_std": [float(v) for v in std],
             "psnr": float(sum(psnrs) / len(psnrs))}
-
-
-def status(work: str | Path) -> dict[str, Any]:
-    work = Path(work)
-    out = {}
-    for stage in STAGES:
-        st = load_state(work, stage)
-        out[stage] = None if st is None else {k: st[k] for k in ("step", "seconds") if k in st} | (
-            {"loss": st["losses"][-1]["loss"]} if st["losses"] else {})
-    return out
 
 
 # ---------------------------------------------------------------------------------------------

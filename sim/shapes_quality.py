@@ -25,6 +25,7 @@ score.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -245,3 +246,24 @@ def markdown_table(acc: dict[str, dict[str, dict[str, float]]], seconds: dict[st
         sec = f"{seconds[dev]:.2f}" if seconds and dev in seconds else ""
         lines.append(f"| {dev} | {a['colour']['n']} | " + " | ".join(cells) + f" | {sec} |")
     return head + "\n".join(lines) + "\n"
+
+
+def score_run(run: str | Path) -> dict[str, Any]:
+    """Prompt following of every video an experiment run committed (RUN/gens/pNNNN/DEVIATION/):
+    the claimed (templated) prompt of each record against its decoded MP4."""
+    import json
+
+    from sim.video_io import decode_mp4
+
+    run = Path(run)
+    rows = []
+    for rec_path in sorted(run.glob("gens/p*/*/record.json")):
+        rec = json.loads(rec_path.read_text())
+        prompt = rec["request"]["prompt"]
+        if shapes_data.parse_prompt(prompt) is None:
+            continue
+        frames = decode_mp4(rec_path.parent / "video.mp4")
+        name = rec.get("deviation") or "honest"
+        rows.append({"deviation": name, "prompt_dir": rec_path.parent.parent.name, **score_video(prompt, frames)})
+    devs = list(dict.fromkeys(r["deviation"] for r in sorted(rows, key=lambda r: r["deviation"] != "honest")))
+    return {"rows": rows, "accuracy": {d: accuracy([r for r in rows if r["deviation"] == d]) for d in devs}}
