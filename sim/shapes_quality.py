@@ -224,7 +224,7 @@ def evaluate(prompts: Iterable[str], deviations: Sequence[str | None] = (None,),
         name = dev or "honest"
         secs[name] = []
         for i, p in enumerate(prompts):
-            req = GenerationRequest(model=preset, prompt=p, seed=seed + i, **(request or {}))
+            req = GenerationRequest(model=preset, prompt=p, seed=seed + i, **{"truncate_prompt": True, **(request or {})})
             t0 = time.perf_counter()
             gen = generate(req, runtime, deviation=dev, capture=())
             secs[name].append(time.perf_counter() - t0)
