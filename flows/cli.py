@@ -45,6 +45,7 @@ def _add_subapps() -> None:
         ("flows.cli_poc", "poc"),
         ("flows.cli_engines", "engines"),
         ("flows.cli_plan", "plan"),
+        ("flows.cli_shapes", "shapes"),
     ):
         try:
             mod = importlib.import_module(module)
