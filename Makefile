@@ -8,7 +8,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench clean vllm-omni-env
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,3 +35,7 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .prefect runs .pytest_cache
+
+# vLLM-Omni's own environment (pinned; CPU build + the project's platform plugin without a GPU).
+vllm-omni-env:
+	bash scripts/vllm_omni_env.sh

@@ -23,10 +23,13 @@ def main() -> None:
                     help="components kept in host memory (bare --offload: all; a14b-random on 80 GB)")
     ap.add_argument("--out", default="runs/direct")
     ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--config", help="a JSON file of ExperimentParams (the other options are then ignored)")
     args = ap.parse_args()
+    from pathlib import Path
+
     from sim import experiment as ex
 
-    params = ex.ExperimentParams(preset=args.preset, prompts=args.prompts, out=args.out, request={"steps": args.steps, "truncate_prompt": True},
+    params = ex.ExperimentParams.model_validate_json(Path(args.config).read_text()) if args.config else ex.ExperimentParams(preset=args.preset, prompts=args.prompts, out=args.out, request={"steps": args.steps, "truncate_prompt": True},
                                  bootstrap=args.bootstrap,
                                  validator_runtime={"device": args.device, "offload": args.offload})
     t0 = time.perf_counter()

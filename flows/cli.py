@@ -11,9 +11,11 @@ import typer
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
+from flows.cli_common import OUTPUT, Group
 from flows.cli_generate import register as _register_generate
 
 app = typer.Typer(
+    cls=Group,
     name="t2vsim",
     help="Simulate text-to-video inference verification (Wan2.2 on Gonka): executors, validators, "
     "pricing and Proof-of-Compute against a mock chain, with real diffusers inference.",
@@ -21,6 +23,14 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+
+@app.callback()
+def _options(json_output: bool = typer.Option(False, "--json", help="print tables as JSON lines "
+                                              "({title, rows}) instead of text, e.g. into a pipe")) -> None:
+    OUTPUT["json"] = json_output
+
 
 _register_generate(app)
 
@@ -33,6 +43,9 @@ def _add_subapps() -> None:
         ("flows.cli_experiment", "experiment"),
         ("flows.cli_network", "network"),
         ("flows.cli_poc", "poc"),
+        ("flows.cli_engines", "engines"),
+        ("flows.cli_plan", "plan"),
+        ("flows.cli_shapes", "shapes"),
     ):
         try:
             mod = importlib.import_module(module)
@@ -45,5 +58,18 @@ def _add_subapps() -> None:
 
 _add_subapps()
 
-if __name__ == "__main__":
+
+def main() -> None:
+    """The `t2vsim` entry point: SIGTERM ends the command as Ctrl-C does (temporary files are
+    removed on the way out; the temporary Prefect server dies with the process either way)."""
+    import signal
+
+    def _terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminate)
     app()
+
+
+if __name__ == "__main__":
+    main()

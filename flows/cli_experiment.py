@@ -7,77 +7,91 @@ from typing import List, Optional
 
 import typer
 
+from flows.cli_common import read_config, show
+from flows.cli_generate import ALLOW_PLUGIN_HELP
+
+
+def rows_table(title: str, rows: list[dict]):
+    """A rich Table of dict rows (the columns of the first)."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    cols = list(rows[0]) if rows else []
+    for c in cols:
+        t.add_column(c, overflow="fold")
+    for row in rows:
+        t.add_row(*(str(row.get(c, "")) for c in cols))
+    return t
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def experiment(
-        preset: str = typer.Option("tiny", help="model preset"),
-        prompts: str = typer.Option("20", help="a count (seeded sample of the bundled VBench prompts), 'vbench', or a file"),
-        out: Path = typer.Option(Path("runs/experiment"), help="run directory (resumes if it exists)"),
+        preset: Optional[str] = typer.Option(None, help="model preset [default: tiny]"),
+        prompts: Optional[str] = typer.Option(None, help="a count (seeded sample of the bundled VBench prompts), "
+                                              "'vbench', or a file [default: 20]"),
+        out: Optional[Path] = typer.Option(None, help="run directory (resumes if it exists) [default: runs/experiment]"),
         deviation: Optional[List[str]] = typer.Option(None, help="deviation spec (repeat); default: the benign and malign sets"),
         hwnoise_eps: Optional[List[float]] = typer.Option(None, help="emulated hardware noise levels (repeat)"),
-        hwnoise_headline: float = typer.Option(3e-3, help="hwnoise level counted as benign in the headline table"),
+        hwnoise_headline: Optional[float] = typer.Option(None, help="hwnoise level counted as benign in the headline "
+                                                         "table [default: 3e-3]"),
         metric: Optional[List[str]] = typer.Option(None, help="frame metric of the full policy (repeat)"),
         policy: Optional[List[str]] = typer.Option(None, help="full, checkpoint, fingerprint, segment (repeat)"),
-        steps: int = typer.Option(8, help="denoising steps of every request"),
-        truncate_prompt: bool = typer.Option(True, help="truncate prompts over the text encoder's limit (recorded)"),
-        seed: int = typer.Option(0, help="run seed"),
-        fingerprint_k: int = typer.Option(32, help="fingerprint dimensions"),
-        bootstrap: int = typer.Option(1000, help="bootstrap resamples"),
-        device: str = typer.Option("cpu", help="validator device"),
-        dtype: str = typer.Option("bfloat16", help="validator dtype"),
-        config: Optional[Path] = typer.Option(None, help="a JSON file of ExperimentParams (other options ignored)"),
-        progress: bool = typer.Option(True, help="show a progress bar"),
+        steps: Optional[int] = typer.Option(None, help="denoising steps of every request [default: 8]"),
+        truncate_prompt: Optional[bool] = typer.Option(None, "--truncate-prompt/--no-truncate-prompt",
+                                                       help="truncate prompts over the text encoder's limit "
+                                                       "(recorded) [default: truncate]"),
+        seed: Optional[int] = typer.Option(None, help="run seed [default: 0]"),
+        fingerprint_k: Optional[int] = typer.Option(None, help="fingerprint dimensions [default: 32]"),
+        bootstrap: Optional[int] = typer.Option(None, help="bootstrap resamples [default: 1000]"),
+        device: Optional[str] = typer.Option(None, help="validator device [default: cpu]"),
+        dtype: Optional[str] = typer.Option(None, help="validator dtype [default: bfloat16]"),
+        sweep: bool = typer.Option(False, help="add the severity sweep (models.deviations.SEVERITY_SWEEP) to the "
+                                   "deviations (those of --deviation or --config, else the default sets)"),
+        config: Optional[Path] = typer.Option(None, help="a JSON file of ExperimentParams fields; options given on "
+                                              "the command line override it"),
+        allow_plugin: Optional[List[str]] = typer.Option(None, help=ALLOW_PLUGIN_HELP),
+        progress: bool = typer.Option(True, help="log each generation (progress is also a Prefect artifact)"),
+        workers: int = typer.Option(0, help="Ray workers (0: every prompt in this process)"),
+        ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join (default: start a local one)"),
     ) -> None:
         """Run (or resume) the validation experiment and write RUN/report.html; prints the verdict table."""
-        from pydantic import ValidationError
-        from rich.console import Console
-        from rich.table import Table
+        from models.deviations import allow_plugins
+        from sim.experiment import ExperimentParams, load_prompts, open_run
 
-        from flows.cli_generate import fail, pydantic_message
-        from sim.experiment import ExperimentError, ExperimentParams
+        data = read_config(config)
+        request = dict(data.get("request") or {"steps": 8, "truncate_prompt": True})
+        request.update({k: v for k, v in (("steps", steps), ("truncate_prompt", truncate_prompt)) if v is not None})
+        runtime = dict(data.get("validator_runtime") or {})
+        runtime.update({k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
+        cli = dict(preset=preset, prompts=int(prompts) if prompts and prompts.strip().isdigit() else prompts,
+                   out=None if out is None else str(out), seed=seed, fingerprint_k=fingerprint_k, bootstrap=bootstrap,
+                   hwnoise_headline=hwnoise_headline, deviations=tuple(deviation) if deviation else None,
+                   hwnoise_eps=tuple(hwnoise_eps) if hwnoise_eps else None, metrics=tuple(metric) if metric else None,
+                   policies=tuple(policy) if policy else None)
+        data.update({k: v for k, v in cli.items() if v is not None}, request=request)
+        if sweep:
+            from models.deviations import SEVERITY_SWEEP
 
-        try:
-            if config is not None:
-                try:
-                    params = ExperimentParams.model_validate_json(config.read_text())
-                except OSError as err:
-                    fail(f"config: cannot read {config}: {err}")
-            else:
-                fields = dict(preset=preset, prompts=int(prompts) if prompts.isdigit() else prompts, out=str(out),
-                              request={"steps": steps, "truncate_prompt": truncate_prompt}, seed=seed, fingerprint_k=fingerprint_k, bootstrap=bootstrap,
-                              hwnoise_headline=hwnoise_headline,
-                              validator_runtime={"device": device, "dtype": dtype})
-                if deviation:
-                    fields["deviations"] = tuple(deviation)
-                if hwnoise_eps:
-                    fields["hwnoise_eps"] = tuple(hwnoise_eps)
-                if metric:
-                    fields["metrics"] = tuple(metric)
-                if policy:
-                    fields["policies"] = tuple(policy)
-                params = ExperimentParams(**fields)
-        except ValidationError as err:
-            fail(pydantic_message(err))
-        from sim.experiment import load_prompts, open_run
+            base = data.get("deviations", ExperimentParams.model_fields["deviations"].default)
+            data["deviations"] = [*base, *SEVERITY_SWEEP] if isinstance(base, (list, tuple)) else base
+        if runtime:
+            data["validator_runtime"] = runtime
+        with allow_plugins(allow_plugin or ()):
+            params = ExperimentParams.model_validate(data)
+            params.validator_runtime.check_device()
+            from flows.fanout import FanOut
 
-        try:  # refuse a mismatched run directory or a bad prompt file before any work starts
-            open_run(params)
-            load_prompts(params)
-        except ExperimentError as err:
-            fail(str(err))
-        from flows.experiment import experiment_flow
+            fanout = FanOut(workers=workers, address=ray_address)
+            load_prompts(params)  # a bad prompt file is refused before the run directory is touched
+            open_run(params)  # refuses a mismatched run directory before any work starts
+            from flows.experiment import experiment_flow
+            from flows.server import temporary_server
 
-        try:
-            summary = experiment_flow(params, show_progress=progress)
-        except (ExperimentError, ValueError) as err:
-            fail(str(err))
-        t = Table(title=f"Best policy per malign deviation (held-out prompts), {params.preset}")
-        cols = list(summary["verdicts"][0]) if summary["verdicts"] else []
-        for c in cols:
-            t.add_column(c, overflow="fold")
-        for row in summary["verdicts"]:
-            t.add_row(*(str(row[c]) for c in cols))
-        console = Console(width=max(160, Console().width))
-        console.print(t)
-        console.print(f"report: {summary['report']}")
+            with temporary_server():
+                summary = experiment_flow(params, show_progress=progress, fanout=fanout)
+        tables = [rows_table("Deployable validator, one rule for every claim (held-out prompts; count, exact 95% bounds)",
+                             summary["deployable"])] if summary.get("deployable") else []
+        tables.append(rows_table(f"Oracle view: best policy per malign deviation (held-out prompts), {params.preset}",
+                                 summary["verdicts"]))
+        show(*tables, f"report: {summary['report']}")

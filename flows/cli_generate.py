@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
+from flows.cli_common import fail, pydantic_message, show  # noqa: F401  (fail, pydantic_message: re-exported)
 
-def fail(message: str) -> None:
-    """Print a clean error (no traceback) and exit with status 2."""
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(2)
-
-
-def pydantic_message(err) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "input"
-        msg = e["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}")
-    return "; ".join(parts)
+ALLOW_PLUGIN_HELP = ("module (or package) whose deviations may be imported by a package.module:Class spec "
+                     "(repeat); importing runs the module's code, so nothing else is imported")
 
 
 def register(app: typer.Typer) -> None:
@@ -50,43 +38,37 @@ def register(app: typer.Typer) -> None:
         threads: Optional[int] = typer.Option(None, help="CPU intra-op threads"),
         capture: str = typer.Option("init,switch,final", help="latents to capture: init, switch, final, step:K"),
         weights_seed: int = typer.Option(0, help="seed of a random preset's weights"),
+        allow_plugin: Optional[List[str]] = typer.Option(None, help=ALLOW_PLUGIN_HELP),
     ) -> None:
         """Generate one video and write the MP4, a JSON record and the captured latents."""
-        from pydantic import ValidationError
-
+        from models.deviations import allow_plugins, parse_deviation
+        from models.engine import GENERATION_FILES, check_captures
+        from models.io import check_out_dir
         from models.request import GenerationRequest, Runtime
 
         fields = dict(model=preset, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
                       frames=frames, fps=fps, steps=steps, guidance_high=guidance_high, guidance_low=guidance_low,
                       shift=shift, seed=seed, truncate_prompt=truncate_prompt)
-        try:
-            request = GenerationRequest(**{k: v for k, v in fields.items() if v is not None})
-            runtime = Runtime(device=device, dtype=dtype, attention_backend=attention, threads=threads)
-        except ValidationError as err:
-            fail(pydantic_message(err))
-        from models.deviations import DeviationError, parse_deviation
-        from models.engine import generate as run
-
-        try:
+        # everything is checked before the model is built or anything is written
+        request = GenerationRequest(**{k: v for k, v in fields.items() if v is not None})
+        runtime = Runtime(device=device, dtype=dtype, attention_backend=attention, threads=threads)
+        names = check_captures([c.strip() for c in capture.split(",") if c.strip()], request.steps)
+        check_out_dir(out, GENERATION_FILES)
+        with allow_plugins(allow_plugin or ()):
             dev = parse_deviation(deviation) if deviation else None
-            gen = run(request, runtime, dev, capture=[c.strip() for c in capture.split(",") if c.strip()],
-                      weights_seed=weights_seed)
-        except (DeviationError, ValueError) as err:
-            fail(str(err))
-        gen.save(out)
-        from rich.console import Console
+            (dev.apply_runtime(runtime) if dev else runtime).check_device()
+            from models.engine import generate as run
 
+            gen = run(request, runtime, dev, capture=names, weights_seed=weights_seed)
+        gen.save(out)
         c = gen.cost
-        Console().print(
-            f"[green]wrote[/] {out}/video.mp4 sha256={gen.sha256[:16]}... frames={tuple(gen.frames.shape)} "
-            f"passes={c.forward_passes} compute_share={c.compute_share:.3f} "
-            f"seconds={json.dumps({k: round(v, 3) for k, v in c.seconds.items()})}"
-        )
+        show(f"[green]wrote[/] {out}/video.mp4 sha256={gen.sha256[:16]}... frames={tuple(gen.frames.shape)} "
+             f"passes={c.forward_passes} compute_share={c.compute_share:.3f} "
+             f"seconds={json.dumps({k: round(v, 3) for k, v in c.seconds.items()})}")
 
     @app.command()
     def presets() -> None:
         """List the model presets."""
-        from rich.console import Console
         from rich.table import Table
 
         from models.presets import PRESETS
@@ -97,12 +79,11 @@ def register(app: typer.Typer) -> None:
             t.add_row(s.name, str(c["num_layers"]), f"{c['num_attention_heads']}x{c['attention_head_dim']}",
                       str(c["ffn_dim"]), f"{d['width']}x{d['height']}, {d['frames']}, {d['steps']}", s.description)
         t.add_row("path:DIR", "", "", "", "A14B official", "a local diffusers directory, loaded offline")
-        Console().print(t)
+        show(t)
 
     @app.command()
     def deviations() -> None:
         """List the registered deviations (benign and malign)."""
-        from rich.console import Console
         from rich.table import Table
 
         from models.deviations import deviation_table
@@ -110,4 +91,4 @@ def register(app: typer.Typer) -> None:
         t = Table("spec", "kind", "description")
         for row in deviation_table():
             t.add_row(row["name"] + (f":{row['arg']}" if row["arg"] else ""), row["kind"], row["description"])
-        Console().print(t)
+        show(t)

@@ -13,27 +13,33 @@ import typer
 DEFAULT_MIX = "honest=8,fp8=1,int4=1,one-expert:high=1,fabricate:0.5=1,copy=1,inflate:2=1,duplicate:2=1"
 
 
-def _fail(message: str) -> None:
-    from rich.console import Console
+from flows.cli_common import Group, fail as _fail, show  # noqa: F401
 
-    Console(stderr=True).print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(2)
+POC_FILES = ("poc_stage.json", "poc_stage.md")  # what `poc run --out DIR` writes (flows.poc)
+MAX_SAMPLE_SIZE = 100_000
 
 
 def _params(**fields):
-    from pydantic import ValidationError
-
     from sim.poc import PocParams
 
-    try:
-        return PocParams(**{k: v for k, v in fields.items() if v is not None})
-    except ValidationError as err:
-        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-                        for e in err.errors()))
+    return PocParams(**{k: v for k, v in fields.items() if v is not None})
+
+
+def _sizes(samples: str) -> list[int]:
+    sizes = []
+    for s in (x.strip() for x in samples.split(",")):
+        if not s:
+            continue
+        if not s.isdigit() or not 1 <= int(s) <= MAX_SAMPLE_SIZE:
+            raise ValueError(f"samples: each size must be an integer in 1..{MAX_SAMPLE_SIZE}, got {s!r}")
+        sizes.append(int(s))
+    if not sizes:
+        raise ValueError(f"samples: give at least one sample size, comma-separated (e.g. 10,20,50), got {samples!r}")
+    return sizes
 
 
 def register(app: typer.Typer) -> None:
-    poc = typer.Typer(help="Proof-of-Compute for the DiT: stages, measurements, cheats, detection power.",
+    poc = typer.Typer(cls=Group, help="Proof-of-Compute for the DiT: stages, measurements, cheats, detection power.",
                       no_args_is_help=True)
     app.add_typer(poc, name="poc")
 
@@ -57,36 +63,41 @@ def register(app: typer.Typer) -> None:
         flow: bool = typer.Option(True, "--flow/--direct", help="run as a Prefect flow, or call the stage directly"),
     ) -> None:
         """Run one PoC stage with a mix of participants; print weights and verdicts."""
-        from rich.console import Console
         from rich.table import Table
 
-        from sim.poc import PocStageError, participants_from_mix, run_poc_stage
-        from sim.poc.measure import MeasurementError, write_measurement
+        from sim.poc import participants_from_mix, run_poc_stage
+
+        from models.io import check_out_dir
+        from models.presets import preset_spec
+        from models.request import Runtime
 
         params = _params(samples=samples, distance_threshold=threshold, allowed_mismatch_rate=allowed_rate,
                          measurement=str(measurement) if measurement else None, honest_condition=honest)
         if fidelity not in ("surrogate", "real"):
-            _fail(f"--fidelity must be surrogate or real, got {fidelity!r}")
-        try:
-            participants_from_mix(mix, capacity, seed=seed)  # refuse a bad mix before starting anything
-            if flow:
-                from flows.poc import poc_stage_flow
+            _fail(f"fidelity: must be surrogate or real, got {fidelity!r}")
+        # everything is checked before a stage starts or anything is written
+        participants_from_mix(mix, capacity, seed=seed)
+        runtime = Runtime(device=device, dtype=dtype).check_device() if fidelity == "real" else None
+        if fidelity == "real":
+            preset_spec(preset)
+        if out is not None:
+            check_out_dir(out, POC_FILES)
+        if flow:
+            from flows.poc import poc_stage_flow
+            from flows.server import temporary_server
 
+            with temporary_server():
                 result = poc_stage_flow(mix=mix, capacity=capacity, block_hash=block_hash, params=params,
                                         fidelity=fidelity, preset=preset, seed=seed, device=device, dtype=dtype,
                                         out=str(out) if out else None)
-            else:
-                from models.request import Runtime
+        else:
+            res = run_poc_stage(participants_from_mix(mix, capacity, seed=seed), block_hash=block_hash,
+                                params=params, fidelity=fidelity, preset=preset, runtime=runtime, seed=seed)
+            result = res.to_dict()
+            if out:
+                from flows.poc import write_stage
 
-                runtime = Runtime(device=device, dtype=dtype) if fidelity == "real" else None
-                res = run_poc_stage(participants_from_mix(mix, capacity, seed=seed), block_hash=block_hash,
-                                    params=params, fidelity=fidelity, preset=preset, runtime=runtime, seed=seed)
-                result = res.to_dict()
-                if out:
-                    write_measurement(result, out / "poc_stage.json")
-                    (out / "poc_stage.md").write_text(res.to_markdown())
-        except (PocStageError, MeasurementError, ValueError) as err:
-            _fail(str(err))
+                write_stage(result, res.to_markdown(), out)
         table = Table(title=f"PoC stage {block_hash} ({fidelity})")
         for col in ("participant", "strategy", "count", "weight", "verdict"):
             table.add_column(col, no_wrap=col != "verdict")
@@ -96,14 +107,13 @@ def register(app: typer.Typer) -> None:
                        f"{row['mismatches']}/{row['sampled']} p={row['p_value']:.3g}")
             table.add_row(row["participant"], row["strategy"], str(row["count"]), f"{row['weight']:g}",
                           f"[red]rejected[/] {row['reason']}" if structural and not row["accepted"] else verdict)
-        Console().print(table)
         summary = Table(title="per strategy")
         for col in ("strategy", "participants", "accepted", "rejected", "leaf mismatch rate"):
             summary.add_column(col)
         for spec, s in result["summary"].items():
             summary.add_row(spec, str(s["participants"]), str(s["accepted"]), str(s["rejected"]),
                             f"{s['mismatch_rate']:.3f}")
-        Console().print(summary)
+        show(table, summary)
 
     @poc.command("measure")
     def measure(
@@ -117,20 +127,19 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("out/poc/measured_distances.json"), help="measurement file to write"),
     ) -> None:
         """Measure PoC vector distances under benign and malign conditions (the surrogate's input)."""
-        from rich.console import Console
         from rich.table import Table
 
+        from flows.cli_common import console as make_console
+        from models.io import check_out_file
         from models.request import Runtime
-        from sim.poc.measure import MeasurementError, measure as run_measure, write_measurement
+        from sim.poc.measure import measure as run_measure, write_measurement
 
-        console = Console()
-        try:
-            reference = Runtime(device=device, dtype=dtype, batch_size=1)
-            conds = tuple(c.strip() for c in conditions.split(",") if c.strip()) if conditions else None
-            data = run_measure(preset, nonces=nonces, conditions=conds, reference=reference, frames=frames,
-                               progress=lambda c: console.print(f"measuring {c}"))
-        except (MeasurementError, ValueError) as err:
-            _fail(str(err))
+        console = make_console()
+        reference = Runtime(device=device, dtype=dtype, batch_size=1).check_device()
+        check_out_file(out)
+        conds = tuple(c.strip() for c in conditions.split(",") if c.strip()) if conditions else None
+        data = run_measure(preset, nonces=nonces, conditions=conds, reference=reference, frames=frames,
+                           progress=lambda c: console.print(f"measuring {c}"))
         write_measurement(data, out)
         table = Table(title=f"share of nonces over each distance ({preset}, {data['machine']})")
         table.add_column("condition")
@@ -138,13 +147,11 @@ def register(app: typer.Typer) -> None:
             table.add_column(f"{t:g}")
         for cond, rates in data["rates"].items():
             table.add_row(cond, *(f"{rates[f'{t:g}']:.3f}" for t in data["thresholds"]))
-        console.print(table)
-        console.print(f"recommended threshold: {data['recommended_threshold']}; wrote {out}")
+        show(table, f"recommended threshold: {data['recommended_threshold']}; wrote {out}")
 
     @poc.command("strategies")
     def strategies() -> None:
         """List participant strategies (honest and the cheats)."""
-        from rich.console import Console
         from rich.table import Table
 
         from sim.poc import strategy_table
@@ -154,7 +161,7 @@ def register(app: typer.Typer) -> None:
             table.add_column(col)
         for row in strategy_table():
             table.add_row(row["spec"], row["kind"], row["description"])
-        Console().print(table)
+        show(table)
 
     @poc.command("power")
     def power(
@@ -166,21 +173,18 @@ def register(app: typer.Typer) -> None:
                                              "(default dtype:bfloat16; e.g. attention:_native_flash in a GPU measurement)"),
     ) -> None:
         """Probability that the validator rejects each strategy, per sample size (exact binomial)."""
-        from rich.console import Console
         from rich.table import Table
 
-        from sim.poc.measure import Measurement, MeasurementError
+        from sim.poc.measure import Measurement
         from sim.poc.power import DEFAULT_CHEATS, power_table
-        from sim.poc.strategies import StrategyError
 
         params = _params(distance_threshold=threshold, honest_condition=honest)
-        try:
-            sizes = [int(s) for s in samples.split(",") if s.strip()]
-            m = Measurement.load(measurement)
-            specs = [c.strip() for c in cheats.split(",")] if cheats else list(DEFAULT_CHEATS)
-            rows = power_table(m, params, cheats=specs, sample_sizes=sizes)
-        except (MeasurementError, StrategyError, ValueError) as err:
-            _fail(str(err))
+        sizes = _sizes(samples)
+        m = Measurement.load(measurement)
+        specs = [c.strip() for c in cheats.split(",") if c.strip()] if cheats else list(DEFAULT_CHEATS)
+        if not specs:
+            raise ValueError(f"cheats: give at least one strategy, comma-separated, got {cheats!r}")
+        rows = power_table(m, params, cheats=specs, sample_sizes=sizes)
         table = Table(title=f"P(reject) at threshold {params.distance_threshold:g} ({m.path})")
         table.add_column("strategy")
         table.add_column("leaf mismatch")
@@ -190,4 +194,4 @@ def register(app: typer.Typer) -> None:
             r = [x for x in rows if x["strategy"] == spec]
             q = r[0]["leaf_mismatch_rate"]
             table.add_row(spec, "structural" if q is None else f"{q:.3f}", *(f"{x['p_reject']:.3f}" for x in r))
-        Console().print(table)
+        show(table)

@@ -1,15 +1,25 @@
 """Prefect flow of the validation experiment: generation and scoring per prompt as tasks, then
 statistics and the report. Thin wiring over `sim.experiment`; the same flow runs from the CLI
-(`t2vsim experiment`), from a deployment, or from Python."""
+(`t2vsim experiment`), from a deployment, or from Python.
+
+With `fanout.workers > 0` the prompts run on Ray actors (`flows/fanout.py`), in one task
+`fan-out`; otherwise each prompt is a task of this process. Either way the model sections hold the
+Prefect global concurrency limit named by `T2VSIM_GPU_LIMIT` (default `gpu`; create it with
+`prefect gcl create gpu --limit N`; where it does not exist nothing waits), and progress is a Prefect
+progress artifact (`experiment-progress`) and log lines."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, \
+    update_progress_artifact
 
+from flows.fanout import FanOut
+from flows.gpu import gpu_slots
 from sim import experiment as ex
 
 
@@ -35,7 +45,27 @@ def generate_and_score(params: ex.ExperimentParams, prompt_id: int, prompt: str,
                        on_generation=None) -> int:
     # Generation runs the model in this process; not retried (a failure is a finding, and the
     # run directory already makes a rerun resume where it stopped).
-    return len(ex.run_prompt(params, prompt_id, prompt, n_prompts, on_generation=on_generation))
+    with gpu_slots(1):
+        return len(ex.run_prompt(params, prompt_id, prompt, n_prompts, on_generation=on_generation))
+
+
+@task(name="fan-out", cache_policy=NONE)
+def fan_out(params: ex.ExperimentParams, prompts: list[str], fanout: FanOut, progress_id=None) -> int:
+    """Every prompt on Ray actors; a dead actor's prompt is retried by Ray (flows/fanout.py)."""
+    from flows.fanout import run_fanned_out
+
+    logger = get_run_logger()
+
+    def done(res, k, total):
+        logger.info("prompt %d done on worker pid %d (%.1f s), %d/%d", res["prompt_id"], res["pid"],
+                    res["seconds"], k, total)
+        _progress(progress_id, k, total)
+
+    # A local cluster's workers use this machine's GPUs: hold one slot of its limit each. A remote
+    # cluster's GPUs are Ray's to share out (each actor asks for its GPU).
+    with gpu_slots(fanout.workers) if fanout.address is None else contextlib.nullcontext():
+        results = run_fanned_out(params, prompts, fanout, on_done=done)
+    return sum(r["rows"] for r in results)
 
 
 @task(name="statistics-and-report", retries=2, retry_delay_seconds=1, retry_condition_fn=_io_error,
@@ -45,23 +75,23 @@ def analyse(params: ex.ExperimentParams, n_prompts: int) -> dict[str, Any]:
 
 
 @flow(name="validation-experiment", log_prints=True)
-def experiment_flow(params: ex.ExperimentParams = ex.ExperimentParams(), show_progress: bool = False) -> dict[str, Any]:
-    """Run (or resume) a validation experiment and write RUN/report.html."""
+def experiment_flow(params: ex.ExperimentParams = ex.ExperimentParams(), show_progress: bool = False,
+                    fanout: FanOut = FanOut()) -> dict[str, Any]:
+    """Run (or resume) a validation experiment and write RUN/report.html. `show_progress`: log each
+    generation, not only each prompt."""
     logger = get_run_logger()
     prompts = open_run(params)
     n = len(prompts)
-    gens_per_prompt = 1 + len(params.all_deviations())
-    progress = _progress(show_progress, n * gens_per_prompt)
-    try:
+    progress_id = create_progress_artifact(progress=0.0, key="experiment-progress",
+                                           description=f"prompts done of {n}, {params.out}")
+    if fanout.workers > 0:
+        fan_out(params, prompts, fanout, progress_id)
+    else:
+        on_gen = (lambda spec: logger.info("generation %s done", spec)) if show_progress else None
         for i, prompt in enumerate(prompts):
-            if progress is not None:
-                progress.update(progress.task_ids[0], description=f"prompt {i + 1}/{n}")
-            on_gen = (lambda _spec: progress.advance(progress.task_ids[0])) if progress is not None else None
             rows = generate_and_score(params, i, prompt, n, on_generation=on_gen)
-            logger.debug("prompt %d: %d score rows", i, rows)
-    finally:
-        if progress is not None:
-            progress.stop()
+            logger.info("prompt %d/%d done (%d score rows)", i + 1, n, rows)
+            _progress(progress_id, i + 1, n)
     summary = analyse(params, n)
     create_markdown_artifact(key="validation-summary", markdown=summary["markdown"],
                              description=f"validation experiment {params.out}")
@@ -70,12 +100,6 @@ def experiment_flow(params: ex.ExperimentParams = ex.ExperimentParams(), show_pr
     return summary
 
 
-def _progress(show: bool, total: int):
-    if not show:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    p.add_task("generations", total=total)
-    p.start()
-    return p
+def _progress(progress_id, done: int, total: int) -> None:
+    if progress_id is not None:
+        update_progress_artifact(progress_id, progress=100.0 * done / max(1, total))

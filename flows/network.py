@@ -4,8 +4,6 @@ economics sweep. Thin wiring over sim.network, sim.pricing and sim.chain."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +12,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 
 def _write_parquet(df, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    os.close(fd)
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    import io
+
+    from models.io import write_atomic
+
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return write_atomic(path, buf.getvalue())
 
 
 def _records(df) -> list[dict]:
@@ -27,11 +26,16 @@ def _records(df) -> list[dict]:
 
 
 @task
-def simulate(params_json: str, db_url: str) -> dict:
+def simulate(params_json: str, db_url: str, work_dir: str | None = None) -> dict:
     from sim.network import NetworkParams, run_network
 
     params = NetworkParams.model_validate_json(params_json)
-    res = run_network(params, db_url)
+    backend = None
+    if params.fidelity == "real" and work_dir is not None:  # generations under OUT/gens, not a temp dir
+        from sim.network.real import RealBackend
+
+        backend = RealBackend(params, work_dir)
+    res = run_network(params, db_url, backend=backend)
     return {"epochs": res.epochs, "hosts": res.hosts, "poc": res.extra.get("poc"), "seconds": res.seconds,
             "blocks": res.blocks, "messages": res.messages}
 
@@ -41,24 +45,29 @@ def network_flow(params: dict[str, Any], out: str, db_url: str | None = None) ->
     """Run the network simulation, write epochs/hosts Parquet (and poc.parquet when the weights
     come from a PoC stage) and params.json under `out`, and publish the per-epoch table as Prefect
     artifacts."""
+    from models.io import staged_dir, write_json_atomic
     from sim.network import NetworkParams
-    from sim.pricing import write_json_atomic
 
     p = NetworkParams.model_validate(params)
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    db_url = db_url or f"sqlite:///{(out_dir / 'chain.db').resolve()}"
-    write_json_atomic(out_dir / "params.json", json.loads(p.model_dump_json()))
-    res = simulate(p.model_dump_json(), db_url)
-    _write_parquet(res["epochs"], out_dir / "epochs.parquet")
-    _write_parquet(res["hosts"], out_dir / "hosts.parquet")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise ValueError(f"out: {out_dir} already holds a run; nothing is replaced: pass a new or empty out")
+    # Everything is written into a fresh directory beside `out`, renamed to `out` when complete.
+    with staged_dir(out_dir) as tmp:
+        shown_url = db_url or f"sqlite:///{(out_dir / 'chain.db').resolve()}"
+        db_url = db_url or f"sqlite:///{(tmp / 'chain.db').resolve()}"
+        write_json_atomic(tmp / "params.json", json.loads(p.model_dump_json()))
+        res = simulate(p.model_dump_json(), db_url, str(tmp))
+        _write_parquet(res["epochs"], tmp / "epochs.parquet")
+        _write_parquet(res["hosts"], tmp / "hosts.parquet")
+        if res.get("poc") is not None:
+            _write_parquet(res["poc"], tmp / "poc.parquet")
     if res.get("poc") is not None:
-        _write_parquet(res["poc"], out_dir / "poc.parquet")
         create_table_artifact(key="network-poc", table=_records(res["poc"]),
                               description="per epoch and host: PoC strategy, claimed count, mismatches, verdict, weight")
     create_table_artifact(key="network-epochs", table=_records(res["epochs"]),
                           description="per-epoch requests, units, price, validations, cheats caught/missed")
-    create_markdown_artifact(key="network-summary", markdown=epochs_markdown(res["epochs"], res, db_url))
+    create_markdown_artifact(key="network-summary", markdown=epochs_markdown(res["epochs"], res, shown_url))
     return res
 
 

@@ -15,6 +15,19 @@ from sim.poc import PocParams, participants_from_mix, run_poc_stage
 from sim.poc.measure import write_measurement as write_json
 
 
+POC_FILES = ("poc_stage.json", "poc_stage.md")
+
+
+def write_stage(result: dict[str, Any], markdown: str, out: Path) -> Path:
+    """poc_stage.json and poc_stage.md into a fresh directory renamed to `out` (models.io policy)."""
+    from models.io import staged_dir
+
+    with staged_dir(out, POC_FILES) as tmp:
+        write_json(result, tmp / "poc_stage.json")
+        (tmp / "poc_stage.md").write_text(markdown)
+    return out
+
+
 @task(name="poc-stage")
 def poc_stage_task(mix: str, capacity: int, block_hash: str, params: PocParams, fidelity: str, preset: str,
                    seed: int, device: str, dtype: str) -> dict[str, Any]:
@@ -35,7 +48,6 @@ def poc_stage_flow(mix: str = "honest=8,fp8=1,one-expert:high=1,fabricate:0.5=1,
     """Run one PoC stage; write `poc_stage.json` and `poc_stage.md` under `out` if given."""
     res = poc_stage_task(mix, capacity, block_hash, params, fidelity, preset, seed, device, dtype)
     if out:
-        write_json(res["result"], Path(out) / "poc_stage.json")
-        (Path(out) / "poc_stage.md").write_text(res["markdown"])
+        write_stage(res["result"], res["markdown"], Path(out))
     create_markdown_artifact(res["markdown"], key="poc-stage", description="PoC stage verdicts and weights")
     return res["result"]

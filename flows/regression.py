@@ -9,6 +9,11 @@ A regression is
 - a malign deviation whose benign FRR (held-out FRR at the calib threshold with FAR <= 1%, of the
   best policy for that deviation) rose by more than `frr_tolerance` over the baseline's.
 
+A baseline made under other library versions (another torch, diffusers or PyAV: the `numerics`
+fingerprint of the parameters) is compared, not refused: that is what a dependency upgrade needs
+to be checked against. The comparison then says which versions changed (from RUN/environment.json)
+and that bit-level differences are expected; a regression still fails the run.
+
 The baseline is a run directory (a parameter). If it does not exist, this run's analysis files are
 copied there (atomically) and become the baseline; with `baseline=None` nothing is compared and the
 run directory itself is reported as the baseline to pass next time. The comparison is the pure
@@ -37,7 +42,11 @@ SEPARATED = "separated"
 # 5 benign rows each) is tolerated; a larger rise fails the run.
 DEFAULT_FRR_TOLERANCE = 0.05
 # What a baseline keeps of a run: the analysis, not the generations (gens/ is regenerated each night).
-BASELINE_FILES = ("params.json", "summary.json", "scores.parquet", "thresholds.json", "report.md", "report.html")
+BASELINE_FILES = ("params.json", "environment.json", "summary.json", "scores.parquet", "thresholds.json", "report.md",
+                  "report.html")
+# Parameters that may differ from the baseline's: the numerics fingerprint moves with a dependency
+# upgrade, which is what the regression is there to check.
+CROSS_UPGRADE_FIELDS = {"numerics"}
 BASELINE_DIRS = ("report_files",)
 # The nightly run: the tiny preset on a CPU with every default deviation (ExperimentParams), 8 prompts
 # (4 calibration, 4 held out), fewer bootstrap resamples than a report run (intervals are not compared).
@@ -243,17 +252,47 @@ def read_summary(run: Path, which: str) -> dict[str, Any]:
         raise RegressionInputError(f"{which}: cannot read {path}: {err}") from None
 
 
-def parameter_differences(baseline: Path, params: ex.ExperimentParams) -> list[str]:
-    """Result-changing parameters in which the baseline's params.json differs from `params`."""
+def parameter_differences(baseline: Path, params: ex.ExperimentParams,
+                          ignore: set[str] = CROSS_UPGRADE_FIELDS) -> list[str]:
+    """Result-changing parameters (other than `ignore`) in which the baseline's params.json differs
+    from `params`.
+
+    The file is compared as JSON, never validated: nothing it names (a plugin deviation's module)
+    is imported from a baseline directory."""
     pfile = Path(baseline) / "params.json"
     if not pfile.exists():
         return []
     try:
-        old = ex.ExperimentParams.model_validate_json(pfile.read_text())
-    except Exception as err:  # pydantic ValidationError or JSON error
+        old = json.loads(pfile.read_text())
+        if not isinstance(old, dict):
+            raise ValueError(f"expected a JSON object, got {type(old).__name__}")
+    except (OSError, ValueError) as err:
         raise RegressionInputError(f"baseline: {pfile} is not a valid ExperimentParams file: {err}") from None
-    a, b = old.result_fields(), params.result_fields()
-    return [f"{k}: baseline {a.get(k)!r}, run {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    a, b = ex.stored_result_fields(old), params.result_fields()
+    return [f"{k}: baseline {a.get(k)!r}, run {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and k not in ignore]
+
+
+def upgrade_notes(baseline: Path, run: Path) -> list[str]:
+    """What changed in the libraries between the baseline and the run (RUN/environment.json), or
+    that the numerics fingerprint changed when a run has no environment file."""
+    def read(d: Path, name: str) -> dict[str, Any]:
+        try:
+            return json.loads((Path(d) / name).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    ea, eb = read(baseline, "environment.json"), read(run, "environment.json")
+    na = ea.get("numerics") or read(baseline, "params.json").get("numerics")
+    nb = eb.get("numerics") or read(run, "params.json").get("numerics")
+    va, vb = ea.get("versions", {}), eb.get("versions", {})
+    changed = [f"{k} {va.get(k)} -> {vb.get(k)}" for k in sorted(set(va) | set(vb))
+               if va and vb and va.get(k) != vb.get(k)]
+    if not changed and na == nb:
+        return []
+    what = ", ".join(changed) if changed else f"numerics fingerprint {na} -> {nb} (no environment.json to say which)"
+    return [f"compared across a dependency change: {what}; bit-level differences from the baseline are expected, "
+            "the verdicts are what is compared"]
 
 
 def promote_baseline(run: Path, baseline: Path) -> Path:
@@ -316,6 +355,11 @@ def regression_flow(params: ex.ExperimentParams = REGRESSION_PARAMS, runs_root: 
         logger.info("no baseline: %s is the baseline now", target)
         return {"run": str(run), "baseline": target, "status": "baseline", "comparison": None}
     comparison = compare_summaries(read_summary(base, "baseline"), current, frr_tolerance=tol)
+    notes = upgrade_notes(base, run)
+    if notes:
+        comparison = Comparison(comparison.rows, comparison.frr_tolerance, comparison.notes + tuple(notes))
+        for n in notes:
+            logger.info(n)
     create_markdown_artifact(key="regression-comparison", markdown=comparison.to_markdown(run=str(run), baseline=str(base)),
                              description=f"regression {run.name} against {base}")
     if not comparison.passed:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal
+import os
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Literal
 
 from models.request import GenerationRequest, Runtime
 
@@ -107,8 +108,42 @@ def register_deviation(cls: type[Deviation]) -> type[Deviation]:
     return cls
 
 
+# An import-path spec runs its module's top-level code, so only modules on this allow-list are
+# imported: t2vsim's own packages, the ones passed to `allow_plugins` (the CLI's --allow-plugin), and
+# those named, comma-separated, in the T2VSIM_ALLOW_PLUGINS environment variable (for deployments).
+PLUGIN_ENV = "T2VSIM_ALLOW_PLUGINS"
+TRUSTED_PACKAGES = ("models", "sim")
+_ALLOWED_PLUGINS: set[str] = set()
+
+
+def allowed_plugins() -> set[str]:
+    env = {m.strip() for m in os.environ.get(PLUGIN_ENV, "").split(",") if m.strip()}
+    return set(TRUSTED_PACKAGES) | _ALLOWED_PLUGINS | env
+
+
+def _plugin_allowed(module: str) -> bool:
+    return any(module == a or module.startswith(a + ".") for a in allowed_plugins())
+
+
+@contextlib.contextmanager
+def allow_plugins(modules: "Iterable[str]") -> Iterator[None]:
+    """Allow importing deviations from `modules` (or packages) for the duration of the block."""
+    added = set()
+    for m in modules:
+        m = m.strip()
+        if not m or not all(part.isidentifier() for part in m.split(".")):
+            raise DeviationError(f"allow_plugin: {m!r} is not a module name (package.module)")
+        if m not in _ALLOWED_PLUGINS:
+            added.add(m)
+    _ALLOWED_PLUGINS.update(added)
+    try:
+        yield
+    finally:
+        _ALLOWED_PLUGINS.difference_update(added)
+
+
 def parse_deviation(spec: "str | Deviation") -> Deviation:
-    """A deviation from `name[:arg]` or `package.module:ClassName[:arg]`."""
+    """A deviation from `name[:arg]` or `package.module:ClassName[:arg]` (module on the allow-list)."""
     if isinstance(spec, Deviation):
         return spec
     if not isinstance(spec, str) or not spec.strip():
@@ -117,6 +152,10 @@ def parse_deviation(spec: "str | Deviation") -> Deviation:
     head, _, rest = spec.partition(":")
     if "." in head:  # an import path
         cls_name, _, arg = rest.partition(":")
+        if not _plugin_allowed(head):
+            raise DeviationError(
+                f"deviation {spec!r}: module {head!r} is not an allowed plugin (importing it runs its code); "
+                f"pass --allow-plugin {head} or set {PLUGIN_ENV}={head}")
         try:
             module = importlib.import_module(head)
         except ImportError as err:
@@ -124,6 +163,10 @@ def parse_deviation(spec: "str | Deviation") -> Deviation:
         cls = getattr(module, cls_name, None)
         if not (isinstance(cls, type) and issubclass(cls, Deviation)):
             raise DeviationError(f"deviation {spec!r}: {head}.{cls_name} is not a Deviation subclass")
+        if any(not isinstance(getattr(cls, a, None), str) for a in ("name", "kind", "description")) \
+                or cls.kind not in ("benign", "malign"):
+            raise DeviationError(f"deviation {spec!r}: {head}.{cls_name} is not a usable deviation (it must set "
+                                 "name, kind = 'benign' or 'malign', and description)")
         dev = cls(arg or None)
         dev.import_path = f"{head}:{cls_name}"  # type: ignore[attr-defined]
         return dev
@@ -228,6 +271,19 @@ class Device(Deviation):
         if self.device == "cpu" and runtime.attention_backend in self.GPU_ONLY_ATTENTION:
             update["attention_backend"] = "native"
         return runtime.model_copy(update=update)
+
+
+@register_deviation
+class Engine(Deviation):
+    name, kind, arg_help = "engine", "benign", "diffusers|vllm-omni"
+    description = "another inference engine (vLLM-Omni, as Gonka's ML nodes run it: models/engines/)"
+
+    def parse(self, arg):
+        Runtime(engine=arg)
+        self.engine = arg
+
+    def apply_runtime(self, runtime):
+        return runtime.model_copy(update={"engine": self.engine})
 
 
 @register_deviation
@@ -619,3 +675,157 @@ def deviation_table() -> list[dict[str, str]]:
         {"name": c.name, "kind": c.kind, "arg": c.arg_help or "", "description": c.description}
         for c in DEVIATIONS.values()
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Severity families and cheats that know the validator (commit-then-challenge, sim/commitment.py)
+
+
+@register_deviation
+class Quantise(Deviation):
+    name, kind, arg_help = "quant", "malign", "BITS"
+    description = ("transformer linear weights rounded to BITS-bit integers (symmetric, one scale per output "
+                   "channel, round to nearest): weight-only quantisation at 8, 6 or 4 bits; quant:8 has the numerics of int8-wo")
+
+    def parse(self, arg):
+        self.bits = _int_arg(self.name, arg, 2, 8)
+        # Nominal (an assumption, not a measurement): weight-only kernels save memory traffic; taken as
+        # FP8's 0.6 at 8 bits and 0.5 below.
+        self.speed_factor = 0.6 if self.bits == 8 else 0.5
+
+    def patch(self, pipe, ctx):
+        return _rounded_weights(pipe, lambda w: int_round(w, self.bits))
+
+
+@register_deviation
+class OneExpertLast(Deviation):
+    name, kind, arg_help = "one-expert-last", "malign", "K"
+    description = ("the last K steps run the high-noise expert instead of the low-noise one (K covering every "
+                   "low-noise step is one-expert:high: only one expert loaded)")
+
+    def parse(self, arg):
+        self.k = _int_arg(self.name, arg, 1, 1000)
+
+    @contextlib.contextmanager
+    def patch(self, pipe, ctx):
+        high, low = pipe.transformer, pipe.transformer_2
+        if low is None:
+            yield
+            return
+        index = _step_index_of(pipe)
+
+        def forward(*args, **kwargs):
+            if index(kwargs.get("timestep")) >= len(pipe.scheduler.timesteps) - self.k:
+                return high(*args, **kwargs)
+            return type(low).forward(low, *args, **kwargs)
+
+        low.forward = forward
+        try:
+            yield
+        finally:
+            low.__dict__.pop("forward", None)
+
+
+def _step_index_of(pipe):
+    """A function from a transformer call's `timestep` argument to the step index in the pipeline's
+    current schedule (the scheduler's timesteps are set when the pipeline starts)."""
+    def index(timestep) -> int:
+        ts = getattr(pipe.scheduler, "timesteps", None)
+        if timestep is None or ts is None or len(ts) == 0:
+            return -1
+        t = float(timestep.flatten()[0])
+        return int((ts.float().cpu() - t).abs().argmin())
+    return index
+
+
+@register_deviation
+class GuidanceScale(Deviation):
+    name, kind, arg_help = "guidance-scale", "malign", "F"
+    description = "both experts' guidance scales multiplied by F (F = 0.98 is a 2% lower guidance; same compute)"
+
+    def parse(self, arg):
+        self.f = _float_arg(self.name, arg, 0.0, 10.0)
+
+    def apply_request(self, request):
+        return request.model_copy(update={"guidance_high": request.guidance_high * self.f,
+                                          "guidance_low": request.guidance_low * self.f})
+
+
+@register_deviation
+class Reuse(Deviation):
+    name, kind, arg_help = "reuse", "malign", "STEPS"
+    description = ("on the listed steps (comma-separated, 0-based) no transformer runs: the previous step's "
+                   "predictions are reused. Cheating on the steps of one committed segment only is the cheat "
+                   "that hopes its segment is not challenged")
+
+    def parse(self, arg):
+        try:
+            steps = sorted({int(x) for x in arg.split(",") if x.strip()})
+        except ValueError:
+            raise DeviationError(f"deviation reuse: argument must be comma-separated step numbers, got {arg!r}") from None
+        if not steps or steps[0] < 1:
+            raise DeviationError(f"deviation reuse: steps must be >= 1 (step 0 has nothing to reuse), got {arg!r}")
+        self.steps = frozenset(steps)
+
+    @contextlib.contextmanager
+    def patch(self, pipe, ctx):
+        index = _step_index_of(pipe)
+        state: dict[str, Any] = {"step": None, "calls": 0, "out": {}}
+        patched = []
+
+        def wrap(m):
+            orig = m.forward
+
+            def forward(*args, **kwargs):
+                step = index(kwargs.get("timestep"))
+                if step != state["step"]:
+                    state["step"], state["calls"] = step, 0
+                branch = state["calls"]  # 0: conditional, 1: unconditional pass of this step
+                state["calls"] += 1
+                if step in self.steps and branch in state["out"]:
+                    return (state["out"][branch].clone(),)
+                out = orig(*args, **kwargs)
+                state["out"][branch] = out[0].detach()
+                return out
+            return forward
+
+        for m in _experts(pipe):
+            if "forward" not in m.__dict__:
+                m.forward = wrap(m)
+                patched.append(m)
+        try:
+            yield
+        finally:
+            for m in patched:
+                m.__dict__.pop("forward", None)
+
+
+@register_deviation
+class Mp4From(Deviation):
+    name, kind, arg_help = "mp4-from", "malign", "SPEC"
+    description = ("an honest trajectory (latents) delivered with the video of another run of the request under "
+                   "the deviation SPEC (e.g. mp4-from:steps:4): a video not bound to the committed trajectory")
+
+    def parse(self, arg):
+        self.other = parse_deviation(arg)
+        if isinstance(self.other, Mp4From):
+            raise DeviationError("deviation mp4-from: SPEC must not be another mp4-from")
+
+    def postprocess(self, frames, checkpoints, request):
+        from models.engine import generate
+
+        if frames is None:
+            return frames, checkpoints
+        return generate(request, deviation=self.other, capture=()).frames, checkpoints
+
+
+SEVERITY_SWEEP = (
+    "steps:7", "steps:5", "steps:4",                                # steps N-1 .. N/2 (steps:6 is in the default set)
+    "guidance-scale:0.98", "guidance-scale:0.95", "guidance-scale:0.9", "guidance-scale:0.8",
+    "quant:8", "quant:6", "quant:4",
+    "cache:0.1", "cache:0.2", "cache:0.3",                        # cache:0.5 is in the default set (0.05: no effect)
+    "lowres:48x64", "lowres:48x48",                               # 0.75-1.0 of the side (tiny: multiples of 16)
+    "one-expert-last:1",                                          # one-expert-last:2 = one-expert:high on 8 steps
+    "reuse:7", "reuse:3,5,7",
+)
+ADAPTIVE_DEFAULT = ("reuse:5", "mp4-from:steps:4")

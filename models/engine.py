@@ -19,8 +19,6 @@ import copy
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +36,21 @@ if TYPE_CHECKING:  # pragma: no cover
     from models.deviations import Deviation
 
 DEFAULT_CAPTURE: tuple[str, ...] = ("init", "switch", "final")
+# What `Generation.save` writes into a generation directory; record.json holds the SHA-256 of the others.
+GENERATION_FILES = ("video.mp4", "latents.safetensors", "record.json")
+HASHED_FILES = ("video.mp4", "latents.safetensors")
+RECORD_KEYS = ("request", "effective_request", "runtime", "deviation", "sha256", "cost")
+# Captured latents are stored, committed and compared in float32, the dtype the pipeline keeps them
+# in between steps (the transformer's input is cast to the model dtype); bytes are counted in it too
+# (`Checkpoint.nbytes`): resuming from a bf16-rounded latent would not reproduce the run.
+LATENT_DTYPE_NAME = "float32"
 SOLVER_KEYS = ("model_outputs", "timestep_list", "lower_order_nums", "last_sample", "this_order", "_step_index")
+
+
+def _latent_dtype():
+    import torch
+
+    return getattr(torch, LATENT_DTYPE_NAME)
 
 
 class PromptTooLong(ValueError):
@@ -134,13 +146,14 @@ class Generation:
         }
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write video.mp4, record.json and latents.safetensors atomically (temp dir + rename)."""
+        """Write video.mp4, latents.safetensors and record.json (with every artifact's SHA-256) into a
+        fresh directory beside `directory`, then rename it into place (`models.io` policy: a
+        directory holding anything but these files is refused, never emptied)."""
         from safetensors.torch import save_file
 
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        from models.io import staged_dir
+
+        with staged_dir(directory, GENERATION_FILES) as tmp:
             (tmp / "video.mp4").write_bytes(self.mp4)
             tensors, meta = {}, {}
             for name, ck in self.checkpoints.items():
@@ -151,43 +164,63 @@ class Generation:
                     meta[name] = json.dumps(_solver_scalars(ck.solver))
             meta["steps"] = json.dumps(self.capture_steps)
             save_file(tensors, str(tmp / "latents.safetensors"), metadata=meta)
-            (tmp / "record.json").write_text(json.dumps(self.record(), indent=1))
-            if directory.exists():
-                shutil.rmtree(directory)
-            os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return directory
+            record = self.record()
+            record["files"] = {n: _file_sha256(tmp / n) for n in HASHED_FILES}
+            (tmp / "record.json").write_text(json.dumps(record, indent=1, allow_nan=False))
+        return Path(directory)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, *, verify: bool = True) -> "Generation":
-        """Read a saved generation; refuses a missing file, a truncated file or a hash mismatch."""
+        """Read a saved generation; refuses a missing file, a truncated file, a record that is not
+        one, or a file whose SHA-256 differs from the record's (every artifact is hashed)."""
         directory = Path(directory)
         try:
             rec = json.loads((directory / "record.json").read_text())
             mp4 = (directory / "video.mp4").read_bytes()
         except FileNotFoundError as err:
             raise ArtifactError(f"{directory}: missing {Path(err.filename).name}") from None
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ArtifactError(f"{directory}/record.json is not valid JSON: {err}") from None
+        missing = [k for k in RECORD_KEYS if not isinstance(rec, dict) or k not in rec]
+        if missing:
+            raise ArtifactError(f"{directory}/record.json is not a generation record (missing {', '.join(missing)})")
         sha = hashlib.sha256(mp4).hexdigest()
-        if verify and sha != rec["sha256"]:
-            raise ArtifactError(f"{directory}/video.mp4: SHA-256 {sha} does not match the record's {rec['sha256']}")
+        if verify:
+            files = rec.get("files")
+            if not isinstance(files, dict) or set(files) != set(HASHED_FILES):
+                raise ArtifactError(f"{directory}/record.json does not hash every artifact ({', '.join(HASHED_FILES)}); "
+                                    "it was written by an older t2vsim: regenerate it")
+            if sha != rec["sha256"] or sha != files["video.mp4"]:
+                raise ArtifactError(f"{directory}/video.mp4: SHA-256 {sha} does not match the record's {rec['sha256']}")
+            for name in HASHED_FILES[1:]:
+                got = _file_sha256(directory / name)
+                if got != files[name]:
+                    raise ArtifactError(f"{directory}/{name}: SHA-256 {got} does not match the record's {files[name]}")
         checkpoints = load_checkpoints(directory / "latents.safetensors")
-        return cls(
-            request=GenerationRequest(**rec["request"]),
-            effective_request=GenerationRequest(**rec["effective_request"]),
-            runtime=Runtime(**rec["runtime"]),
-            deviation=rec["deviation"],
-            frames=decode_mp4(mp4) if mp4 else np.zeros((0, 0, 0, 3), np.uint8),
-            mp4=mp4,
-            sha256=sha,
-            checkpoints=checkpoints,
-            cost=Cost.from_dict(rec["cost"]),
-            prompt_truncated=rec.get("prompt_truncated", False),
-            run_seed=rec.get("run_seed", 0),
-        )
+        try:
+            return cls(
+                request=GenerationRequest(**rec["request"]),
+                effective_request=GenerationRequest(**rec["effective_request"]),
+                runtime=Runtime(**rec["runtime"]),
+                deviation=rec["deviation"],
+                frames=decode_mp4(mp4) if mp4 else np.zeros((0, 0, 0, 3), np.uint8),
+                mp4=mp4,
+                sha256=sha,
+                checkpoints=checkpoints,
+                cost=Cost.from_dict(rec["cost"]),
+                prompt_truncated=rec.get("prompt_truncated", False),
+                run_seed=rec.get("run_seed", 0),
+            )
+        except (TypeError, ValueError) as err:  # pydantic's ValidationError is a ValueError
+            raise ArtifactError(f"{directory}/record.json holds invalid fields: {err}") from None
+
+
+def _file_sha256(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except FileNotFoundError:
+        raise ArtifactError(f"{path.parent}: missing {path.name}") from None
 
 
 def _solver_tensors(solver: dict[str, Any]) -> dict[str, "torch.Tensor"]:
@@ -266,13 +299,31 @@ def initial_noise(request: GenerationRequest, seed: int | None = None) -> "torch
     return torch.randn(shape, generator=g, dtype=torch.float32)
 
 
-def schedule(request: GenerationRequest, scheduler_config: dict[str, Any]) -> list[float]:
-    """The timesteps the pipeline will step through for this request."""
-    from diffusers import UniPCMultistepScheduler
+def schedule(request: GenerationRequest, scheduler_config: dict[str, Any], kind: str = "engine") -> list[float]:
+    """The timesteps the pipeline will step through for this request (`kind`: Runtime.schedule)."""
+    from models.engines.schedules import make_scheduler
 
-    sched = UniPCMultistepScheduler.from_config(scheduler_config, flow_shift=request.shift)
+    sched = make_scheduler(scheduler_config, request.shift, kind)
     sched.set_timesteps(request.steps)
     return [float(t) for t in sched.timesteps]
+
+
+def check_captures(names: Iterable[str], steps: int) -> tuple[str, ...]:
+    """Capture names checked before any work: init, switch, final or step:K with 0 <= K < steps."""
+    names = tuple(names)
+    for name in names:
+        if not isinstance(name, str):
+            raise ValueError(f"capture: names must be text, got {name!r}")
+        if name in ("init", "switch", "final"):
+            continue
+        k = name[5:] if name.startswith("step:") else None
+        if k is None or not k.isdigit():
+            raise ValueError(f"capture: unknown name {name!r}; allowed: init, switch, final, step:K")
+        if not 0 <= int(k) < steps:
+            raise ValueError(f"capture: step {int(k)} outside 0..{steps - 1}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"capture: duplicated names in {list(names)}")
+    return names
 
 
 def resolve_captures(names: Iterable[str], timesteps: list[float], boundary_ratio: float) -> dict[str, int]:
@@ -280,7 +331,7 @@ def resolve_captures(names: Iterable[str], timesteps: list[float], boundary_rati
     high = [i for i, t in enumerate(timesteps) if t >= boundary]
     n = len(timesteps)
     out: dict[str, int] = {}
-    for name in names:
+    for name in check_captures(names, n):
         if name == "init":
             out[name] = -1
         elif name == "final":
@@ -300,7 +351,8 @@ def resolve_captures(names: Iterable[str], timesteps: list[float], boundary_rati
 def solver_state(scheduler) -> dict[str, Any]:
     """The multistep state of the request in row 0 of the batch: latent-shaped tensors (5-D) are
     sliced to that row, so a batched executor's checkpoint holds neither its neighbours' prompts'
-    trajectories nor their bytes, and resumes into a batch of one."""
+    trajectories nor their bytes; it resumes alone or as row 0 of a batch. Tensors are kept in
+    the dtype the scheduler holds (float32: `LATENT_DTYPE_NAME`)."""
     import torch
 
     def own(x):
@@ -324,15 +376,42 @@ def restore_solver_state(scheduler, state: dict[str, Any], device, step: int) ->
     from the state (a checkpoint from another schedule must not move the validator's clock)."""
     import torch
 
+    def put(saved, current):
+        saved = saved.to(device)
+        if (isinstance(current, torch.Tensor) and current.dim() == saved.dim() >= 1 and current.shape[0] > saved.shape[0]
+                and current.shape[1:] == saved.shape[1:]):  # resumed inside a batch: the request is row 0
+            current = current.clone()
+            current[:saved.shape[0]] = saved.to(current.dtype)
+            return current
+        return saved
+
     for key, v in state.items():
         if key == "_step_index":
             continue
+        cur = getattr(scheduler, key, None)
         if isinstance(v, torch.Tensor):
-            v = v.to(device)
+            v = put(v, cur)
         elif isinstance(v, list):
-            v = [x.to(device) if isinstance(x, torch.Tensor) else x for x in v]
+            cur = cur if isinstance(cur, list) and len(cur) == len(v) else [None] * len(v)
+            v = [put(x, c) if isinstance(x, torch.Tensor) else x for x, c in zip(v, cur)]
         setattr(scheduler, key, copy.copy(v))
     scheduler._step_index = step + 1
+
+
+def text_context_len(spec, runtime: Runtime) -> int:
+    """Text-embedding rows the transformers attend to: the preset's limit, or the Wan reference's 512
+    (what vLLM-Omni pads every prompt to) under `Runtime(schedule="wan")`."""
+    from models.engines.schedules import WAN_TEXT_LEN
+
+    return max(WAN_TEXT_LEN, spec.text_len) if runtime.schedule == "wan" else spec.text_len
+
+
+def truncate_to_tokens(tokenizer, prompt: str, n: int) -> str:
+    """The prompt cut to the text the pipeline would keep with `n` tokens (cleaned as the pipeline does)."""
+    from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+    ids = tokenizer(prompt_clean(prompt), max_length=n, truncation=True, add_special_tokens=True)["input_ids"]
+    return tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def count_tokens(pipe, prompt: str) -> int:
@@ -540,6 +619,12 @@ def generate(
     eff_request = dev.apply_request(request) if dev else request
     eff_runtime = dev.apply_runtime(runtime) if dev else runtime
     preset = dev.preset(eff_request.model) if dev else eff_request.model
+    if eff_runtime.engine != "diffusers":  # another engine (models/engines/): same request, same weights
+        from models.engines import vllm_omni
+
+        return vllm_omni.generate(request, eff_request, eff_runtime, dev, run_seed=run_seed, weights_seed=weights_seed,
+                                  resume_from=resume_from, substitute=substitute, stop_after=stop_after,
+                                  decode_off=not decode)
     spec = preset_spec(preset)
     pipe = build_pipeline(preset, eff_runtime, weights_seed)
     device = torch.device(eff_runtime.device)
@@ -553,7 +638,10 @@ def generate(
             f"{preset!r}; shorten it or set truncate_prompt=true to truncate explicitly (recorded)"
         )
 
-    timesteps = schedule(eff_request, pipe.scheduler.config)
+    if truncated and eff_runtime.schedule == "wan":  # the context is longer than the preset's limit
+        eff_request = eff_request.model_copy(update={"prompt": truncate_to_tokens(pipe.tokenizer, eff_request.prompt,
+                                                                                  spec.text_len)})
+    timesteps = schedule(eff_request, pipe.scheduler.config, eff_runtime.schedule)
     steps_at = resolve_captures(capture, timesteps, spec.boundary_ratio)
     last = len(timesteps) - 1
     if stop_after is not None and not -1 <= stop_after <= last:
@@ -564,10 +652,10 @@ def generate(
         raise ValueError("resume_from: a checkpoint after step 0 needs its solver state to resume exactly")
     substitute = dict(substitute or {})
 
-    from diffusers import UniPCMultistepScheduler
+    from models.engines.schedules import make_scheduler
 
     saved_scheduler = pipe.scheduler
-    pipe.scheduler = UniPCMultistepScheduler.from_config(saved_scheduler.config, flow_shift=eff_request.shift)
+    pipe.scheduler = make_scheduler(saved_scheduler.config, eff_request.shift, eff_runtime.schedule)
 
     # The request's noise, plus other requests' when it runs inside a batch.
     noise = resume_from.latents if (resume_from is not None and resume_from.step == -1) else initial_noise(eff_request)
@@ -584,7 +672,7 @@ def generate(
 
     checkpoints: dict[str, Checkpoint] = {}
     if "init" in steps_at:
-        checkpoints["init"] = Checkpoint(step=-1, latents=noise[:1].detach().float().cpu().clone(), solver=None)
+        checkpoints["init"] = Checkpoint(step=-1, latents=noise[:1].detach().to("cpu", _latent_dtype(), copy=True), solver=None)
 
     high, low = pipe.transformer, pipe.transformer_2
     ctx = {"run_seed": run_seed, "request": request, "runtime": eff_runtime, "spec": spec}
@@ -614,7 +702,8 @@ def generate(
                 for name, s in steps_at.items():  # captured as computed, before any substitution
                     if s == i and i >= resume_step:
                         checkpoints[name] = Checkpoint(
-                            step=i, latents=lat[:1].detach().float().cpu().clone(), solver=solver_state(p.scheduler)
+                            step=i, latents=lat[:1].detach().to("cpu", _latent_dtype(), copy=True),
+                            solver=solver_state(p.scheduler)
                         )
                 if i in substitute:
                     lat = lat.clone()
@@ -634,7 +723,7 @@ def generate(
                 guidance_scale_2=eff_request.guidance_low,
                 latents=latents_in.to(device),
                 output_type="np" if (decode and stop_after is None) else "latent",
-                max_sequence_length=spec.text_len,
+                max_sequence_length=text_context_len(spec, eff_runtime),
                 callback_on_step_end=on_step_end,
             )
             if decode and stop_after is None:

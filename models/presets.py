@@ -21,6 +21,7 @@ memory. In bfloat16 the modules diffusers keeps in float32 when it loads a check
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -100,7 +101,9 @@ _A14B_TEXT = dict(
 _SCALED_DEFAULTS = {
     "tiny": dict(A14B_DEFAULTS, width=64, height=64, frames=9, steps=4),
     "small": dict(A14B_DEFAULTS, width=256, height=256, frames=17, steps=10),
+    "shapes": dict(A14B_DEFAULTS, width=32, height=32, frames=9, fps=8, steps=8, shift=3.0),
 }
+SHAPES_DIR = Path(__file__).parent / "weights" / "shapes"  # trained weights (models/shapes_train.py)
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,12 @@ PRESETS: dict[str, PresetSpec] = {
 }
 
 
+def _shipped(name: str, root: Path, defaults: dict[str, Any], text_len: int, description: str) -> PresetSpec:
+    """A trained diffusers directory shipped in the repository, loaded offline like `path:DIR`."""
+    spec = preset_spec(f"path:{root}")
+    return dataclasses.replace(spec, name=name, request_defaults=defaults, text_len=text_len, description=description)
+
+
 def preset_names() -> list[str]:
     return [*PRESETS, "path:DIR"]
 
@@ -169,8 +178,11 @@ def preset_spec(name: str) -> PresetSpec:
         vcfg = _read_json(root / "vae" / "config.json")
         xcfg = _read_json(root / "text_encoder" / "config.json")
         boundary = _read_json(index).get("boundary_ratio") or BOUNDARY_RATIO
+        # A random preset saved by models.engines.preset_dir keeps its own defaults and text length.
+        saved = _read_json(root / "t2vsim_preset.json") if (root / "t2vsim_preset.json").is_file() else {}
         return PresetSpec(name=name, transformer_config=tcfg, vae_config=vcfg, text_config=xcfg,
-                          request_defaults=dict(A14B_DEFAULTS), text_len=512, boundary_ratio=float(boundary),
+                          request_defaults=dict(saved.get("request_defaults") or A14B_DEFAULTS),
+                          text_len=int(saved.get("text_len", 512)), boundary_ratio=float(boundary),
                           path=str(root), description=f"local diffusers directory {root}")
     raise ValueError(f"unknown preset {name!r}; allowed: {', '.join(preset_names())}")
 
@@ -180,6 +192,11 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise ValueError(f"path preset: missing {path}") from None
+
+
+if (SHAPES_DIR / "model_index.json").is_file():
+    PRESETS["shapes"] = _shipped("shapes", SHAPES_DIR, _SCALED_DEFAULTS["shapes"], 32,
+                                 "trained on procedural shapes (models/weights/shapes/CARD.md); CPU, 32x32")
 
 
 # ---------------------------------------------------------------------------------------------

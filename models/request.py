@@ -28,6 +28,21 @@ A14B_DEFAULTS: dict[str, Any] = {
 
 DEFAULT_NEGATIVE_PROMPT = ""
 
+# Upper bounds of a request (project choices: above the official A14B settings, 1280x720, 81 frames,
+# 40 steps, with room to spare, and below sizes that only exhaust memory or run for days).
+MAX_SIDE = 1920
+MAX_FRAMES = 241
+MAX_STEPS = 1000
+MAX_FPS = 120
+MAX_SHIFT = 100.0
+
+
+def no_bool(v: Any, info) -> Any:
+    """A before-validator: JSON/Python booleans are not numbers here (pydantic would read True as 1)."""
+    if isinstance(v, bool):
+        raise ValueError(f"{info.field_name} must be a number, got the boolean {v}")
+    return v
+
 Offload = Literal["none", "text-encoder", "all"]
 OFFLOAD_MODES: tuple[str, ...] = ("none", "text-encoder", "all")
 
@@ -39,7 +54,7 @@ class GenerationRequest(BaseModel):
     `a14b-random` and `path:DIR`, smaller sizes for `tiny` and `small`.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     model: str = Field("tiny", description="preset name: tiny, small, a14b-random, or path:DIR")
     prompt: str = Field(..., min_length=1, description="text prompt")
@@ -73,32 +88,42 @@ class GenerationRequest(BaseModel):
         merged.update({k: v for k, v in data.items() if v is not None})
         return merged
 
+    _no_bool = field_validator("width", "height", "frames", "fps", "steps", "seed", "guidance_high",
+                               "guidance_low", "shift", mode="before")(no_bool)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_text(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("prompt must contain text, got only whitespace")
+        return v
+
     @field_validator("width", "height")
     @classmethod
     def _multiple_of_16(cls, v: int, info) -> int:
-        if v < 16 or v % 16:
-            raise ValueError(f"{info.field_name} must be a positive multiple of 16, got {v}")
+        if v < 16 or v % 16 or v > MAX_SIDE:
+            raise ValueError(f"{info.field_name} must be a positive multiple of 16 up to {MAX_SIDE}, got {v}")
         return v
 
     @field_validator("frames")
     @classmethod
     def _frames_4k_plus_1(cls, v: int) -> int:
-        if v < 1 or (v - 1) % 4:
-            raise ValueError(f"frames must be of the form 4k+1 (1, 5, 9, ..., 81), got {v}")
+        if v < 1 or (v - 1) % 4 or v > MAX_FRAMES:
+            raise ValueError(f"frames must be of the form 4k+1 (1, 5, 9, ..., 81) up to {MAX_FRAMES}, got {v}")
         return v
 
     @field_validator("steps")
     @classmethod
     def _steps_positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"steps must be >= 1, got {v}")
+        if not 1 <= v <= MAX_STEPS:
+            raise ValueError(f"steps must be in 1..{MAX_STEPS}, got {v}")
         return v
 
     @field_validator("fps")
     @classmethod
     def _fps_positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"fps must be >= 1, got {v}")
+        if not 1 <= v <= MAX_FPS:
+            raise ValueError(f"fps must be in 1..{MAX_FPS}, got {v}")
         return v
 
     @field_validator("seed")
@@ -118,8 +143,8 @@ class GenerationRequest(BaseModel):
     @field_validator("shift")
     @classmethod
     def _shift_positive(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError(f"shift must be > 0, got {v}")
+        if not 0 < v <= MAX_SHIFT:
+            raise ValueError(f"shift must be in (0, {MAX_SHIFT:g}], got {v}")
         return v
 
     # ---- derived quantities -------------------------------------------------------------
@@ -160,6 +185,8 @@ class Runtime(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    _no_bool = field_validator("batch_size", "threads", mode="before")(no_bool)
+
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N")
     dtype: DType = Field(
         "bfloat16",
@@ -178,6 +205,18 @@ class Runtime(BaseModel):
         "'none'; 'text-encoder' (the experts stay resident: what a PoC node or a 96+ GB card runs); "
         "'all' (text encoder and both experts: A14B's 73 GB of weights do not fit an 80 GB card with "
         "activations). true/false mean 'all'/'none'",
+    )
+
+    engine: Literal["diffusers", "vllm-omni"] = Field(
+        "diffusers",
+        description="inference engine: 'diffusers' (in-process WanPipeline) or 'vllm-omni' (a vLLM-Omni "
+        "server in its own environment, models/engines/vllm_omni.py)",
+    )
+    schedule: Literal["engine", "wan"] = Field(
+        "engine",
+        description="denoising schedule: 'engine' (each engine's own: diffusers' UniPC config of the directory, "
+        "vLLM-Omni's native one) or 'wan' (the native Wan2.2 sigmas vLLM-Omni uses, pinned in diffusers too; "
+        "models/engines/schedules.py)",
     )
 
     @field_validator("offload", mode="before")
@@ -208,6 +247,19 @@ class Runtime(BaseModel):
         if v not in allowed:
             raise ValueError(f"attention_backend must be one of {allowed}, got {v!r}")
         return v
+
+    def check_device(self) -> "Runtime":
+        """Refuse a CUDA device this machine does not have (before any work starts)."""
+        if self.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError(f"device: {self.device!r} asked for but no CUDA device is available; use cpu")
+            index = int(self.device.split(":", 1)[1]) if ":" in self.device else 0
+            if index >= torch.cuda.device_count():
+                raise ValueError(f"device: {self.device!r} asked for but this machine has "
+                                 f"{torch.cuda.device_count()} CUDA device(s)")
+        return self
 
     @property
     def torch_dtype(self):

@@ -30,6 +30,8 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
+from sim.stats import clopper_pearson
+
 # Runtime changes a protocol can pin (rule "pinned": batch of one, TF32 off) and those it cannot.
 PINNABLE = ("batch", "tf32")
 
@@ -209,16 +211,6 @@ def measure(blocks: Iterable[Block], *, device: str = "cuda", attention: str = "
 
 # ---------------------------------------------------------------------------------------------
 # Analysis
-
-
-def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Exact two-sided binomial bounds of k successes in n trials ((0, 1) when n is 0)."""
-    if n == 0:
-        return 0.0, 1.0
-    from scipy.stats import binomtest
-
-    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
-    return float(ci.low), float(ci.high)
 
 
 def rate_str(k: int, n: int) -> str:

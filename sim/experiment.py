@@ -12,7 +12,8 @@ Run directory (resumable; each generation is keyed by its inputs):
     RUN/scores.parquet                 all rows; thresholds.json, summary.json, report.html/.md
 
 A generation directory appears only complete (written to a temporary directory, then renamed); a
-prompt is complete when its score file exists. A rerun after a crash skips complete prompts, reuses
+prompt is complete when its score file exists. `out` may also be an fsspec URL (`s3://bucket/run`):
+the files then go through `sim.storage.RunStore` (see there), with the same completeness rules. A rerun after a crash skips complete prompts, reuses
 complete generations whose record matches the expected inputs, and redoes the rest, so it ends with
 the same table as an uninterrupted run.
 """
@@ -22,17 +23,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.deviations import BENIGN_DEFAULT, MALIGN_DEFAULT
-from models.request import GenerationRequest, Runtime
+from models.deviations import ADAPTIVE_DEFAULT, BENIGN_DEFAULT, MALIGN_DEFAULT
+from models.io import check_out_dir, write_atomic as _atomic_write
+from models.request import MAX_STEPS, GenerationRequest, Runtime, no_bool
 
 PROMPT_SET = Path(__file__).parent / "data" / "vbench_all_dimension.txt"
 DEFAULT_FRAME_METRICS = ("ssim", "psnr", "gmsd", "haarpsi")
@@ -42,6 +42,8 @@ DEFAULT_FRAME_METRICS = ("ssim", "psnr", "gmsd", "haarpsi")
 # benign class uses 3e-3 and the sweep brackets it.
 HWNOISE_CALIBRATED_EPS = 3e-3
 DEFAULT_HWNOISE_EPS = (1e-3, 3e-3, 1e-2, 3e-2)
+MAX_PROMPTS = 100_000
+MAX_BOOTSTRAP = 100_000
 # Parameters that do not change any result: a rerun may change them.
 NON_RESULT_FIELDS = {"out", "bootstrap", "strips"}
 
@@ -71,7 +73,7 @@ def numerics_fingerprint(preset: str) -> str:
 class ExperimentParams(BaseModel):
     """Every setting of one experiment run; saved as RUN/params.json."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     preset: str = Field("tiny", description="model preset of every generation")
     prompts: int | str = Field(20, description="a count (a seeded sample of the bundled VBench set), "
@@ -80,7 +82,7 @@ class ExperimentParams(BaseModel):
                                     description="overrides of the preset's request defaults (e.g. steps, width); "
                                                 "prompts over the text encoder's limit (tiny: 64 byte tokens) are "
                                                 "truncated and each generation records it")
-    deviations: tuple[str, ...] = Field(BENIGN_DEFAULT + MALIGN_DEFAULT,
+    deviations: tuple[str, ...] = Field(BENIGN_DEFAULT + MALIGN_DEFAULT + ADAPTIVE_DEFAULT,
                                         description="deviation specs or import paths (benign and malign)")
     hwnoise_eps: tuple[float, ...] = Field(DEFAULT_HWNOISE_EPS,
                                            description="emulated-hardware noise levels added as benign hwnoise:EPS")
@@ -89,17 +91,49 @@ class ExperimentParams(BaseModel):
     metrics: tuple[str, ...] = Field(DEFAULT_FRAME_METRICS, description="frame metrics of the full-replay policy")
     aggregations: tuple[str, ...] = Field(("mean", "worst", "p90"), description="how frame scores are aggregated")
     policies: tuple[str, ...] = Field(("full", "checkpoint", "fingerprint", "segment"), description="validation policies")
-    capture: tuple[str, ...] = Field(("init", "switch", "final"), description="checkpoints an executor keeps")
+    capture: tuple[str, ...] = Field(("init", "switch", "final"), description="checkpoints the checkpoint and "
+                                     "fingerprint policies compare (the executor also keeps the committed points)")
+    commit_every: int = Field(2, ge=1, le=MAX_STEPS, description="steps per committed segment of the commit-then-challenge "
+                                                   "(segment) policy: the executor commits the noise, every k-th "
+                                                   "step and the final latent")
     seed: int = Field(0, ge=0, description="run seed: prompt sample, request seeds, split, hardware noise")
     fingerprint_k: int = Field(32, ge=1, le=4096, description="JL fingerprint dimensions (float16 each)")
     calib_fraction: float = Field(0.5, gt=0, lt=1, description="share of prompts used to choose thresholds")
     validator_runtime: Runtime = Field(default_factory=Runtime, description="how the validator (and a default executor) runs")
     weights_dir: str | None = Field(None, description="directory with LPIPS/DISTS weight files, if those metrics are used")
-    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for confidence intervals")
+    challenge_segments: int = Field(1, ge=1, le=MAX_STEPS, description="committed segments the deployable "
+                                    "validator challenges per validation (its compute budget)")
+    bootstrap: int = Field(1000, ge=0, le=MAX_BOOTSTRAP, description="bootstrap resamples for confidence intervals")
     strips: int = Field(3, ge=0, description="prompts shown as frame strips in the report")
     out: str = Field("runs/experiment", description="run directory")
     numerics: str = Field("", description="fingerprint of the preset, scheduler, codec and library versions "
                                           "(filled in; a run directory made under another one is refused)")
+
+    _no_bool = field_validator("prompts", "seed", "fingerprint_k", "calib_fraction", "bootstrap", "strips",
+                               "hwnoise_headline", "commit_every", "challenge_segments", mode="before")(no_bool)
+
+    @field_validator("prompts")
+    @classmethod
+    def _check_prompts(cls, v):
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("prompts: give a count, 'vbench' or a prompt file, got an empty string")
+        if isinstance(v, int) and v > MAX_PROMPTS:
+            raise ValueError(f"prompts: a count must be in 2..{MAX_PROMPTS}, got {v}")
+        return v
+
+    @field_validator("out")
+    @classmethod
+    def _check_out(cls, v):
+        if not v.strip():
+            raise ValueError("out: must be a directory path, got an empty string")
+        return v
+
+    @field_validator("aggregations")
+    @classmethod
+    def _check_aggregations(cls, v):
+        from sim.metrics import check_aggregations
+
+        return tuple(check_aggregations(v))
 
     @field_validator("deviations")
     @classmethod
@@ -164,7 +198,19 @@ class ExperimentParams(BaseModel):
             raise ValueError(f"request: {detail}") from None
         if isinstance(self.prompts, int) and self.prompts < 2:
             raise ValueError(f"prompts: a count must be >= 2 (one calibration and one test prompt), got {self.prompts}")
+        from models.engine import check_captures
+
+        if not self.capture:
+            raise ValueError("capture: at least one checkpoint is needed; allowed: init, switch, final, step:K")
+        check_captures(self.capture, self.base_request("p", 0).steps)
         return self
+
+    def executor_capture(self) -> tuple[str, ...]:
+        """What every executor keeps: the compared checkpoints and the committed points."""
+        from sim.commitment import capture_names
+
+        steps = self.base_request("p", 0).steps
+        return tuple(dict.fromkeys((*self.capture, *capture_names(steps, min(self.commit_every, steps)))))
 
     def all_deviations(self) -> tuple[str, ...]:
         return tuple(self.deviations) + tuple(f"hwnoise:{e:g}" for e in self.hwnoise_eps)
@@ -230,55 +276,118 @@ def run_seed_of(prompt_id: int, spec: str, params: ExperimentParams) -> int:
 # The run directory
 
 
-def open_run(params: ExperimentParams) -> Path:
-    """Create the run directory or check that an existing one was made by the same parameters."""
-    run = Path(params.out)
-    run.mkdir(parents=True, exist_ok=True)
-    pfile = run / "params.json"
-    if pfile.exists():
+RUN_MARKER = "params.json"
+
+
+def store_of(params: ExperimentParams):
+    """The run directory of `params.out` (a local path or an fsspec URL)."""
+    from sim.storage import RunStore, StorageError
+
+    try:
+        return RunStore(params.out)
+    except StorageError as err:
+        raise ExperimentError(str(err)) from None
+
+
+def environment() -> dict[str, Any]:
+    """The library versions behind `numerics` (RUN/environment.json, read by the regression flow)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for p in ("torch", "diffusers", "av", "transformers", "numpy", "piq"):
         try:
-            old = ExperimentParams.model_validate_json(pfile.read_text())
-        except Exception as err:
+            out[p] = version(p)
+        except PackageNotFoundError:  # pragma: no cover - all are dependencies
+            out[p] = None
+    return out
+
+
+def finished_work(run) -> bool:
+    """Whether a run directory (a local path or a `RunStore`) holds any complete generation or
+    score file (work a rerun reuses)."""
+    from sim.storage import RunStore
+
+    if isinstance(run, RunStore):
+        if run.is_local:
+            return finished_work(run.local())
+        return bool(run.fs.glob(run.path("gens/*/*/record.json")) or run.fs.glob(run.path("scores/*.parquet")))
+    return any(Path(run).glob("gens/*/*/record.json")) or any(Path(run).glob("scores/*.parquet"))
+
+
+def stored_result_fields(stored: dict[str, Any]) -> dict[str, Any]:
+    """`result_fields` of a stored params.json, compared without validating it (so nothing it names
+    is imported); a field the file predates takes its default."""
+    defaults = json.loads(ExperimentParams.model_construct().model_dump_json())
+    return {k: v for k, v in {**defaults, **stored}.items() if k not in NON_RESULT_FIELDS}
+
+
+def open_run(params: ExperimentParams) -> Path:
+    """Create the run directory or check that an existing one was made by the same parameters
+    (the numerics fingerprint included); returns the local directory of the run.
+
+    A local `out` follows the output-directory policy (`models.io.check_out_dir`). The stored
+    params.json is compared as JSON and never validated, so nothing it names (a plugin
+    deviation's module) is imported. A run directory without finished work (a run that failed
+    before its first generation) takes the new parameters."""
+    from sim.storage import is_url
+
+    if not is_url(params.out):
+        check_out_dir(params.out, resumable=RUN_MARKER)
+    store = store_of(params)
+    if store.exists(RUN_MARKER) and finished_work(store):
+        pfile = store.url(RUN_MARKER)
+        try:
+            old = json.loads(store.read_text(RUN_MARKER))
+            if not isinstance(old, dict):
+                raise ValueError(f"expected a JSON object, got {type(old).__name__}")
+        except (OSError, ValueError) as err:
             raise ExperimentError(f"{pfile}: unreadable parameters ({err}); use another --out") from None
-        a, b = old.result_fields(), params.result_fields()
+        a, b = stored_result_fields(old), params.result_fields()
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         if diff:
             detail = "; ".join(f"{k}: run has {a.get(k)!r}, asked {b.get(k)!r}" for k in diff)
-            raise ExperimentError(f"{run} was made by a different parameter set, refusing to mix ({detail})")
-    _atomic_write(pfile, params.model_dump_json(indent=1))
-    for stale in (run / "gens").glob("*/.*") if (run / "gens").exists() else []:
+            raise ExperimentError(f"{params.out} was made by a different parameter set, refusing to mix ({detail})")
+    store.write_bytes(RUN_MARKER, params.model_dump_json(indent=1))
+    store.write_bytes("environment.json", json.dumps({"numerics": params.numerics, "versions": environment()},
+                                                     indent=1))
+    gens = store.local("gens")
+    for stale in gens.glob("*/.*") if gens.exists() else []:
         shutil.rmtree(stale, ignore_errors=True)  # half-written generations of a killed run
-    return run
-
-
-def _atomic_write(path: Path, text: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(text.encode() if isinstance(text, str) else text)
-    os.replace(tmp, path)
+    return store.local()
 
 
 def _expected_record(request: GenerationRequest, runtime: Runtime, spec: str | None) -> dict[str, Any]:
-    return {"request": request.model_dump(), "deviation": spec, "runtime": runtime.model_dump()}
+    """What `models.engine.generate` records for these inputs: the effective runtime (a benign
+    deviation such as batch:N or threads:1 changes it) and the deviation's own spec (a plugin's
+    class name), so such generations are reused on resume too."""
+    if spec is None:
+        return {"request": request.model_dump(), "deviation": None, "runtime": runtime.model_dump()}
+    from models.deviations import parse_deviation
+
+    dev = parse_deviation(spec)
+    return {"request": request.model_dump(), "deviation": dev.spec, "runtime": dev.apply_runtime(runtime).model_dump()}
 
 
 def load_or_generate(directory: Path, request: GenerationRequest, runtime: Runtime, spec: str | None,
-                     run_seed: int, capture: Iterable[str]):
-    """The generation stored in `directory` if complete and made from these inputs, else a new one."""
+                     run_seed: int, capture: Iterable[str], on_saved: Callable[[Path], None] | None = None):
+    """The generation stored in `directory` if complete, made from these inputs and with every
+    artifact's hash matching its record; else a new one (which replaces the stored one, and is then
+    passed to `on_saved`)."""
     from models.engine import ArtifactError, Generation, generate
 
     if directory.exists():
         try:
             rec = json.loads((directory / "record.json").read_text())
             exp = _expected_record(request, runtime, spec)
-            if all(_normalise(rec.get(k)) == _normalise(v) for k, v in exp.items()) and rec.get("run_seed") == run_seed:
+            if isinstance(rec, dict) and rec.get("run_seed") == run_seed \
+                    and all(_normalise(rec.get(k)) == _normalise(v) for k, v in exp.items()):
                 return Generation.load(directory)
         except (OSError, ValueError, ArtifactError, KeyError):
-            pass
-        shutil.rmtree(directory, ignore_errors=True)  # partial or stale: redo
+            pass  # partial, stale or edited: redone below, and replaced only when complete
     gen = generate(request, runtime, spec, capture=tuple(capture), run_seed=run_seed)
     gen.save(directory)
+    if on_saved is not None:
+        on_saved(directory)
     return gen
 
 
@@ -299,30 +408,41 @@ def kind_of(spec: str) -> str:
 def run_prompt(params: ExperimentParams, prompt_id: int, prompt: str, n_prompts: int,
                on_generation: Callable[[str], None] | None = None):
     """Generate and score one prompt; returns its rows (a DataFrame). Skips work already on disk."""
+    import io
+
     import pandas as pd
 
     from sim.policies import Claim, ValidationContext, get_policy
 
-    run = Path(params.out)
-    score_file = run / "scores" / f"p{prompt_id:04d}.parquet"
-    if score_file.exists():
+    store = store_of(params)
+    score_rel = f"scores/p{prompt_id:04d}.parquet"
+    if store.exists(score_rel):
         try:
-            return pd.read_parquet(score_file)
+            return pd.read_parquet(io.BytesIO(store.read_bytes(score_rel)))
         except Exception:
-            score_file.unlink()  # truncated by a kill: redo
+            store.remove(score_rel)  # truncated by a kill: redo
     import time
 
     request = params.base_request(prompt, prompt_id)
-    gdir = run / "gens" / f"p{prompt_id:04d}"
+    grel = f"gens/p{prompt_id:04d}"
     rt = params.validator_runtime
+
+    capture = params.executor_capture()
+
+    def load_or_generate_at(name: str, spec: str | None, rseed: int):
+        rel = f"{grel}/{name}"
+        return load_or_generate(store.fetch_dir(rel), request, rt, spec, rseed, capture,
+                                on_saved=lambda d: store.publish_dir(rel, d))
+
     timing = {"generation": 0.0, "validator_replay": 0.0, "scoring": 0.0}
     t0 = time.perf_counter()
-    canonical = load_or_generate(gdir / "canonical", request, rt, None, 0, params.capture)
+    canonical = load_or_generate_at("canonical", None, 0)
     timing["generation"] += time.perf_counter() - t0
     if on_generation:
         on_generation("canonical")
     ctx = ValidationContext(runtime=rt, fingerprint_k=params.fingerprint_k, fingerprint_seed=params.seed,
-                            metrics=params.metrics, aggregations=params.aggregations, weights_dir=params.weights_dir)
+                            metrics=params.metrics, aggregations=params.aggregations, weights_dir=params.weights_dir,
+                            capture=params.capture, commit_every=params.commit_every)
     ctx.replays[request.key()] = canonical
     policies = [get_policy(p) for p in params.policies]
     split = split_of(prompt_id, n_prompts, params)
@@ -340,11 +460,11 @@ def run_prompt(params: ExperimentParams, prompt_id: int, prompt: str, n_prompts:
     for i, spec in enumerate(specs):
         rseed = run_seed_of(prompt_id, spec, params)
         t0 = time.perf_counter()
-        gen = load_or_generate(gdir / slug(spec), request, rt, spec, rseed, params.capture)
+        gen = load_or_generate_at(slug(spec), spec, rseed)
         timing["generation"] += time.perf_counter() - t0
         if on_generation:
             on_generation(spec)
-        claims.append(Claim(request=request, sha256=gen.sha256, directory=gdir / slug(spec)))
+        claims.append(Claim(request=request, sha256=gen.sha256, directory=store.local(f"{grel}/{slug(spec)}")))
         executor.append((float(gen.cost.compute_share), _final_rel_l2(canonical, gen)))
         for j, policy in enumerate(policies):
             if not policy.batched:  # these regenerate per claim: scored as each generation lands
@@ -362,7 +482,7 @@ def run_prompt(params: ExperimentParams, prompt_id: int, prompt: str, n_prompts:
             res = results[(i, j)]
             for metric, score in res.scores.items():
                 rows.append({
-                    "run_id": run.name, "preset": params.preset, "prompt_id": prompt_id, "prompt": prompt,
+                    "run_id": store.name, "preset": params.preset, "prompt_id": prompt_id, "prompt": prompt,
                     "split": split, "deviation": spec, "kind": kind, "policy": policy.name,
                     "metric": metric, "score": float(score),
                     "executor_compute_share": share,
@@ -370,13 +490,17 @@ def run_prompt(params: ExperimentParams, prompt_id: int, prompt: str, n_prompts:
                     "bytes_kept": int(res.bytes_kept), "hwnoise_eps": eps, "deviation_size": size,
                 })
     df = pd.DataFrame(rows)
-    score_file.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(score_file.with_suffix(".timing.json"), json.dumps(timing))
-    fd, tmp = tempfile.mkstemp(prefix=f".{score_file.name}.", dir=score_file.parent)
-    os.close(fd)
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, score_file)
+    store.write_bytes(f"scores/p{prompt_id:04d}.timing.json", json.dumps(timing))
+    store.write_bytes(score_rel, _parquet_bytes(df))  # last: the prompt is complete when this exists
     return df
+
+
+def _parquet_bytes(df) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return buf.getvalue()
 
 
 def _final_rel_l2(canonical, gen) -> float:
@@ -387,14 +511,17 @@ def _final_rel_l2(canonical, gen) -> float:
 
 
 def collect_scores(params: ExperimentParams, n_prompts: int):
+    import io
+
     import pandas as pd
 
-    run = Path(params.out)
-    frames = [pd.read_parquet(run / "scores" / f"p{i:04d}.parquet") for i in range(n_prompts)]
+    store = store_of(params)
+    frames = [pd.read_parquet(io.BytesIO(store.read_bytes(f"scores/p{i:04d}.parquet"))) for i in range(n_prompts)]
     df = pd.concat(frames, ignore_index=True)
-    tmp = run / ".scores.parquet.tmp"
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, run / "scores.parquet")
+    data = _parquet_bytes(df)
+    store.write_bytes("scores.parquet", data)
+    if not store.is_local:
+        _atomic_write(store.local("scores.parquet"), data)
     return df
 
 
@@ -434,38 +561,97 @@ def _analyse(params: ExperimentParams, n_prompts: int) -> dict[str, Any]:
     from sim.report import write_report
     from sim.stats import choose_thresholds, compute_stats
 
-    run = Path(params.out)
+    store = store_of(params)
+    run = store.local()  # the report is drawn here (the run itself, or this machine's cache of it)
     df = collect_scores(params, n_prompts)
     benign_eps = params.hwnoise_headline if params.hwnoise_headline is not None else None
     stats = compute_stats(df, n_boot=params.bootstrap, seed=params.seed, benign_eps=benign_eps)
     thresholds = choose_thresholds(df, benign_eps=benign_eps)
-    _atomic_write(run / "thresholds.json", json.dumps(thresholds, indent=1))
+    store.write_bytes("thresholds.json", json.dumps(thresholds, indent=1))
     summary = stats.summary()
     summary["deviation_sizes"] = benign_noise_table(df)
     summary["n_prompts"] = n_prompts
-    _atomic_write(run / "summary.json", json.dumps(summary, indent=1, default=str))
-    html, md = write_report(run, df, json.loads(params.model_dump_json()), stats=stats)
+    if not store.is_local:
+        _fetch_strip_videos(store, df, params)
+    deployment = None
+    if "segment" in params.policies:
+        from sim.deployable import evaluate
+
+        if not store.is_local:
+            _fetch_commitment_files(store, df, params)
+        deployment = evaluate(df, every=params.commit_every, challenged=params.challenge_segments,
+                              benign_eps=benign_eps, secret_seed=params.seed, n_boot=min(200, params.bootstrap),
+                              hwnoise_levels=params.hwnoise_eps, run_dir=run, calib_fraction=params.calib_fraction)
+        summary["deployable"] = deployment.summary()
+        store.write_bytes("validator.json", json.dumps(deployment.summary(), indent=1, default=str))
+    store.write_bytes("summary.json", json.dumps(summary, indent=1, default=str))
+    html, md = write_report(run, df, json.loads(params.model_dump_json()), stats=stats, deployment=deployment)
+    for rel in ("report.html", "report.md", "report_files"):
+        store.publish_tree(rel)
     timing = stage_seconds(params, n_prompts)
     timing["statistics_and_report"] = time.perf_counter() - t0
-    _atomic_write(run / "timing.json", json.dumps(timing, indent=1))
+    store.write_bytes("timing.json", json.dumps(timing, indent=1))
     verdicts = verdict_rows(stats)
-    return {"report": str(html), "markdown": Path(md).read_text(), "verdicts": verdicts,
-            "n_rows": int(len(df)), "run": str(run), "timing": timing}
+    return {"report": store.url("report.html"), "markdown": Path(md).read_text(), "verdicts": verdicts,
+            "deployable": deployable_rows(deployment) if deployment is not None else [],
+            "n_rows": int(len(df)), "run": store.url(), "timing": timing}
+
+
+def _fetch_strip_videos(store, df, params: ExperimentParams) -> None:
+    """Bring the videos the report's frame strips show into the local cache (held-out prompts
+    first, as `sim.report` picks them)."""
+    prompts = df.drop_duplicates("prompt_id").sort_values("prompt_id")
+    order = list(prompts[prompts["split"] == "test"]["prompt_id"]) + list(prompts[prompts["split"] != "test"]["prompt_id"])
+    for pid in order[:params.strips]:
+        for name in ["canonical"] + [slug(d) for d in params.all_deviations()]:
+            rel = f"gens/p{int(pid):04d}/{name}/video.mp4"
+            if store.exists(rel):
+                _atomic_write(store.local(rel), store.read_bytes(rel))
+
+
+def _fetch_commitment_files(store, df, params: ExperimentParams) -> None:
+    """Bring what `sim.deployable.evaluate` reads from the generations into the local cache: the
+    canonical records (decode share) and the stored checkpoints (forged openings)."""
+    for pid in sorted(set(int(p) for p in df["prompt_id"])):
+        rels = [f"gens/p{pid:04d}/canonical/record.json"]
+        rels += [f"gens/p{pid:04d}/{name}/latents.safetensors"
+                 for name in ["canonical"] + [slug(d) for d in params.all_deviations()]]
+        for rel in rels:
+            if store.exists(rel):
+                _atomic_write(store.local(rel), store.read_bytes(rel))
 
 
 def stage_seconds(params: ExperimentParams, n_prompts: int) -> dict[str, float]:
     """Wall seconds per stage summed over prompts (as last computed; a resumed prompt keeps its own)."""
     total = {"generation": 0.0, "validator_replay": 0.0, "scoring": 0.0}
+    store = store_of(params)
     for i in range(n_prompts):
-        f = Path(params.out) / "scores" / f"p{i:04d}.timing.json"
-        if f.exists():
-            for k, v in json.loads(f.read_text()).items():
+        rel = f"scores/p{i:04d}.timing.json"
+        if store.exists(rel):
+            for k, v in json.loads(store.read_text(rel)).items():
                 total[k] = total.get(k, 0.0) + v
     return total
 
 
+def deployable_rows(dep) -> list[dict[str, Any]]:
+    """The deployable rule as a whole on held-out prompts (for the CLI and the flow's artifact)."""
+    t = dep.table
+    return [{"rule": f"{dep.config.challenged} of {dep.config.segments} segments, {dep.config.metric}",
+             "FRR": _fmt_count(t["frr"]), "FAR": _fmt_count(t["far"]),
+             "validator compute": f"{t['validator_share']:.3g}x", "bytes on chain": str(t["chain_bytes"]),
+             "bytes kept": _fmt(t["kept_bytes"], "d")}]
+
+
+def _fmt_count(r: dict) -> str:
+    """A rate with its count and exact 95% bounds: 0% (0/10) [0%, 31%]."""
+    if not r.get("n"):
+        return "n/a"
+    return f"{100 * r['rate']:.3g}% ({r['k']}/{r['n']}) [{100 * r['cp_lo']:.2g}%, {100 * r['cp_hi']:.3g}%]"
+
+
 def verdict_rows(stats) -> list[dict[str, Any]]:
-    """Best policy per malign deviation (chosen on calib), with its held-out operating point."""
+    """Best policy per malign deviation (chosen on calib), with its held-out operating point (oracle
+    view: each cheat gets the policy that suits it)."""
     v = stats.verdicts
     if v is None or len(v) == 0:
         return []
@@ -475,8 +661,10 @@ def verdict_rows(stats) -> list[dict[str, Any]]:
         rows.append({
             "deviation": r["deviation"], "policy": r["policy"], "metric": r["metric"],
             "separated": r["separation"],
-            "FRR@FAR<=1%": _fmt_ci(r["frr_at_far"], r["frr_at_far_lo"], r["frr_at_far_hi"]),
-            "FAR@FRR<=1%": _fmt_ci(r["far_at_frr"], r["far_at_frr_lo"], r["far_at_frr_hi"]),
+            "FRR@FAR<=1%": _fmt_count({"rate": r["frr_at_far"], "k": r["frr_at_far_k"], "n": r["frr_at_far_n"],
+                                        "cp_lo": r["frr_at_far_cp_lo"], "cp_hi": r["frr_at_far_cp_hi"]}),
+            "FAR@FRR<=1%": _fmt_count({"rate": r["far_at_frr"], "k": r["far_at_frr_k"], "n": r["far_at_frr_n"],
+                                        "cp_lo": r["far_at_frr_cp_lo"], "cp_hi": r["far_at_frr_cp_hi"]}),
             "benign median": _fmt(r["benign_median"]), "malign median": _fmt(r["malign_median"]),
             "validator compute": _fmt(r["validator_compute_share"]), "bytes kept": _fmt(r["bytes_kept"], "d"),
         })

@@ -12,14 +12,15 @@ pass/fail under a threshold, so FAR/FRR can be recomputed at any threshold from 
 - `fingerprint`: the same comparison on seeded Johnson-Lindenstrauss projections of the latents
   (a few bytes per checkpoint); without the executor's latents the validator cannot continue from
   them, so it compares its own uninterrupted trajectory.
-- `segment`: resume from one randomly chosen stored checkpoint (latent + solver state) and re-run
-  only the steps up to the next one; compare where it ends. A fraction of the generation's cost.
+- `segment`: commit-then-challenge (`sim.commitment`): Merkle-committed checkpoints every k steps;
+  each committed segment replayed from its opened start (latent + solver state) and compared where
+  it ends; the seeded noise and the decode of the final latent against the MP4 checked. A deployed
+  validator replays only the challenged segments (`sim.deployable`): a fraction of the cost.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -29,7 +30,6 @@ from typing import Any, ClassVar, Iterable
 from models.request import GenerationRequest, Runtime
 
 INF = math.inf
-CHECKPOINT_DTYPE_BYTES = 2  # latents are kept in bf16 by an executor (4 MB per 480p latent)
 
 
 class PolicyError(ValueError):
@@ -75,6 +75,10 @@ class ValidationContext:
     replay_seconds: float = 0.0  # wall time spent regenerating (the rest of a policy's time is scoring)
     fingerprint_k: int = 32
     fingerprint_seed: int = 0
+    # The checkpoints the checkpoint and fingerprint policies compare (the executor may keep more:
+    # the committed points of the segment policy); None: all stored ones.
+    capture: tuple[str, ...] | None = None
+    commit_every: int = 2  # steps per committed segment (segment policy)
     metrics: tuple[str, ...] = ("ssim", "psnr", "gmsd", "haarpsi")
     aggregations: tuple[str, ...] = ("mean", "worst", "p90")
     weights_dir: str | None = None
@@ -138,6 +142,15 @@ class ValidationContext:
         cks, err = cached[2]
         return (_copy_checkpoints(cks), err) if cks is not None else (None, err)
 
+    def compared(self, claim: Claim):
+        """`checkpoints`, restricted to the names in `capture` (those the claim has)."""
+        cks, err = self.checkpoints(claim)
+        if cks is not None and self.capture is not None:
+            cks = {n: ck for n, ck in cks.items() if n in self.capture}
+            if not cks:
+                return None, f"none of the checkpoints {list(self.capture)} is stored"
+        return cks, err
+
     def run(self, request: GenerationRequest, **kwargs):
         """A validator generation (timed as replay, not scoring)."""
         import time
@@ -155,9 +168,12 @@ def _checkpoints_or_none(claim: Claim):
     from models.engine import ArtifactError, load_checkpoints
 
     try:
-        return load_checkpoints(claim.latents_path), ""
+        checkpoints = load_checkpoints(claim.latents_path)
     except ArtifactError as err:
         return None, str(err)
+    if not checkpoints:  # e.g. an executor on an engine that exposes no latents (vllm-omni)
+        return None, f"{claim.latents_path}: the executor kept no latents"
+    return checkpoints, ""
 
 
 def _copy_checkpoints(checkpoints):
@@ -286,14 +302,8 @@ def _latent_scores(pairs: dict[str, tuple[Any, Any]]) -> dict[str, float]:
 
 
 def _latent_bytes(checkpoints, with_solver: bool) -> int:
-    n = 0
-    for ck in checkpoints.values():
-        n += ck.latents.numel() * CHECKPOINT_DTYPE_BYTES
-        if with_solver and ck.solver:
-            from models.engine import _solver_tensors
-
-            n += sum(t.numel() * CHECKPOINT_DTYPE_BYTES for t in _solver_tensors(ck.solver).values())
-    return n
+    """Bytes of the checkpoints as stored and compared (float32: `models.engine.LATENT_DTYPE_NAME`)."""
+    return sum(ck.nbytes(with_solver) for ck in checkpoints.values())
 
 
 class CheckpointReplay(ValidationPolicy):
@@ -304,7 +314,7 @@ class CheckpointReplay(ValidationPolicy):
         return "rel_l2.max"
 
     def score(self, claim, ctx):
-        cks, err = ctx.checkpoints(claim)
+        cks, err = ctx.compared(claim)
         if cks is None:
             return rejected(("rel_l2.max", "cosine.max"), err)
         names = _latent_names(cks)
@@ -330,7 +340,7 @@ class FingerprintReplay(ValidationPolicy):
     def score(self, claim, ctx):
         from sim.fingerprint import Fingerprinter
 
-        cks, err = ctx.checkpoints(claim)
+        cks, err = ctx.compared(claim)
         if cks is None:
             return rejected(("fp_dist.max",), err)
         fp = Fingerprinter(k=ctx.fingerprint_k, seed=ctx.fingerprint_seed)
@@ -348,52 +358,98 @@ class FingerprintReplay(ValidationPolicy):
 
 
 class SegmentReplay(ValidationPolicy):
-    name = "segment"
-    description = "re-run one random stretch between stored checkpoints from the executor's state"
+    """Commit-then-challenge (`sim.commitment`): the executor's checkpoints at the committed points
+    (the noise, every `ctx.commit_every`-th step, the final latent) are committed to by their Merkle
+    root; the validator opens them, checks the proofs and the seeded noise, replays every committed
+    segment from its opened start (latent + solver state) and compares with the opened end, and
+    decodes the final latent and compares it with the committed MP4.
 
-    def __init__(self, seed: int = 0):
-        self.seed = seed
+    Scoring every segment gives the view of a validator that challenges all of them (the oracle
+    table); a deployed validator challenges `m` drawn after the commitment (`sim.deployable`), whose
+    rates follow from the per-segment scores `rel_l2.seg{i}` / `cosine.seg{i}`."""
+
+    name = "segment"
+    description = ("commit-then-challenge: Merkle-committed checkpoints every k steps, each segment replayed from "
+                   "the opened start, noise and final decode checked")
 
     def primary_metric(self, ctx):
         return "rel_l2.end"
 
-    def pick(self, claim: Claim, names: list[str]) -> tuple[str, str]:
-        pairs = list(zip(names[:-1], names[1:]))
-        h = hashlib.sha256(f"segment/{self.seed}/{claim.sha256}".encode()).digest()
-        return pairs[int.from_bytes(h[:8], "little") % len(pairs)]
-
     def score(self, claim, ctx):
         from models.engine import Checkpoint, initial_noise
-        from sim.metrics import rel_l2
+        from sim.commitment import CommitmentError, CommitSchedule, Executor, verify_openings
+        from sim.metrics import rel_l2, score_latents
 
-        keys = ("rel_l2.end", "cosine.end", "rel_l2.start")
         cks, err = ctx.checkpoints(claim)
-        if cks is None or len(cks) < 2:
-            return rejected(keys, err or "fewer than two checkpoints")
-        names = _latent_names(cks)
-        at = _claimed_steps(claim.request, names)
-        names = sorted(names, key=lambda n: at[n])
-        a, b = self.pick(claim, names)
-        start = cks[a]
-        if at[a] >= 0 and start.solver is None:
-            return rejected(keys, f"checkpoint {a!r} has no solver state", bytes_kept=_latent_bytes(cks, True))
-        scores = {}
-        if at[a] == -1:  # the validator knows the seeded noise: the start must match it exactly
-            scores["rel_l2.start"] = rel_l2(initial_noise(claim.request), start.latents)
-        else:
-            scores["rel_l2.start"] = 0.0
-        if at[b] <= at[a]:
-            return rejected(keys, "empty segment", bytes_kept=_latent_bytes(cks, True))
-        run = ctx.run(claim.request, capture=(b,),
-                       resume_from=Checkpoint(step=at[a], latents=start.latents, solver=start.solver),
-                       stop_after=at[b], decode=False)
-        from sim.metrics import score_latents
+        try:
+            schedule = CommitSchedule(claim.request.steps, min(ctx.commit_every, claim.request.steps))
+        except CommitmentError as e:
+            return rejected(segment_keys(1), str(e))
+        keys = segment_keys(schedule.segments)
+        if cks is None:
+            return rejected(keys, err)
+        try:
+            executor = Executor(cks, schedule)  # what the executor committed on chain (root, k, count)
+        except CommitmentError as e:
+            return rejected(keys, str(e))
+        kept = executor.kept_bytes()
+        everything = range(len(schedule.points))
+        openings = executor.open(everything)
+        bad = verify_openings(executor.commitment, schedule, openings, everything)
+        if bad:
+            return rejected(keys, bad, bytes_kept=kept)
+        at = _claimed_steps(claim.request, schedule.names)
+        if any(at[n] != p for n, p in zip(schedule.names, schedule.points)):
+            return rejected(keys, "checkpoints are not at the committed steps", bytes_kept=kept)
+        scores = {"rel_l2.start": rel_l2(initial_noise(claim.request), openings[0].latents)}
+        passes = 0
+        for i in range(schedule.segments):
+            a, b = openings[i], openings[i + 1]
+            if a.step >= 0 and a.solver is None:
+                scores[f"rel_l2.seg{i}"] = scores[f"cosine.seg{i}"] = INF
+                continue
+            run = ctx.run(claim.request, capture=(schedule.names[i + 1],),
+                          resume_from=Checkpoint(step=a.step, latents=a.latents, solver=a.solver),
+                          stop_after=b.step, decode=False)
+            passes += run.cost.total_passes
+            end = score_latents(run.latents[schedule.names[i + 1]], b.latents)
+            scores[f"rel_l2.seg{i}"], scores[f"cosine.seg{i}"] = end["rel_l2"], end["cosine"]
+        scores["rel_l2.end"] = max(scores[f"rel_l2.seg{i}"] for i in range(schedule.segments))
+        scores["cosine.end"] = max(scores[f"cosine.seg{i}"] for i in range(schedule.segments))
+        scores["decode.mad"] = _decode_distance(claim, openings[-1].latents, ctx)
+        share = passes / max(1, _forward_passes(claim.request))
+        return PolicyResult(scores, share, kept)
 
-        end = score_latents(run.latents[b], cks[b].latents)
-        scores["rel_l2.end"] = max(end["rel_l2"], scores["rel_l2.start"])
-        scores["cosine.end"] = end["cosine"]
-        share = run.cost.total_passes / max(1, _forward_passes(claim.request))
-        return PolicyResult(scores, share, _latent_bytes(cks, True))
+
+def segment_keys(segments: int) -> tuple[str, ...]:
+    return ("rel_l2.start", "rel_l2.end", "cosine.end", "decode.mad",
+            *(f"{m}.seg{i}" for i in range(segments) for m in ("rel_l2", "cosine")))
+
+
+def _decode_distance(claim: Claim, final, ctx: ValidationContext) -> float:
+    """Mean absolute difference (0-255) between the committed MP4's frames and the validator's decode
+    of the opened final latent, put through the same encoder (encoding is a pure function of the
+    frames: an honest claim on the validator's hardware gives exactly 0)."""
+    import time
+
+    import numpy as np
+
+    from models.video import encode_mp4
+    from sim.commitment import decode_final
+    from sim.video_io import CorruptVideo, VideoHashMismatch, decode_mp4, read_committed_video
+
+    try:
+        theirs = read_committed_video(claim.video_path, claim.sha256)
+    except (VideoHashMismatch, CorruptVideo, FileNotFoundError):
+        return INF
+    t0 = time.perf_counter()
+    try:
+        ours = decode_mp4(encode_mp4(decode_final(claim.request, ctx.runtime, final), claim.request.fps))
+    finally:
+        ctx.replay_seconds += time.perf_counter() - t0
+    if ours.shape != theirs.shape:
+        return INF
+    return float(np.abs(ours.astype(np.int16) - theirs.astype(np.int16)).mean())
 
 
 POLICIES: dict[str, type[ValidationPolicy]] = {

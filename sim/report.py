@@ -68,6 +68,29 @@ def fmt_ci(v: Any, lo: Any, hi: Any, pct: bool = False) -> str:
     return f"{s} [{f(lo)}, {f(hi)}]"
 
 
+def fmt_rate(rate: Any, k: Any, n: Any, lo: Any, hi: Any, boot: tuple | None = None) -> str:
+    """A rate with its count and exact (Clopper-Pearson) 95% bounds, e.g. `0% (0/10) [0%, 30.8%]`,
+    and the bootstrap interval over prompts after it when given."""
+    try:
+        n = int(n)
+    except (TypeError, ValueError):
+        n = 0
+    if not n or rate is None or (isinstance(rate, float) and math.isnan(rate)):
+        return "n/a"
+    out = f"{fmt_pct(rate)} ({int(k)}/{n}) [{fmt_pct(lo)}, {fmt_pct(hi)}]"
+    if boot is not None and not any(b is None or (isinstance(b, float) and math.isnan(b)) for b in boot):
+        out += f"; boot [{fmt_pct(boot[0])}, {fmt_pct(boot[1])}]"
+    return out
+
+
+def _rate_of(r, name: str, boot: bool = True) -> str:
+    """`fmt_rate` of a stats row's rate column `name` (with `_k`, `_n`, `_cp_lo`, `_cp_hi`, and `_lo`,
+    `_hi` bootstrap columns where present)."""
+    get = (lambda c: r.get(c)) if hasattr(r, "get") else (lambda c: r[c])
+    b = (get(f"{name}_lo"), get(f"{name}_hi")) if boot and get(f"{name}_lo") is not None else None
+    return fmt_rate(get(name), get(f"{name}_k"), get(f"{name}_n"), get(f"{name}_cp_lo"), get(f"{name}_cp_hi"), b)
+
+
 def fmt_bytes(b: Any) -> str:
     if b is None or (isinstance(b, float) and math.isnan(b)):
         return "n/a"
@@ -364,9 +387,9 @@ def _verdict_rows(v: pd.DataFrame, best_only: bool) -> list[dict]:
         rows.append({
             "deviation": r["deviation"], "policy": r["policy"], "metric": r["metric"], "is_best": bool(r["is_best"]),
             "separation": r["separation"], "css": _css(r["separation"]), "explanation": r["explanation"],
-            "frr": fmt_ci(r["frr_at_far"], r["frr_at_far_lo"], r["frr_at_far_hi"], pct=True),
-            "far": fmt_pct(r["test_far_at_far"]),
-            "far_at_frr": fmt_ci(r["far_at_frr"], r["far_at_frr_lo"], r["far_at_frr_hi"], pct=True),
+            "frr": _rate_of(r, "frr_at_far"),
+            "far": _rate_of(r, "test_far_at_far", boot=False),
+            "far_at_frr": _rate_of(r, "far_at_frr"),
             "auc": fmt_num(r["auc"]), "pauc": fmt_num(r["pauc"]),
             "benign_median": fmt_num(r["benign_median"]), "malign_median": fmt_num(r["malign_median"]),
             "bytes": fmt_bytes(r["bytes_kept"]), "compute": fmt_share(r["validator_compute_share"]),
@@ -378,15 +401,114 @@ def _table_row(r: pd.Series) -> dict:
     return {
         "policy": r["policy"], "metric": r["metric"], "deviation": r["deviation"],
         "auc": fmt_ci(r["auc"], r["auc_lo"], r["auc_hi"]), "pauc": fmt_ci(r["pauc"], r["pauc_lo"], r["pauc_hi"]),
-        "frr": fmt_ci(r["frr_at_far"], r["frr_at_far_lo"], r["frr_at_far_hi"], pct=True),
-        "far": fmt_ci(r["far_at_frr"], r["far_at_frr_lo"], r["far_at_frr_hi"], pct=True),
+        "frr": _rate_of(r, "frr_at_far"),
+        "far": _rate_of(r, "far_at_frr"),
         "noise": f"{fmt_num(r['benign_median'])} / {fmt_num(r['benign_p99'])}",
         "malign_median": fmt_num(r["malign_median"]), "threshold": fmt_num(r["threshold_at_far"]),
         "n": f"{r['n_benign_test']} / {r['n_malign_test']}", "reason": r.get("reason", "") or "",
     }
 
 
-def build_context(run_dir: Path, df: pd.DataFrame, params: dict, stats: Stats) -> tuple[dict, dict[str, bytes]]:
+def deployable_blocks(dep) -> list[dict]:
+    """The deployable validator's tables (title, text, header, rows of cells), rendered alike in HTML and
+    markdown: the whole rule, each deviation under it, detection against the challenged segments,
+    stability, severity per family, cheats that know the rule."""
+    if dep is None:
+        return []
+    cfg, t = dep.config, dep.table
+    a = t["a14b"]
+    boot = lambda key: t[key]  # noqa: E731
+    blocks = [{
+        "title": "Deployable validator: one rule for every claim (held-out prompts)",
+        "text": (f"Commit-then-challenge, fitted on the calibration prompts only (benign calibration FRR <= "
+                 f"{cfg.frr_target:.0%}, split over the checks): the opened noise must equal the seeded draw; "
+                 f"{cfg.challenged} of the {cfg.segments} committed segments ({cfg.every} steps each), drawn from the "
+                 f"validator's secret seed after the commitment, each replayed from its opened start within its "
+                 f"threshold on `{cfg.metric}` ({', '.join(fmt_num(x) for x in cfg.segment_thresholds)}); the decode "
+                 f"of the final latent within {fmt_num(cfg.decode_threshold)} (mean |pixel difference|, 0-255) of the "
+                 f"committed MP4. Evaluated once on every held-out claim, all benign against all malign deviations "
+                 f"together. Rates: count, exact 95% Clopper-Pearson bounds, then a 95% bootstrap over prompts with "
+                 f"the thresholds refitted inside each replicate. Benign: {', '.join(t['benign'])}; zero-effect "
+                 f"deviations (bit-identical to the canonical run here), not in the benign class: "
+                 f"{', '.join(dep.zero_effect) or 'none'}."),
+        "header": ["FRR (honest rejected)", "FAR (cheats accepted)", "FAR expected over challenges",
+                   "validator compute (segments + decode)", "bytes on chain", "bytes kept per video",
+                   "at A14B: kept / opened per validation"],
+        "rows": [[fmt_rate(t["frr"]["rate"], t["frr"]["k"], t["frr"]["n"], t["frr"]["cp_lo"], t["frr"]["cp_hi"], boot("frr_boot")),
+                  fmt_rate(t["far"]["rate"], t["far"]["k"], t["far"]["n"], t["far"]["cp_lo"], t["far"]["cp_hi"], boot("far_boot")),
+                  fmt_pct(t["expected_far_over_challenges"]),
+                  f"{fmt_num(t['validator_share'])}x ({fmt_num(t['validator_segment_share'])} + {fmt_num(t['validator_decode_share'])})",
+                  f"{t['chain_bytes']} B ({t['chain_bytes_with_video_hash']} B with the MP4 hash)",
+                  fmt_bytes(t["kept_bytes"]),
+                  f"{fmt_bytes(a['kept_bytes'])} / {fmt_bytes(a['opened_bytes'])} ({a['segments']} segments of "
+                  f"{a['every']} of 40 steps; compute {fmt_num(a['validator_share'])}x)"]]}]
+    pd_rows = [[f"`{r['deviation']}`", r["class"], fmt_rate(r["reject_rate"], r["rejected"], r["n"], r["cp_lo"], r["cp_hi"]),
+                fmt_pct(r["expected_reject"]), fmt_pct(r["reject_all_segments"]), fmt_num(r["saving"]), fmt_num(r["size"])]
+               for r in dep.per_deviation.to_dict("records")]
+    blocks.append({"title": "The one rule, per deviation (held-out claims)",
+                   "text": "Share of each deviation's claims the deployed rule rejects (for benign ones: its FRR), "
+                           "expected over the challenge draw, and with every segment challenged.",
+                   "header": ["deviation", "class", "rejected", "expected over challenges", "all segments challenged",
+                              "compute saved", "final-latent change"], "rows": pd_rows})
+    v = dep.vs_segments
+    if len(v):
+        ms = sorted(set(v["m"]))
+        rows = []
+        for dev, g in v.groupby("deviation", sort=True):
+            g = g.set_index("m")
+            rows.append([f"`{dev}`", str(int(g["cheated_segments"].iloc[0]))] +
+                        [f"{fmt_pct(g.loc[m, 'measured'])} / {fmt_pct(g.loc[m, 'derived'])}" for m in ms])
+        blocks.append({"title": "Detection per validation against segments challenged (measured / derived)",
+                       "text": ("Measured: 200 challenge draws per held-out claim on its actual per-segment outcomes; "
+                                "derived: 1 - (1 - P(noise or decode check)) x (1 - hypergeometric P(a cheated segment is "
+                                "drawn) x per-segment detection), from the number of segments the cheat touches by design "
+                                f"(`reuse:STEPS` cheats only there: the cheat that hopes its segment is not challenged). "
+                                f"Compute: m/{cfg.segments} of the transformer work plus the decode."),
+                       "header": ["malign deviation", "cheated segments"] + [f"m = {m}" for m in ms], "rows": rows})
+    st = dep.stability
+    if len(st):
+        rows = [[str(r["hwnoise_eps"]), str(r["split_seed"]), r["metric"],
+                 fmt_rate(r["frr"], r["frr_k"], r["frr_n"], 0.0 if r["frr_k"] == 0 else math.nan, r["frr_cp_hi"]),
+                 fmt_rate(r["far"], r["far_k"], r["far_n"], r["far_cp_lo"], r["far_cp_hi"]), r["missed"] or "-"]
+                for r in st.to_dict("records")]
+        blocks.append({"title": "Stability: the rule refitted on 5 other splits and with each hwnoise level as benign",
+                       "text": "Each row refits the thresholds on that split's calibration prompts and evaluates on its "
+                               "test prompts; hwnoise is an emulation. Missed: detected on fewer than 90% of test claims.",
+                       "header": ["benign hwnoise EPS", "split seed", "metric", "FRR", "FAR", "cheats missed"], "rows": rows})
+    sv = dep.severity
+    if len(sv):
+        rows = [[r["family"], f"`{r['deviation']}`", fmt_num(r["size"]), fmt_num(r["saving"]),
+                 fmt_rate(r["reject_rate"], r["rejected"], r["n"], r["cp_lo"], r["cp_hi"]), fmt_pct(r["reject_all_segments"]),
+                 "**mildest detected**" if r["mildest_detected"] else ("detected" if r["detected"] else "not detected")]
+                for r in sv.to_dict("records")]
+        blocks.append({"title": "Severity per family (mildest first) under the one rule",
+                       "text": "Detected: rejected on at least 90% of the held-out claims by the deployed rule (calibration "
+                               "FRR <= 1%). Compute saved: 1 - the executor's measured compute share (nominal for "
+                               "quantised weights).",
+                       "header": ["family", "deviation", "final-latent change", "compute saved", "rejected",
+                                  "all segments challenged", "verdict"], "rows": rows})
+    ad = dep.adaptive
+    rows = []
+    fo = ad.get("forged_openings")
+    if fo:
+        rows.append(["forge an opening (the honest latent or solver state instead of the committed one)",
+                     fmt_rate(fo["rejected"] / fo["tried"] if fo["tried"] else math.nan, fo["rejected"], fo["tried"], fo["cp_lo"], fo["cp_hi"]),
+                     "; ".join(fo["reasons"]) or "-"])
+    lu = ad.get("largest_undetected_saving")
+    rows.append(["largest compute saving the rule does not detect",
+                 f"`{lu['deviation']}`: saves {fmt_num(lu['saving'])}, rejected {fmt_pct(lu['reject_rate'])}" if lu else "none",
+                 "what the economics use (sim/network/economics.py)"])
+    for f in ad.get("fraction_of_requests", []):
+        if f["m"] == cfg.challenged:
+            rows.append([f"cheat on {f['cheat_rate']:.0%} of requests with `{f['deviation']}` (the least detected cheat)",
+                         fmt_pct(f["p_detect_per_validation"]), f"derived: r x measured P(detect), m = {f['m']}"])
+    blocks.append({"title": "Cheats that know the rule", "text": "Also in the tables above: `reuse:STEPS` (cheat on one "
+                   "segment only) and `mp4-from:SPEC` (an honest trajectory delivered with another run's video).",
+                   "header": ["cheat", "detected per validation", "how"], "rows": rows})
+    return blocks
+
+
+def build_context(run_dir: Path, df: pd.DataFrame, params: dict, stats: Stats, deployment=None) -> tuple[dict, dict[str, bytes]]:
     """The template's variables and the PNG figures (name -> bytes)."""
     cfg = stats.config
     table = stats.table
@@ -432,8 +554,8 @@ def build_context(run_dir: Path, df: pd.DataFrame, params: dict, stats: Stats) -
                "far": float(r["far_at_frr"].iloc[0]) if len(r) else math.nan}
         cost_recs.append(rec)
         cost_rows.append({**rec, "bytes": fmt_bytes(rec["bytes"]), "compute": fmt_share(rec["compute"]),
-                          "frr": fmt_ci(r["frr_at_far"].iloc[0], r["frr_at_far_lo"].iloc[0], r["frr_at_far_hi"].iloc[0], pct=True) if len(r) else "n/a",
-                          "far": fmt_ci(r["far_at_frr"].iloc[0], r["far_at_frr_lo"].iloc[0], r["far_at_frr_hi"].iloc[0], pct=True) if len(r) else "n/a"})
+                          "frr": _rate_of(r.iloc[0], "frr_at_far") if len(r) else "n/a",
+                          "far": _rate_of(r.iloc[0], "far_at_frr") if len(r) else "n/a"})
     cost_png = cost_figure(pd.DataFrame(cost_recs))
     if cost_png:
         pngs["cost"] = cost_png
@@ -447,7 +569,8 @@ def build_context(run_dir: Path, df: pd.DataFrame, params: dict, stats: Stats) -
             cells = []
             for policy in eps_policies:
                 r = e[(e["eps"] == eps) & (e["policy"] == policy) & (e["metric"] == best[policy])]
-                cells.append(" / ".join([fmt_pct(r["far_at_frr"].iloc[0]), fmt_pct(r["frr_at_far"].iloc[0]),
+                cells.append(" / ".join([_rate_of(r.iloc[0], "far_at_frr", boot=False),
+                                         _rate_of(r.iloc[0], "frr_at_far", boot=False),
                                          fmt_num(r["benign_median"].iloc[0])]) if len(r) else "n/a")
             eps_rows.append({"eps": fmt_num(eps), "cells": cells})
 
@@ -479,7 +602,7 @@ def build_context(run_dir: Path, df: pd.DataFrame, params: dict, stats: Stats) -
         "far_tables": far_tables, "all_rows": all_rows,
         "noise_policies": noise_policies, "noise_rows": noise_rows,
         "cost_rows": cost_rows, "eps_rows": eps_rows, "eps_policies": eps_policies,
-        "strips": strips,
+        "strips": strips, "deploy_blocks": deployable_blocks(deployment), "zero_effect": list(stats.zero_effect),
         "img": {k: _b64(pngs.get(k)) for k in ("roc", "hist", "cost", "eps")},
         "params_json": json.dumps(params, indent=2, default=str, sort_keys=True),
         "stats_json": json.dumps(stats.summary()["config"], indent=2, default=str),
@@ -507,13 +630,21 @@ def render_markdown(ctx: dict) -> str:
          f"thresholds chosen on calibration prompts, rates measured on test prompts; intervals are "
          f"{ctx['ci_pct']}% bootstrap intervals over prompts. `hwnoise:EPS` is an emulation of hardware noise.", "",
          "Benign class: " + ", ".join(f"`{d}`" + (" (emulation)" if d.startswith("hwnoise") else "") for d in ctx["benign_set"]), "",
-         "## Verdict per malign deviation", "",
+         "Zero-effect deviations (bit-identical to the canonical run on this hardware; reported apart, not in the "
+         "benign class): " + (", ".join(f"`{d}`" for d in ctx["zero_effect"]) or "none") + ".", ""]
+    for b in ctx["deploy_blocks"]:
+        L += [f"## {b['title']}", "", b["text"], "", "| " + " | ".join(b["header"]) + " |", "|---" * len(b["header"]) + "|"]
+        L += ["| " + " | ".join(str(c) for c in row) + " |" for row in b["rows"]]
+        L.append("")
+    L += ["## Oracle view: verdict per malign deviation", "",
+          "Each cheat gets the policy, metric and threshold that suit it best (chosen on calibration prompts): a view "
+          "no single deployed validator has. Rates: count, exact 95% bounds, then the bootstrap over prompts.", "",
          f"| malign deviation | verdict | best policy / metric | test FRR at FAR<={ctx['far_pct']} | test FAR there | benign noise (median) | malign median | bytes kept | validator compute | why |",
          "|---|---|---|---|---|---|---|---|---|---|"]
     for v in ctx["verdicts"]:
         L.append(f"| `{v['deviation']}` | {v['separation']} | {v['policy']} / `{v['metric']}` | {v['frr']} | {v['far']} | "
                  f"{v['benign_median']} | {v['malign_median']} | {v['bytes']} | {v['compute']} | {v['explanation']} |")
-    L += ["", "## FAR/FRR table (each policy's best metric, chosen on calibration)", ""]
+    L += ["", "## Oracle view: FAR/FRR table (each policy's best metric, chosen on calibration)", ""]
     for p in ctx["far_tables"]:
         L += [f"### {p['policy']} · `{p['metric']}`", "",
               f"| vs | AUC | pAUC | test FRR at FAR<={ctx['far_pct']} | test FAR at FRR<={ctx['frr_pct']} | benign noise median / p99 | malign median | n test (benign / malign) | note |",
@@ -547,7 +678,19 @@ def render_markdown(ctx: dict) -> str:
     return "\n".join(L) + "\n"
 
 
-def write_report(run_dir: str | Path, scores_df: pd.DataFrame, params: dict, stats: Stats | None = None) -> tuple[Path, Path]:
+def _inline_markdown(text: Any):
+    """HTML of a table cell written for markdown: escaped, `code` and **bold** kept."""
+    import re
+
+    from markupsafe import Markup, escape
+
+    html = str(escape(str(text)))
+    html = re.sub(r"`([^`]+)`", r"<code>\1</code>", html)
+    return Markup(re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", html))
+
+
+def write_report(run_dir: str | Path, scores_df: pd.DataFrame, params: dict, stats: Stats | None = None,
+                 deployment=None) -> tuple[Path, Path]:
     """Write RUN/report.html (self-contained) and RUN/report.md (+ RUN/report_files/*.png); return both paths."""
     import jinja2
 
@@ -560,9 +703,10 @@ def write_report(run_dir: str | Path, scores_df: pd.DataFrame, params: dict, sta
     if stats is None:
         n_boot = params.get("bootstrap")
         stats = compute_stats(scores_df, **({"n_boot": int(n_boot)} if isinstance(n_boot, int) else {}))
-    ctx, pngs = build_context(run_dir, scores_df, params, stats)
+    ctx, pngs = build_context(run_dir, scores_df, params, stats, deployment)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=jinja2.select_autoescape(["html", "j2"]),
                              undefined=jinja2.StrictUndefined)
+    env.filters["md"] = _inline_markdown
     html = env.get_template("report.html.j2").render(**ctx)
     for name, png in pngs.items():
         _atomic_write(run_dir / FILES_DIR / f"{name}.png", png)

@@ -67,6 +67,9 @@ class StatsConfig:
     pauc_ci: str = "best"
     seed: int = 0
     benign_eps: Any = "all"  # hwnoise EPS levels in the benign class: "all", None (no hwnoise), or a float
+    # benign deviations bit-identical to the canonical run on every prompt are kept out of the benign
+    # class (reported apart: `Stats.zero_effect`)
+    exclude_zero_effect: bool = True
 
     def __post_init__(self):
         for name in ("far_target", "frr_target", "max_fpr"):
@@ -129,6 +132,36 @@ def benign_mask(df: pd.DataFrame, benign_eps: Any = "all") -> pd.Series:
     if benign_eps is None:
         return benign & ~hw
     return benign & (~hw | np.isclose(df["hwnoise_eps"], float(benign_eps), rtol=1e-9, atol=0.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact intervals
+
+
+def clopper_pearson(k, n, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval of a binomial rate k/n: the bounds a count of k in n trials
+    allows at `level` (0 of 10 bounds the rate below 30.8%). NaN for n = 0. Accepts arrays."""
+    from scipy.stats import beta
+
+    k, n = np.asarray(k, dtype=float), np.asarray(n, dtype=float)
+    a = (1.0 - level) / 2.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lo = np.where(k > 0, beta.ppf(a, k, n - k + 1), 0.0)
+        hi = np.where(k < n, beta.ppf(1 - a, k + 1, n - k), 1.0)
+    lo, hi = np.where(n > 0, lo, np.nan), np.where(n > 0, hi, np.nan)
+    return (float(lo), float(hi)) if lo.ndim == 0 else (lo, hi)
+
+
+def zero_effect_deviations(df: pd.DataFrame) -> list[str]:
+    """Benign deviations whose final latent is bit-identical to the canonical one on every prompt
+    (`deviation_size` 0: relative L2 of the final latent): on this hardware they change nothing, so
+    they are reported apart and kept out of the benign class (they would only dilute its FRR)."""
+    if "deviation_size" not in df.columns:
+        return []
+    b = df[df["kind"] == "benign"].drop_duplicates(["prompt_id", "deviation"])
+    size = pd.to_numeric(b["deviation_size"], errors="coerce")
+    zero = (size == 0.0).groupby(b["deviation"].astype(str)).all()
+    return sorted(zero[zero].index)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,6 +435,8 @@ def _compare(b: _Side, m: _Side, cfg: StatsConfig, rng: np.random.Generator,
     mt_idx = _prompt_index(m.prompt[~mc], test_universe)
     b_cal, m_cal = b_all[bc], m_all[mc]
     curve = _calib_roc(b_cal, m_cal) if (b_cal.size and m_cal.size) else None
+    # the partial AUC of the calib prompts alone: the tie-break of metric and policy selection
+    row["calib_pauc"] = _pauc_from_roc(curve[0], curve[1], cfg.max_fpr) if curve is not None else math.nan
     for rule, target, main, other in (("far", cfg.far_target, "frr", "far"), ("frr", cfg.frr_target, "far", "frr")):
         if curve is None:
             op = _nan_point(f"no {'benign' if b_cal.size == 0 else 'malign'} rows in the calib split")
@@ -414,6 +449,8 @@ def _compare(b: _Side, m: _Side, cfg: StatsConfig, rng: np.random.Generator,
             reasons.append(f"{rule} rule: {op.reason}")
             row.update({f"{main}_{p}": math.nan, f"{main}_{p}_lo": math.nan, f"{main}_{p}_hi": math.nan,
                         f"test_{other}_{p}": math.nan})
+            for name in (f"{main}_{p}", f"test_{other}_{p}"):
+                row.update({f"{name}_k": 0, f"{name}_n": 0, f"{name}_cp_lo": math.nan, f"{name}_cp_hi": math.nan})
             continue
         frr = float(np.mean(bt > op.threshold)) if bt.size else math.nan  # _rates on finite scores
         far = float(np.mean(mt <= op.threshold)) if mt.size else math.nan
@@ -426,6 +463,12 @@ def _compare(b: _Side, m: _Side, cfg: StatsConfig, rng: np.random.Generator,
         idx = bt_idx if main == "frr" else mt_idx
         row[f"{main}_{p}_lo"], row[f"{main}_{p}_hi"] = (
             _rate_ci(flags, idx, weights, cfg.ci_level) if weights.size and flags.size else (math.nan, math.nan))
+        # exact bounds from the counts (rows; those of one prompt are correlated: the bootstrap above
+        # resamples prompts)
+        for which, f in ((main, flags), (other, (bt > op.threshold) if other == "frr" else (mt <= op.threshold))):
+            name = f"{which}_{p}" if which == main else f"test_{which}_{p}"
+            row[f"{name}_k"], row[f"{name}_n"] = int(f.sum()), int(f.size)
+            row[f"{name}_cp_lo"], row[f"{name}_cp_hi"] = clopper_pearson(int(f.sum()), int(f.size), cfg.ci_level)
     row["reason"] = "; ".join(dict.fromkeys(reasons))
     return row
 
@@ -445,6 +488,7 @@ class Stats:
     benign_noise: pd.DataFrame  # median/p99 score per (policy, metric, benign deviation)
     roc: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     benign_set: list[str] = field(default_factory=list)
+    zero_effect: list[str] = field(default_factory=list)  # benign deviations with no effect (not in the class)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready digest: per malign deviation, the best policy's verdict."""
@@ -452,6 +496,7 @@ class Stats:
         return {
             "config": {k: getattr(self.config, k) for k in self.config.__dataclass_fields__},
             "benign_set": self.benign_set,
+            "zero_effect": self.zero_effect,
             "deviations": [_jsonable(r) for r in best.to_dict("records")],
         }
 
@@ -491,7 +536,8 @@ def compute_stats(df: pd.DataFrame, config: StatsConfig | None = None, **overrid
 
 def _compute_stats(df: pd.DataFrame, cfg: StatsConfig) -> Stats:
     rng = np.random.default_rng(np.random.SeedSequence(cfg.seed))
-    bmask = benign_mask(df, cfg.benign_eps)
+    zero = zero_effect_deviations(df) if cfg.exclude_zero_effect else []
+    bmask = benign_mask(df, cfg.benign_eps) & ~df["deviation"].astype(str).isin(zero)
     benign_set = sorted(df.loc[bmask, "deviation"].astype(str).unique())
     malign_devs = sorted(df.loc[df["kind"] == "malign", "deviation"].astype(str).unique())
 
@@ -527,7 +573,7 @@ def _compute_stats(df: pd.DataFrame, cfg: StatsConfig) -> Stats:
                                   universe.size, cfg.n_boot_pauc, cfg.max_fpr, rng)
                 table.loc[i, ["pauc_lo", "pauc_hi"]] = _ci(boot, cfg.ci_level)
     return Stats(config=cfg, table=table, eps_curve=eps_curve(df, cfg, rng), verdicts=verdicts(table, cfg),
-                 benign_noise=benign_noise(df), roc=roc, benign_set=benign_set)
+                 benign_noise=benign_noise(df), roc=roc, benign_set=benign_set, zero_effect=zero)
 
 
 def eps_curve(df: pd.DataFrame, cfg: StatsConfig, rng: np.random.Generator | None = None,
@@ -568,12 +614,12 @@ def benign_noise(df: pd.DataFrame) -> pd.DataFrame:
 
 def best_metric_per_policy(table: pd.DataFrame) -> dict[str, str]:
     """Per policy, the metric with the least calib FRR at FAR <= target against all malign rows
-    (then the highest partial AUC, then the name): chosen on the calib split only."""
+    (then the highest calib partial AUC, then the name): chosen on the calib split only."""
     t = table[table["deviation"] == ALL_MALIGN].copy()
     if t.empty:
         return {}
     t["_f"] = t["calib_frr_at_far"].fillna(np.inf)
-    t["_p"] = -t["pauc"].fillna(-np.inf)
+    t["_p"] = -t["calib_pauc"].fillna(-np.inf)  # calib only: the all-prompt pAUC would leak test data
     best = t.sort_values(["_f", "_p", "metric"], kind="stable").groupby("policy", sort=True).head(1)
     return dict(zip(best["policy"], best["metric"]))
 
@@ -599,7 +645,7 @@ def _separation(row: pd.Series, cfg: StatsConfig) -> tuple[str, str]:
 
 def verdicts(table: pd.DataFrame, cfg: StatsConfig) -> pd.DataFrame:
     """Per malign deviation and policy, the metric with the best *calib* operating point (least calib
-    FRR at FAR <= target, then highest partial AUC), and its held-out result. `is_best` marks the
+    FRR at FAR <= target, then highest calib partial AUC), and its held-out result. `is_best` marks the
     best policy per deviation, chosen on calib too (ties: less validator compute, then fewer bytes)."""
     if table.empty:
         return pd.DataFrame()
@@ -607,7 +653,7 @@ def verdicts(table: pd.DataFrame, cfg: StatsConfig) -> pd.DataFrame:
     if t.empty:
         return pd.DataFrame()
     t["_calib_frr"] = t["calib_frr_at_far"].fillna(np.inf)
-    t["_pauc"] = -t["pauc"].fillna(-np.inf)
+    t["_pauc"] = -t["calib_pauc"].fillna(-np.inf)  # calib only (the all-prompt pAUC is reported, not used)
     t["_compute"] = t["validator_compute_share"].fillna(np.inf)
     t["_bytes"] = t["bytes_kept"].fillna(np.inf)
     keys = ["_calib_frr", "_pauc", "_compute", "_bytes", "metric"]
@@ -619,7 +665,10 @@ def verdicts(table: pd.DataFrame, cfg: StatsConfig) -> pd.DataFrame:
     sep = per_policy.apply(lambda r: _separation(r, cfg), axis=1, result_type="expand")
     per_policy["separation"], per_policy["explanation"] = sep[0], sep[1]
     cols = ["deviation", "policy", "metric", "is_best", "separation", "explanation", "frr_at_far", "frr_at_far_lo",
-            "frr_at_far_hi", "test_far_at_far", "far_at_frr", "far_at_frr_lo", "far_at_frr_hi", "auc", "pauc",
+            "frr_at_far_hi", "frr_at_far_k", "frr_at_far_n", "frr_at_far_cp_lo", "frr_at_far_cp_hi",
+            "test_far_at_far", "test_far_at_far_k", "test_far_at_far_n", "test_far_at_far_cp_lo", "test_far_at_far_cp_hi",
+            "far_at_frr", "far_at_frr_lo", "far_at_frr_hi", "far_at_frr_k", "far_at_frr_n", "far_at_frr_cp_lo",
+            "far_at_frr_cp_hi", "auc", "pauc", "calib_pauc",
             "threshold_at_far", "benign_median", "benign_p99", "malign_median", "validator_compute_share",
             "bytes_kept", "executor_compute_share", "n_prompts_test"]
     return per_policy[cols].sort_values(["deviation", "policy"]).reset_index(drop=True)
@@ -634,7 +683,7 @@ def choose_thresholds(df: pd.DataFrame, *, rule: str = "frr", target: float = 0.
     if rule not in ("far", "frr"):
         raise StatsError(f"rule must be 'far' or 'frr', got {rule!r}")
     df = validate_scores(df)
-    bmask = benign_mask(df, benign_eps)
+    bmask = benign_mask(df, benign_eps) & ~df["deviation"].astype(str).isin(zero_effect_deviations(df))
     out: dict[str, dict] = {}
     calib = df["split"] == "calib"
     for (policy, metric), g in _groups(df):

@@ -349,7 +349,9 @@ _seed = st.sampled_from([SEED, SEED, 8])  # the committed seed, and one that doe
 _message = st.one_of(
     st.builds(lambda i, r, e, q: StartInference(id=_mid(), inference_id=i, requester=r, executor=e, request=q),
               _iid, _who, _who, _request),
-    st.builds(lambda i, e: FinishInference(id=_mid(), inference_id=i, executor=e, video_sha256="v"), _iid, _who),
+    st.builds(lambda i, e, root: FinishInference(id=_mid(), inference_id=i, executor=e, video_sha256="v",
+                                                 commitment_root=root),
+              _iid, _who, st.one_of(st.none(), st.binary(min_size=32, max_size=32).map(bytes.hex))),
     st.builds(lambda i, v, ok, seed, score: SubmitValidation(seed=seed, id=_mid(), inference_id=i, validator=v,
                                                              score=score if ok else 5.0, passed=ok),
               _iid, _who, st.booleans(), _seed, st.sampled_from([0.0, float("inf"), -1e308])),
@@ -432,3 +434,18 @@ def test_property_random_messages_postgres(pg_url, blocks):
     with tempfile.TemporaryDirectory() as d:
         on_sqlite = _property_run(f"sqlite:///{Path(d) / 'c.db'}", blocks)
     assert on_pg == on_sqlite
+
+
+def test_finish_inference_stores_the_trajectory_commitment(chain_url):
+    """FinishInference carries the 32-byte Merkle root of the committed trajectory next to the MP4 hash."""
+    from pydantic import ValidationError
+
+    eng = _new_chain(chain_url)
+    _genesis(eng)
+    apply_block(eng, [_start(1)])
+    root = "cd" * 32
+    apply_block(eng, [FinishInference(id="fin:1", inference_id="inf1", executor="h1", video_sha256="ab" * 32,
+                                      commitment_root=root)])
+    assert _row(eng, T.Inference, "inf1")["commitment_root"] == root
+    with pytest.raises(ValidationError, match="commitment_root"):
+        FinishInference(id="fin:2", inference_id="inf1", executor="h1", video_sha256="x", commitment_root="zz")

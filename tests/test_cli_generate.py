@@ -40,7 +40,7 @@ def test_bad_input_is_a_clean_error(tmp_path):
         (["--preset", "huge"], "unknown preset"),
     ):
         res = runner.invoke(app, ["generate", "--prompt", "x", "--out", str(tmp_path / "o"), *args])
-        assert res.exit_code == 2, res.output
+        assert res.exit_code == 1, res.output
         assert needle in " ".join(res.output.split())
         assert "Traceback" not in res.output
     assert not (tmp_path / "o").exists()

@@ -7,6 +7,7 @@ from models.deviations import (
     DEVIATIONS,
     Deviation,
     DeviationError,
+    allow_plugins,
     Steps,
     fp8_round,
     parse_deviation,
@@ -124,7 +125,10 @@ def test_registry_and_kinds():
 
 
 def test_import_path_deviation():
-    dev = parse_deviation("tests.test_deviations:DoubleSeed")
+    with pytest.raises(DeviationError, match="not an allowed plugin"):
+        parse_deviation("tests.test_deviations:DoubleSeed")  # importing would run the module's code
+    with allow_plugins(["tests"]):
+        dev = parse_deviation("tests.test_deviations:DoubleSeed")
     assert dev.kind == "malign"
     g = generate(REQ, deviation=dev, capture=("init",))
     assert g.effective_request.seed == REQ.seed * 2 + 1
@@ -141,11 +145,38 @@ def test_import_path_deviation():
         ("one-expert:middle", "high or low"),
         ("model:huge", "unknown preset"),
         ("attention:fast", "attention_backend must be one of"),
-        ("nosuch.module:X", "cannot import module"),
-        ("tests.test_deviations:REQ", "not a Deviation subclass"),
+        ("nosuch.module:X", "'nosuch.module' is not an allowed plugin"),
+        ("sim.nosuch:X", "cannot import module"),
+        ("models.deviations:Deviation", "not a usable deviation"),
+        ("models.deviations:REQ", "not a Deviation subclass"),
         ("", "non-empty"),
     ],
 )
 def test_bad_specs(spec, needle):
     with pytest.raises((DeviationError, ValueError), match=needle):
         parse_deviation(spec)
+
+
+def test_severity_family_deviations(honest):
+    """reuse skips the listed steps' transformer work (7/8 of the blocks for one step of 8) and changes the
+    trajectory only from that step; one-expert-last covering every low-noise step is one-expert:high;
+    quant changes weights more at fewer bits and restores them; mp4-from keeps the honest latents but
+    delivers another run's video."""
+    reuse = generate(REQ, deviation="reuse:5", capture=("step:4", "final"))
+    assert reuse.cost.compute_share == pytest.approx(7 / 8)
+    h4 = generate(REQ, capture=("step:4",))
+    assert torch.equal(reuse.latents["step:4"], h4.latents["step:4"])
+    assert rel(honest.latents["final"], reuse.latents["final"]) > 1e-3
+    last2 = generate(REQ, deviation="one-expert-last:2")  # steps 6, 7 are the low-noise ones at 8 steps
+    high = generate(REQ, deviation="one-expert:high")
+    assert torch.equal(last2.latents["final"], high.latents["final"])
+    digest = weights_digest(build_pipeline("tiny").transformer)
+    q8, q4 = (generate(REQ, deviation=f"quant:{b}") for b in (8, 4))
+    assert 0 < rel(honest.latents["final"], q8.latents["final"]) < rel(honest.latents["final"], q4.latents["final"])
+    assert weights_digest(build_pipeline("tiny").transformer) == digest
+    swap = generate(REQ, deviation="mp4-from:steps:4")
+    assert torch.equal(swap.latents["final"], honest.latents["final"]) and swap.sha256 != honest.sha256
+    assert swap.sha256 == generate(REQ, deviation="steps:4").sha256
+    for bad in ("reuse:0", "reuse:a", "quant:9", "mp4-from:mp4-from:steps:4", "guidance-scale:-1"):
+        with pytest.raises(DeviationError):
+            parse_deviation(bad)

@@ -138,3 +138,26 @@ def test_offload_modes_are_validated():
     assert Runtime(offload=True).offload == "all" and Runtime(offload=False).offload == "none"
     with pytest.raises(ValueError, match="offload must be one of"):
         Runtime(offload="experts")
+
+
+def test_batch_checkpoint_holds_only_the_request_and_resumes_to_the_batch1_result(base):
+    """A batched executor keeps only its request's row of the solver state (not the filler prompt's),
+    and a checkpoint of a batch of 2 resumes, alone, to the batch-1 result (batch 2 is bit-identical to
+    batch 1 on this CPU in bf16)."""
+    from models.request import Runtime
+
+    batched = generate(REQ, Runtime(batch_size=2), capture=("init", "step:2", "final"), run_seed=5)
+    ck = batched.checkpoints["step:2"]
+    from models.engine import _solver_tensors
+
+    tensors = _solver_tensors(ck.solver)
+    assert tensors and all(t.shape[0] == 1 for t in tensors.values() if t.dim() >= 1)
+    assert all(t.dtype == torch.float32 for t in tensors.values() if t.is_floating_point())
+    assert ck.latents.dtype == torch.float32  # stored, committed and counted in float32
+    assert ck.nbytes() == sum(t.numel() * t.element_size() for t in [ck.latents, *tensors.values()])
+    resumed = generate(REQ, resume_from=ck)
+    assert torch.equal(resumed.latents["final"], base.latents["final"])
+    assert resumed.sha256 == base.sha256
+    # and inside a batch of 2 again (the request is row 0 of the solver state)
+    again = generate(REQ, Runtime(batch_size=2), resume_from=ck, run_seed=5)
+    assert torch.equal(again.latents["final"], base.latents["final"])

@@ -44,7 +44,7 @@ def test_cli_experiment_prints_the_table_and_refuses_mixing(prefect_harness, tmp
     params = json.loads((out / "params.json").read_text())
     assert params["deviations"] == ["threads:1", "seed:+1"]
     res = runner.invoke(app, [*args[:-1], "--seed", "5"])
-    assert res.exit_code == 2 and "different parameter set" in " ".join(res.output.split())
+    assert res.exit_code == 1 and "different parameter set" in " ".join(res.output.split())
 
 
 def test_cli_experiment_bad_input(tmp_path):
@@ -53,6 +53,6 @@ def test_cli_experiment_bad_input(tmp_path):
                           (["--policy", "oracle"], "unknown policy 'oracle'"),
                           (["--metric", "vmaf"], "vmaf")):
         res = runner.invoke(app, ["experiment", "--out", str(tmp_path / "x"), *extra])
-        assert res.exit_code == 2, res.output
+        assert res.exit_code == 1, res.output
         assert needle in " ".join(res.output.split())
     assert not (tmp_path / "x").exists()

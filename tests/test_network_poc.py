@@ -119,11 +119,11 @@ def test_cli_rejects_bad_poc_options(run_dir, tmp_path):
     app = _app()
     r = CliRunner().invoke(app, ["network", "run", "--run-dir", str(run_dir), "--poc-strategy", "bogus",
                                  "--out", str(tmp_path / "a")])
-    assert r.exit_code == 2 and "unknown strategy 'bogus'" in r.output
+    assert r.exit_code == 1 and "unknown strategy 'bogus'" in r.output
     r = CliRunner().invoke(app, ["network", "run", "--run-dir", str(run_dir), "--honest", "2", "--poc-cheaters", "3",
                                  "--out", str(tmp_path / "b")])
-    assert r.exit_code == 2 and "poc_cheaters (3) must be <= honest (2)" in r.output
+    assert r.exit_code == 1 and "poc_cheaters (3) must be <= honest (2)" in r.output
     r = CliRunner().invoke(app, ["network", "run", "--run-dir", str(run_dir), "--weights", "stake",
                                  "--out", str(tmp_path / "c")])
-    assert r.exit_code == 2 and "weights_source" in r.output
+    assert r.exit_code == 1 and "weights_source" in r.output
     assert not (tmp_path / "a").exists()

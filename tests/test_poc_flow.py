@@ -40,7 +40,7 @@ def test_poc_run_direct_writes_results(app, tmp_path):
 ])
 def test_poc_run_refuses_bad_input(app, args, needle):
     res = runner.invoke(app, ["poc", "run", "--direct", *args])
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     assert needle in res.output
 
 
@@ -50,7 +50,7 @@ def test_poc_strategies_and_power(app):
     res = runner.invoke(app, ["poc", "power", "--samples", "10,200", "--cheats", "fp8,fabricate:0.2"])
     assert res.exit_code == 0 and "fabricate:0.2" in res.output and "n=200" in res.output
     res = runner.invoke(app, ["poc", "power", "--cheats", "fabricate:7"])
-    assert res.exit_code == 2 and "fabricate" in res.output
+    assert res.exit_code == 1 and "fabricate" in res.output
 
 
 def test_poc_power_honest_condition(app):
@@ -62,7 +62,7 @@ def test_poc_power_honest_condition(app):
     assert res.exit_code == 0, res.output
     assert f"{m.rate('fp8', 0.03):.3f}" in res.output
     res = runner.invoke(app, ["poc", "power", "--honest", "attention:_native_cudnn"])
-    assert res.exit_code == 2 and "attention:_native_cudnn" in res.output and "no distances" in res.output
+    assert res.exit_code == 1 and "attention:_native_cudnn" in res.output and "no distances" in res.output
 
 
 @pytest.mark.slow
@@ -76,7 +76,7 @@ def test_poc_measure_small(app, tmp_path):
     assert max(data["conditions"]["batch:3"]["distances"]) < 1e-3
     assert min(data["conditions"]["fabricated"]["distances"]) > 0.1
     res = runner.invoke(app, ["poc", "measure", "--conditions", "warp:9", "--out", str(out)])
-    assert res.exit_code == 2 and "warp:9" in res.output
+    assert res.exit_code == 1 and "warp:9" in res.output
 
 
 @pytest.mark.slow

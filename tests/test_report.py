@@ -62,7 +62,7 @@ def test_report_is_complete_and_self_contained(run_dir):
     for s in srcs:
         assert base64.b64decode(s.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(srcs) >= 6  # ROC, histograms, cost, EPS, two frame strips
-    for section in ("Verdict per malign deviation", "FAR/FRR table", "Benign noise per benign deviation", "ROC curves",
+    for section in ("Oracle view: verdict per malign deviation", "FAR/FRR table", "Benign noise per benign deviation", "ROC curves",
                     "Score histograms per deviation", "Compute and bytes per policy", "emulated hardware noise EPS",
                     "canonical vs each deviation"):
         assert section in html, section

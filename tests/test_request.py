@@ -27,17 +27,25 @@ def test_explicit_values_override_defaults():
         ("width", 50, "width must be a positive multiple of 16"),
         ("height", 0, "height must be a positive multiple of 16"),
         ("frames", 10, "frames must be of the form 4k+1"),
-        ("steps", 0, "steps must be >= 1"),
+        ("steps", 0, "steps must be in 1..1000"),
+        ("steps", 100000, "steps must be in 1..1000, got 100000"),
+        ("width", 4096, "width must be a positive multiple of 16 up to 1920"),
+        ("frames", 1001, "frames must be of the form 4k+1 (1, 5, 9, ..., 81) up to 241"),
+        ("frames", True, "frames must be a number, got the boolean True"),
+        ("shift", float("nan"), "shift\n  Input should be a finite number"),
+        ("shift", float("inf"), "shift\n  Input should be a finite number"),
+        ("shift", 1000.0, "shift must be in (0, 100]"),
+        ("prompt", "   ", "prompt must contain text"),
         ("seed", -1, "seed must be in 0..2**63-1"),
-        ("fps", 0, "fps must be >= 1"),
+        ("fps", 0, "fps must be in 1..120"),
         ("guidance_high", -1.0, "guidance_high must be in 0..50"),
-        ("shift", 0.0, "shift must be > 0"),
+        ("shift", 0.0, "shift must be in (0, 100]"),
         ("model", "nope", "unknown preset 'nope'"),
     ],
 )
 def test_refusals_name_the_field(field, value, needle):
     with pytest.raises(ValidationError) as err:
-        GenerationRequest(prompt="p", **{field: value})
+        GenerationRequest(**{"prompt": "p", field: value})
     text = str(err.value)
     assert needle in text
     if field != "model":

@@ -46,8 +46,8 @@ _PART = T.Participant.__table__
 _CHUNK = 500
 EXECUTING_ROLES = ("host", "executor")
 VALIDATING_ROLES = ("host", "validator")
-_INF_MUTABLE = ("status", "escrow_ngonka", "paid_ngonka", "refunded_ngonka", "video_sha256", "finish_block",
-                "traffic_basis", "executor_reputation", "settle_block", "validations", "failed_validations",
+_INF_MUTABLE = ("status", "escrow_ngonka", "paid_ngonka", "refunded_ngonka", "video_sha256", "commitment_root",
+                "finish_block", "traffic_basis", "executor_reputation", "settle_block", "validations", "failed_validations",
                 "validators", "failed_by", "reporter",
                 "committee", "vote_deadline_block", "truth_deviation")
 _PART_MUTABLE = ("role", "status", "status_reason", "balance_ngonka", "collateral_ngonka", "reputation",
@@ -429,8 +429,8 @@ def _start(state: _State, m: StartInference) -> None:
         prompt_sha256=r.prompt_sha256, width=r.width, height=r.height, frames=r.frames, steps=r.steps,
         guidance_high=r.guidance_high, guidance_low=r.guidance_low, shift=r.shift, seed=r.seed, units=units,
         unit_price_ngonka=price, cost_ngonka=cost, escrow_ngonka=0, paid_ngonka=0, refunded_ngonka=0,
-        video_sha256=None, status="STARTED", start_block=state.height, finish_block=None, traffic_basis=None,
-        executor_reputation=None, settle_block=None,
+        video_sha256=None, commitment_root=None, status="STARTED", start_block=state.height, finish_block=None,
+        traffic_basis=None, executor_reputation=None, settle_block=None,
         validations=0, failed_validations=0, validators="", failed_by="", reporter=None, committee="",
         vote_deadline_block=None, truth_deviation=None)
     state.infs_new.add(m.inference_id)
@@ -460,6 +460,7 @@ def _finish(state: _State, m: FinishInference) -> None:
     basis = max(meta["epoch_finished"], meta["previous_epoch_requests"])
     rep = int(state.parts[m.executor]["reputation"])
     inf.update(status="FINISHED", finish_block=state.height, video_sha256=m.video_sha256,
+               commitment_root=m.commitment_root,
                truth_deviation=m.truth_deviation, traffic_basis=basis, executor_reputation=rep)
     state.touch_inf(m.inference_id)
     state.report.finished[m.inference_id] = (basis, rep)

@@ -146,6 +146,8 @@ class FinishInference(_Msg):
     inference_id: Key
     executor: Name
     video_sha256: Key
+    commitment_root: Optional[str] = Field(None, pattern="^[0-9a-f]{64}$", description="hex Merkle root of the "
+                                           "committed latent trajectory (sim/commitment.py): 32 bytes")
     truth_deviation: Optional[Text] = Field(None, description="simulation ground truth (not a chain field)")
 
 

@@ -15,7 +15,7 @@ from typing import Optional
 from sqlalchemy import BigInteger, Column, Index, Text
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: inference.commitment_root (the trajectory's Merkle root)
 
 MINT, BURN, ESCROW, COLLATERAL = "@mint", "@burn", "@escrow", "@collateral"
 
@@ -122,6 +122,7 @@ class Inference(SQLModel, table=True):
     paid_ngonka: int = _money()
     refunded_ngonka: int = _money()
     video_sha256: Optional[str] = None
+    commitment_root: Optional[str] = None  # Merkle root of the committed trajectory (sim/commitment.py)
     status: str = "STARTED"  # STARTED FINISHED VOTING VALIDATED INVALIDATED EXPIRED
     start_block: int
     finish_block: Optional[int] = None

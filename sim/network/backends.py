@@ -87,6 +87,13 @@ class SurrogateBackend:
             raise RunDirError(f"metric {metric!r} is not measured for policy {policy!r}; allowed: {metrics}")
         df = df[df["metric"] == metric]
         key = f"{policy}/{metric}"
+        if threshold is not None:
+            from sim.metrics import IDENTITY
+
+            floor = IDENTITY.get(str(metric).split(".")[0], 0.0)
+            if not np.isfinite(threshold) or threshold < floor:
+                raise RunDirError(f"threshold: must be a finite distance >= {floor:g} for {key} (the distance of "
+                                  f"identical outputs), got {threshold}")
         if threshold is None:
             if key not in thresholds or "threshold" not in thresholds[key]:
                 raise RunDirError(f"{thr_path} has no threshold for {key!r}; keys: {sorted(thresholds)}")

@@ -135,12 +135,35 @@ def expected_profit(q_cheat: float, q_honest: float, share: float, cheat_rate: f
                 profit_ngonka=revenue + reward - compute - slash)
 
 
+def largest_undetected(run_dir) -> dict | None:
+    """The cheat with the largest compute saving that the experiment's deployable validator does not
+    detect (RUN/validator.json, written by sim/deployable.py), as {"strategy", "q_fail", "compute_share"}:
+    its fail rate is the deployed rule's rejection rate of it on held-out prompts. None without one."""
+    import json
+    from pathlib import Path
+
+    path = Path(run_dir) / "validator.json"
+    if not path.is_file():
+        return None
+    dep = json.loads(path.read_text())
+    lu = (dep.get("adaptive") or {}).get("largest_undetected_saving")
+    if not lu:
+        return None
+    return {"strategy": f"largest undetected saving ({lu['deviation']})", "q_fail": float(lu["reject_rate"]),
+            "compute_share": 1.0 - float(lu["saving"])}
+
+
 def strategy_table(fail_rates: dict[str, float], compute_shares: dict[str, float], benign_fail_rate: float,
                    chain: ChainParams, s: Setting, cheat_rates: Sequence[float] = (0.1, 0.5, 1.0),
-                   trials: int = 2000, seed: int = 0) -> "object":
-    """One row per (strategy, cheat rate): saving, catch chance, profit vs honest, whether it pays."""
+                   trials: int = 2000, seed: int = 0, undetected: dict | None = None) -> "object":
+    """One row per (strategy, cheat rate): saving, catch chance, profit vs honest, whether it pays.
+    `undetected` (`largest_undetected`) adds the strategy a cheater who knows the deployed validator
+    picks: the largest saving that rule does not detect, at the rule's rejection rate."""
     import pandas as pd
 
+    if undetected:
+        fail_rates = {**fail_rates, undetected["strategy"]: undetected["q_fail"]}
+        compute_shares = {**compute_shares, undetected["strategy"]: undetected["compute_share"]}
     honest = expected_profit(benign_fail_rate, benign_fail_rate, 1.0, 0.0, chain, s, trials, seed)
     rows = [dict(strategy="honest", cheat_rate=0.0, compute_share=1.0, compute_saving=0.0,
                  q_fail=benign_fail_rate, **honest, gain_vs_honest_ngonka=0.0, pays=False)]

@@ -10,6 +10,7 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from models.request import no_bool
 from sim.chain.params import ChainParams
 from sim.poc.params import PocParams
 
@@ -17,7 +18,7 @@ from sim.poc.params import PocParams
 class RequestShape(BaseModel):
     """One kind of request in the workload mix."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     width: int = Field(832, ge=16, description="pixels, multiple of 16 (A14B default 832)")
     height: int = Field(480, ge=16, description="pixels, multiple of 16 (A14B default 480)")
@@ -49,15 +50,20 @@ DEFAULT_MIX = (
     RequestShape(width=1280, height=720, share=0.25),
     RequestShape(frames=41, steps=30, share=0.5),
 )
+# Upper bounds (project choices: far above any simulated network, below what only exhausts memory).
+MAX_REQUESTS_PER_EPOCH = 10_000_000
+MAX_BLOCKS_PER_EPOCH = 1_000_000
 TINY_MIX = (RequestShape(width=64, height=64, frames=9, steps=4),)
 
 
 class ExecutorGroup(BaseModel):
     """`count` hosts (each executes and validates) sharing a GPU type and a strategy."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    count: int = Field(ge=1, description="hosts in the group")
+    _no_bool = field_validator("count", "cheat_rate", mode="before")(no_bool)
+
+    count: int = Field(ge=1, le=100_000, description="hosts in the group")
     gpu_type: str = Field("H100", description="label of the GPU type")
     seconds_per_unit: Optional[float] = Field(
         None, gt=0, description="GPU seconds per compute unit (None: the pricing unit's seconds, i.e. the "
@@ -90,7 +96,7 @@ class ExecutorGroup(BaseModel):
 
 
 class NetworkParams(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     seed: int = Field(0, ge=0, description="one seed per run, split per role with SeedSequence.spawn")
     fidelity: Literal["surrogate", "real"] = Field("surrogate", description="surrogate draws validation scores "
@@ -99,7 +105,8 @@ class NetworkParams(BaseModel):
                                    "thresholds.json)")
     policy: str = Field("full", description="validation policy (full, checkpoint, fingerprint, segment)")
     metric: Optional[str] = Field(None, description="metric of the policy (None: the only one the run has)")
-    threshold: Optional[float] = Field(None, description="override the run's calibrated threshold")
+    threshold: Optional[float] = Field(None, description="override the run's calibrated threshold (finite; not "
+                                       "below the metric's identity value, 0 or psnr's -80)")
     score_split: Literal["test", "calib", "all"] = Field("test", description="which rows of scores.parquet "
                                                          "to draw from (test: not used for the threshold)")
     benign_eps: Union[float, Literal["run", "all", "none"]] = Field(
@@ -112,9 +119,9 @@ class NetworkParams(BaseModel):
     preset: str = Field("a14b-random", description="model preset recorded on chain (real fidelity: the one run)")
     epochs: int = Field(2, ge=1, le=10_000)
     blocks_per_epoch: int = Field(
-        100, ge=2, description="blocks per epoch (Gonka 17,280; compressed so a sweep runs fast; every "
+        100, ge=2, le=MAX_BLOCKS_PER_EPOCH, description="blocks per epoch (Gonka 17,280; compressed so a sweep runs fast; every "
         "per-block rule is unchanged)")
-    requests_per_epoch: int = Field(1_000, ge=0, description="requests arriving per epoch (Poisson per block)")
+    requests_per_epoch: int = Field(1_000, ge=0, le=MAX_REQUESTS_PER_EPOCH, description="requests arriving per epoch (Poisson per block)")
     requesters: int = Field(10, ge=1, description="requester accounts")
     hosts: tuple[ExecutorGroup, ...] = Field(
         (ExecutorGroup(count=8), ExecutorGroup(count=2, strategy="malicious", deviation="steps:2", cheat_rate=0.5)),
@@ -143,6 +150,20 @@ class NetworkParams(BaseModel):
         description="the protocol's rules (Gonka defaults, except: an epoch keeps Gonka's length in time "
         "(a day) over 100 compressed blocks, so block_seconds = 864 and the utilisation window is one "
         "block; windows in blocks are shortened to fit)")
+
+    _no_bool = field_validator("seed", "epochs", "blocks_per_epoch", "requests_per_epoch", "requesters",
+                               "finish_delay_blocks", "poc_nonces", "threshold", "gpu_cost_fraction",
+                               mode="before")(no_bool)
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_floor(cls, v):
+        from sim.metrics import IDENTITY
+
+        floor = min(IDENTITY.values(), default=0.0)
+        if v is not None and v < floor:
+            raise ValueError(f"threshold must be >= {floor:g} (no metric's distance is lower), got {v}")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> "NetworkParams":

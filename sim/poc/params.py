@@ -16,7 +16,7 @@ MEASURED_DISTANCE_THRESHOLD = 0.03
 class PocParams(BaseModel):
     """How a PoC stage is validated. Every default names its source."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     samples: int = Field(200, ge=1, le=100_000,
                          description="leaves a validator samples per participant (Gonka PoC v2: 200)")

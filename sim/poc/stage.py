@@ -161,6 +161,11 @@ def public_key_for(pid: str, seed: int) -> str:
     return hashlib.sha256(f"t2vsim/poc/key/{seed}/{pid}".encode()).hexdigest()[:40]
 
 
+# Bounds of one stage (project choices: a Gonka PoC stage has hundreds of participants).
+MAX_PARTICIPANTS = 10_000
+MAX_CAPACITY = 100_000_000
+
+
 def participants_from_mix(mix: str | dict[str, int], capacity: int, *, seed: int = 0) -> list[PocParticipant]:
     """Participants from a mix like `honest=8,fp8=1,one-expert:high=1,copy=1` (copy: of the first honest)."""
     if isinstance(mix, str):
@@ -176,6 +181,11 @@ def participants_from_mix(mix: str | dict[str, int], capacity: int, *, seed: int
         mix = items
     if not mix:
         raise PocStageError("mix: at least one STRATEGY=N is needed")
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or not 1 <= capacity <= MAX_CAPACITY:
+        raise PocStageError(f"capacity: nonces per participant must be an integer in 1..{MAX_CAPACITY:,}, got {capacity!r}")
+    total = sum(n for n in mix.values() if isinstance(n, int))
+    if total > MAX_PARTICIPANTS:
+        raise PocStageError(f"mix: {total:,} participants; at most {MAX_PARTICIPANTS:,} in one stage")
     out: list[PocParticipant] = []
     first_honest = None
     for spec, n in mix.items():

@@ -1,0 +1,110 @@
+"""How the validation experiment changes when the model is trained: two finished experiment runs
+(`t2vsim experiment --preset tiny ...` and `--preset shapes ...` on the same templated prompts)
+side by side: deviation sizes, score distributions per policy, best-policy FAR/FRR per cheat, and
+prompt following of every committed video (frame read-off, `sim/shapes_quality.py`).
+
+    python benchmarks/shapes_vs_tiny.py --run tiny=runs/tiny12 --run shapes=runs/shapes12 \
+        --out benchmarks/results/shapes_vs_tiny
+
+Writes OUT.json and OUT.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _load(run: Path):
+    import pandas as pd
+
+    df = pd.read_parquet(run / "scores.parquet")
+    summary = json.loads((run / "summary.json").read_text())
+    params = json.loads((run / "params.json").read_text())
+    timing = json.loads((run / "timing.json").read_text()) if (run / "timing.json").exists() else {}
+    return df, summary, params, timing
+
+
+def distributions(df) -> list[dict]:
+    """Per policy, its metric and aggregation with the widest benign-to-malign gap on the pooled data:
+    benign median and max, and each deviation's median (scores are distances: larger = further)."""
+    out = []
+    test = df[df["split"] == "test"] if "split" in df else df
+    for (policy, metric), g in test.groupby(["policy", "metric"]):
+        b = g[g["kind"] == "benign"]["score"]
+        m = g[g["kind"] == "malign"]["score"]
+        if b.empty or m.empty:
+            continue
+        out.append({"policy": policy, "metric": metric, "benign_median": float(b.median()),
+                    "benign_max": float(b.max()), "malign_median": float(m.median()),
+                    "per_deviation_median": {d: float(x.median()) for d, x in g.groupby("deviation")["score"]}})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", action="append", required=True, help="NAME=RUN_DIR (repeat)")
+    ap.add_argument("--out", required=True, help="output path without extension")
+    args = ap.parse_args()
+    from sim.shapes_quality import markdown_table, score_run
+
+    runs = dict(x.split("=", 1) for x in args.run)
+    res = {}
+    for name, d in runs.items():
+        df, summary, params, timing = _load(Path(d))
+        q = score_run(d)
+        res[name] = {"run": d, "preset": params["preset"], "n_prompts": summary.get("n_prompts"),
+                     "request": params["request"], "deviation_sizes": summary["deviation_sizes"],
+                     "verdicts": summary["deviations"], "distributions": distributions(df),
+                     "prompt_following": q["accuracy"], "timing": timing}
+    names = list(res)
+    md = ["# The experiment on trained `shapes` beside random `tiny`", "",
+          "Same templated prompts; " + "; ".join(
+              f"{n}: preset `{r['preset']}`, {r['n_prompts']} prompts, request {r['request']}, stages "
+              + ", ".join(f"{k} {v:.0f} s" for k, v in r["timing"].items()) for n, r in res.items()), "",
+          "## Deviation sizes (median relative L2 of the final latent against the canonical one)", "",
+          "| deviation | kind | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    sizes = {n: {s["deviation"]: s for s in r["deviation_sizes"]} for n, r in res.items()}
+    for dev in dict.fromkeys(d for n in names for d in sizes[n]):
+        kind = next(sizes[n][dev]["kind"] for n in names if dev in sizes[n])
+        md.append(f"| {dev} | {kind} | " + " | ".join(
+            f"{sizes[n][dev]['median_rel_l2_final']:.4g}" if dev in sizes[n] else "" for n in names) + " |")
+    md += ["", "## Best policy per cheat on held-out prompts (chosen on calibration prompts)", "",
+           "| deviation | " + " | ".join(f"{n}: policy / metric | {n}: FRR at FAR<=1% [95%]" for n in names) + " |",
+           "|---|" + "---|---|" * len(names)]
+    verd = {n: {v["deviation"]: v for v in r["verdicts"]} for n, r in res.items()}
+    for dev in dict.fromkeys(d for n in names for d in verd[n]):
+        cells = []
+        for n in names:
+            v = verd[n].get(dev)
+            if v is None:
+                cells += ["", ""]
+                continue
+            cells += [f"{v['policy']} / {v['metric']}",
+                      f"{v['frr_at_far']:.0%} [{v['frr_at_far_lo']:.0%}, {v['frr_at_far_hi']:.0%}]"
+                      if v.get("frr_at_far") is not None else "n/a"]
+        md.append(f"| {dev} | " + " | ".join(cells) + " |")
+    md += ["", "## Score distributions (held-out prompts; distances, larger = further from the validator)", "",
+           "| policy / metric | " + " | ".join(f"{n}: benign median / max | {n}: malign median" for n in names) + " |",
+           "|---|" + "---|---|" * len(names)]
+    dist = {n: {(x["policy"], x["metric"]): x for x in r["distributions"]} for n, r in res.items()}
+    for key in sorted(set().union(*[set(d) for d in dist.values()])):
+        cells = []
+        for n in names:
+            x = dist[n].get(key)
+            cells += ["", ""] if x is None else [f"{x['benign_median']:.4g} / {x['benign_max']:.4g}",
+                                                 f"{x['malign_median']:.4g}"]
+        md.append(f"| {key[0]} / {key[1]} | " + " | ".join(cells) + " |")
+    for n in names:
+        md += ["", f"## Prompt following of every committed video: {n}", "",
+               markdown_table(res[n]["prompt_following"])]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str))
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""A dry run for a new GPU box before it joins the STAGE 1 run: one canonical generation and one
+of each deviation on the chosen preset (with every policy's scoring), a PoC batch and a
+calibration point; checks that the device, the attention backend, TF32 and the determinism
+settings are what was asked and that a rerun is bit-identical; writes a one-page verdict
+(RUN/verdict.md, RUN/verdict.json). No Prefect here: `flows/dryrun.py` wires it into a flow.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.deviations import BENIGN_DEFAULT, MALIGN_DEFAULT
+from models.io import check_out_dir, write_atomic
+from models.request import Runtime
+
+DEFAULT_CALIBRATION_SHAPES = ((1, 8, 8), (2, 8, 16), (3, 16, 16))
+# What a dry run writes into its output directory (a directory holding anything else is refused).
+DRY_RUN_FILES = ("experiment", "calibration.json", "verdict.json", "verdict.md")
+
+
+class DryRunParams(BaseModel):
+    """What the box is asked to be, and how much to run on it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    preset: str = Field("tiny", description="model preset (the STAGE 1 run: a14b-random or path:DIR)")
+    runtime: Runtime = Field(default_factory=Runtime, description="the asked device, dtype, attention backend, "
+                                                                  "TF32 and determinism")
+    expect_gpu: str | None = Field(None, description="text the device name must contain (e.g. 'H200'); None: any")
+    request: dict[str, Any] = Field(default_factory=lambda: {"steps": 8, "truncate_prompt": True},
+                                    description="overrides of the preset's request defaults")
+    deviations: tuple[str, ...] = Field(BENIGN_DEFAULT + MALIGN_DEFAULT, description="one generation of each")
+    prompt: str = Field("a red fox trotting through fresh snow at dawn", description="the prompt")
+    poc_nonces: int = Field(4, ge=1, le=4096, description="nonces of the PoC batch")
+    calibration_shapes: tuple[tuple[int, int, int], ...] = Field(
+        DEFAULT_CALIBRATION_SHAPES, description="latent (T, H, W) shapes of the calibration point's fit (3 or more)")
+    out: str = Field("runs/dryrun", description="output directory")
+
+
+def device_name(device: str) -> str:
+    import platform
+
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def settings_in_force(runtime: Runtime, pipe) -> dict[str, Any]:
+    """What torch and diffusers actually use inside `runtime.apply()` and the engine's backend switch."""
+    import torch
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    from models.engine import _attention_backend
+
+    with runtime.apply(), _attention_backend(pipe, runtime.attention_backend):
+        return {
+            "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+            "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
+            "deterministic_algorithms": bool(torch.are_deterministic_algorithms_enabled()),
+            "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+            "attention_backend": str(_AttentionBackendRegistry._active_backend.value),
+        }
+
+
+def _check(name: str, ok: bool, asked: Any, found: Any, note: str = "") -> dict[str, Any]:
+    return {"check": name, "ok": bool(ok), "asked": asked, "found": found, "note": note}
+
+
+def run_dry_run(params: DryRunParams) -> dict[str, Any]:
+    """Run every step and write RUN/verdict.md and RUN/verdict.json; returns the verdict."""
+    import numpy as np
+    import torch
+
+    from models.engine import generate
+    from models.poc import poc_shape, poc_vectors
+    from models.presets import build_pipeline
+    from sim import experiment as ex
+    from sim.pricing import calibrate
+
+    rt = params.runtime
+    out = check_out_dir(params.out, DRY_RUN_FILES)
+    out.mkdir(parents=True, exist_ok=True)
+    checks, timing = [], {}
+    name = device_name(rt.device)
+    checks.append(_check("device", params.expect_gpu is None or params.expect_gpu.lower() in name.lower(),
+                         params.expect_gpu or rt.device, name))
+    t0 = time.perf_counter()
+    pipe = build_pipeline(params.preset, rt)
+    timing["build"] = time.perf_counter() - t0
+    found = settings_in_force(rt, pipe)
+    checks += [
+        _check("attention backend", found["attention_backend"] == rt.attention_backend, rt.attention_backend,
+               found["attention_backend"], "diffusers' active backend (the SDPA kernel under 'native' is PyTorch's choice)"),
+        _check("TF32", found["tf32_matmul"] == rt.tf32 and found["tf32_cudnn"] == rt.tf32, rt.tf32,
+               {"matmul": found["tf32_matmul"], "cudnn": found["tf32_cudnn"]}),
+        _check("determinism", found["deterministic_algorithms"] == rt.deterministic
+               and found["cudnn_deterministic"] == rt.deterministic and found["cudnn_benchmark"] == (not rt.deterministic),
+               rt.deterministic, {k: found[k] for k in ("deterministic_algorithms", "cudnn_deterministic", "cudnn_benchmark")}),
+    ]
+
+    # one canonical + one of each deviation, scored by every policy: one prompt of an experiment
+    eparams = ex.ExperimentParams(preset=params.preset, prompts=2, request=params.request,
+                                  deviations=params.deviations, hwnoise_eps=(ex.HWNOISE_CALIBRATED_EPS,),
+                                  validator_runtime=rt, bootstrap=0, strips=0, out=str(out / "experiment"))
+    ex.open_run(eparams)
+    t0 = time.perf_counter()
+    rows = ex.run_prompt(eparams, 0, params.prompt, 2)
+    timing["experiment_prompt"] = time.perf_counter() - t0
+    stage = json.loads((out / "experiment" / "scores" / "p0000.timing.json").read_text())
+    finite = bool(np.isfinite(rows["score"].to_numpy()[rows["kind"].to_numpy() == "benign"]).all())
+    checks.append(_check("experiment prompt", len(rows) > 0 and finite, f"{1 + len(eparams.all_deviations())} generations",
+                         f"{len(rows)} score rows", "every benign score finite"))
+
+    # a rerun of the canonical generation, from nothing stored: bit-identical video and latents
+    from models.engine import Generation
+
+    canonical = Generation.load(out / "experiment" / "gens" / "p0000" / "canonical")
+    t0 = time.perf_counter()
+    again = generate(canonical.request, rt, None, capture=eparams.executor_capture())
+    timing["canonical_rerun"] = time.perf_counter() - t0
+    same_latents = all(torch.equal(canonical.latents[k], again.latents[k]) for k in canonical.latents)
+    checks.append(_check("rerun bit-identical", again.sha256 == canonical.sha256 and same_latents,
+                         "same MP4 and latents", f"MP4 {'same' if again.sha256 == canonical.sha256 else 'differs'}, "
+                         f"latents {'same' if same_latents else 'differ'}"))
+
+    # a PoC batch, twice
+    shape = poc_shape(params.preset)
+    t0 = time.perf_counter()
+    v1 = poc_vectors(pipe, "dryrun-block", "dryrun-key", list(range(params.poc_nonces)), shape=shape, runtime=rt)
+    timing["poc_batch"] = time.perf_counter() - t0
+    v2 = poc_vectors(pipe, "dryrun-block", "dryrun-key", list(range(params.poc_nonces)), shape=shape, runtime=rt)
+    checks.append(_check("PoC batch", bool(np.isfinite(v1.astype(np.float32)).all()) and np.array_equal(v1, v2),
+                         f"{params.poc_nonces} nonces, finite, rerun identical",
+                         f"{v1.shape[0]} vectors, rerun {'identical' if np.array_equal(v1, v2) else 'differs'}"))
+
+    # a calibration point of the DiT price (alpha, beta fitted over a few small shapes)
+    t0 = time.perf_counter()
+    # calibrate() feeds inputs in its first parameter's dtype, so it runs float32 (its default)
+    cal = calibrate(params.preset, rt.model_copy(update={"dtype": "float32"}), grid=params.calibration_shapes,
+                    repeats=1, warmup=1)
+    timing["calibration"] = time.perf_counter() - t0
+    cal.save(out / "calibration.json")
+    checks.append(_check("calibration point", cal.r2 >= 0.0 and cal.alpha_seconds >= 0, "a fit of pass seconds",
+                         f"alpha {cal.alpha_seconds:.3g}, beta {cal.beta_seconds:.3g}, R^2 {cal.r2:.3f}"))
+
+    verdict = {
+        "passed": all(c["ok"] for c in checks), "device": name, "preset": params.preset,
+        "runtime": json.loads(rt.model_dump_json()), "checks": checks, "seconds": timing, "stage_seconds": stage,
+        "torch": torch.__version__, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_atomic(out / "verdict.json", json.dumps(verdict, indent=1, default=str))
+    write_atomic(out / "verdict.md", verdict_markdown(verdict))
+    return verdict
+
+
+def verdict_markdown(v: dict[str, Any]) -> str:
+    rt = v["runtime"]
+    lines = [f"# Dry run: {'PASSED' if v['passed'] else 'FAILED'}", "",
+             f"- device: {v['device']} ({rt['device']}, {rt['dtype']}), preset `{v['preset']}`, torch {v['torch']}, "
+             f"{v['measured_at']}",
+             f"- asked: attention `{rt['attention_backend']}`, TF32 {rt['tf32']}, deterministic {rt['deterministic']}, "
+             f"compile {rt['compile']}, offload `{rt['offload']}`", "",
+             "| check | result | asked | found | note |", "|---|---|---|---|---|"]
+    for c in v["checks"]:
+        lines.append(f"| {c['check']} | {'ok' if c['ok'] else '**FAILED**'} | {c['asked']} | {c['found']} | {c['note']} |")
+    s, st = v["seconds"], v["stage_seconds"]
+    lines += ["", "Seconds on this box: " + ", ".join(f"{k.replace('_', ' ')} {x:.2f}" for k, x in s.items())
+              + "; within the experiment prompt: " + ", ".join(f"{k.replace('_', ' ')} {x:.2f}" for k, x in st.items()),
+              "", "Feed `calibration.json` to `t2vsim plan --calibration` to plan a run on this box."]
+    return "\n".join(lines) + "\n"

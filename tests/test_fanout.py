@@ -1,0 +1,115 @@
+"""The experiment fanned out on a real local Ray cluster (CPU): the same scores table as a
+single-process run, a worker killed mid-run loses nothing, and the flow reports progress."""
+
+import os
+import signal
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from flows.fanout import Cluster, FanOut
+from sim import experiment as ex
+
+pytestmark = pytest.mark.slow
+
+DEVS = ("threads:1", "fp8", "steps:6")
+
+
+def params_at(out):
+    return ex.ExperimentParams(prompts=4, out=str(out), deviations=DEVS, hwnoise_eps=(3e-3,), bootstrap=20, strips=1)
+
+
+def table(params, n):
+    frames = [pd.read_parquet(Path(params.out) / "scores" / f"p{i:04d}.parquet") for i in range(n)]
+    return pd.concat(frames, ignore_index=True).sort_values(["prompt_id", "deviation", "policy", "metric"],
+                                                            ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    import torch
+
+    # the workers run one PyTorch thread each (cpus_per_worker=1): so does the reference
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    params = params_at(tmp_path_factory.mktemp("single") / "run")
+    ex.open_run(params)
+    prompts = ex.load_prompts(params)
+    for i, p in enumerate(prompts):
+        ex.run_prompt(params, i, p, len(prompts))
+    torch.set_num_threads(threads)
+    return table(params, len(prompts))
+
+
+def test_two_workers_give_the_single_process_table_even_when_one_is_killed(ray_local, single, tmp_path):
+    params = params_at(tmp_path / "run")
+    ex.open_run(params)
+    prompts = ex.load_prompts(params)
+    results, killed = [], None
+    with Cluster(FanOut(workers=2), "cpu") as cluster:
+        pids = cluster.pids()
+        assert len(set(pids)) == 2 and os.getpid() not in pids
+        for res in cluster.run_prompts(params, prompts):
+            results.append(res)
+            if killed is None:  # the other worker is in the middle of a prompt: kill its process
+                killed = next(p for p in pids if p != res["pid"])
+                os.kill(killed, signal.SIGKILL)
+    assert sorted(r["prompt_id"] for r in results) == [0, 1, 2, 3]
+    restarted = {r["pid"] for r in results} - set(pids)
+    assert restarted, "the killed worker was not restarted (no result came from a new process)"
+    assert killed not in {r["pid"] for r in results[1:]}
+    pd.testing.assert_frame_equal(table(params, 4), single)
+
+
+def test_the_flow_fans_out_and_reports_progress(ray_local, single, prefect_harness, tmp_path):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    from flows.experiment import experiment_flow
+
+    params = params_at(tmp_path / "run")
+    summary = experiment_flow(params, fanout=FanOut(workers=2))
+    pd.testing.assert_frame_equal(table(params, 4), single)
+    assert Path(summary["report"]).exists()
+
+    async def progress():
+        async with get_client() as client:
+            arts = await client.read_artifacts()
+            return [a for a in arts if a.key == "experiment-progress"]
+
+    arts = asyncio.run(progress())
+    assert arts and max(float(a.data) for a in arts) == 100.0
+
+
+def test_fanout_settings_are_checked():
+    with pytest.raises(ValueError, match="workers"):
+        FanOut(workers=-1)
+    with pytest.raises(ValueError, match="at least 1 worker"):
+        Cluster(FanOut(workers=0))
+
+
+def test_workers_may_import_the_drivers_plugins(monkeypatch):
+    """A worker parses the run's deviations itself: the modules allowed by --allow-plugin (and
+    T2VSIM_ALLOW_PLUGINS) go with it; t2vsim's own packages need no entry."""
+    from flows.fanout import worker_env
+    from models.deviations import PLUGIN_ENV, allow_plugins
+
+    monkeypatch.delenv(PLUGIN_ENV, raising=False)
+    monkeypatch.setenv("FSSPEC_S3_ENDPOINT_URL", "http://127.0.0.1:9")
+    env = worker_env()
+    assert PLUGIN_ENV not in env and env["FSSPEC_S3_ENDPOINT_URL"] == "http://127.0.0.1:9"
+    monkeypatch.setenv(PLUGIN_ENV, "deploy_plugins")
+    with allow_plugins(["my_plugins.cheats"]):
+        assert worker_env()[PLUGIN_ENV] == "deploy_plugins,my_plugins.cheats"
+    assert worker_env()[PLUGIN_ENV] == "deploy_plugins"
