@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
         preset: Optional[str] = typer.Option(None, help="model preset [default: tiny]"),
         prompts: Optional[str] = typer.Option(None, help="a count (seeded sample of the bundled VBench prompts), "
                                               "'vbench', or a file [default: 20]"),
-        out: Optional[Path] = typer.Option(None, help="run directory (resumes if it exists) [default: runs/experiment]"),
+        out: Optional[str] = typer.Option(None, help="run directory or URL, e.g. s3://bucket/run (resumes if it exists) [default: runs/experiment]"),
         deviation: Optional[List[str]] = typer.Option(None, help="deviation spec (repeat); default: the benign and malign sets"),
         hwnoise_eps: Optional[List[float]] = typer.Option(None, help="emulated hardware noise levels (repeat)"),
         hwnoise_headline: Optional[float] = typer.Option(None, help="hwnoise level counted as benign in the headline "

@@ -137,6 +137,7 @@ CASES = [
     (E + ["--config", "boolseed.json"], 1, "error: seed: seed must be a number, got the boolean True"),
     (E + ["--config", "nanshift.json"], 1, "error: request: shift: Input should be a finite number"),
     (E[:2] + ["keep.txt"], 1, "error: out: keep.txt exists and is not a directory"),
+    (E[:2] + ["nosuchproto://bucket/run"], 1, "error: out: cannot open 'nosuchproto://bucket/run'"),  # a URL stays one
     (E[:2] + ["sub"], 1, "error: out: sub is not empty and not a t2vsim run directory (holds keep2.txt)"),
     (E + ["--prompts", "x", "--steps", "y"], 2, "Usage: t2vsim experiment [OPTIONS]"),
     # network run
