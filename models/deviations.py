@@ -627,13 +627,21 @@ class Cache(Deviation):
         from diffusers import FirstBlockCacheConfig
 
         experts = _experts(pipe)
-        for m in experts:
-            m.enable_cache(FirstBlockCacheConfig(threshold=self.threshold))
+        # diffusers' hooks leave instance attributes behind when removed (a block's bound `forward`,
+        # the hook registry, the cache config): those the modules did not have before are dropped again
+        modules = [mod for m in experts for mod in m.modules()]
+        before = [set(mod.__dict__) for mod in modules]
         try:
+            for m in experts:
+                m.enable_cache(FirstBlockCacheConfig(threshold=self.threshold))
             yield
         finally:
             for m in experts:
-                m.disable_cache()
+                if m.is_cache_enabled:
+                    m.disable_cache()
+            for mod, keys in zip(modules, before):
+                for key in set(mod.__dict__) - keys:
+                    del mod.__dict__[key]
 
 
 @register_deviation
