@@ -12,11 +12,11 @@ is not in the number or size of passes (FP8 kernels).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import os
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Literal
 
+from models import seeds
 from models.request import GenerationRequest, Runtime
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,7 +43,7 @@ OTHER_PROMPTS = (
 
 def filler_prompts(n: int, seed: int) -> list[str]:
     """`n` other prompts for the rest of a batch, chosen by `seed`."""
-    start = seed % len(OTHER_PROMPTS)
+    start = seeds.filler_prompt_start(seed, len(OTHER_PROMPTS))
     return [OTHER_PROMPTS[(start + i) % len(OTHER_PROMPTS)] for i in range(n)]
 
 
@@ -352,9 +352,8 @@ class HardwareNoise(Deviation):
     def patch(self, pipe, ctx):
         import torch
 
-        seed = int.from_bytes(hashlib.sha256(f"hwnoise/{ctx.get('run_seed', 0)}".encode()).digest()[:8], "little")
         device = torch.device(ctx["runtime"].device)
-        gen = torch.Generator(device=device).manual_seed(seed & (2**63 - 1))
+        gen = torch.Generator(device=device).manual_seed(seeds.hwnoise_seed(ctx.get("run_seed", 0)))
         eps = self.eps
 
         def hook(module, args, output):
@@ -650,7 +649,7 @@ class PromptSwap(Deviation):
     description = "another prompt than the claimed one"
 
     def apply_request(self, request):
-        i = int(hashlib.sha256(request.prompt.encode()).hexdigest(), 16) % len(OTHER_PROMPTS)
+        i = seeds.prompt_swap_index(request.prompt, len(OTHER_PROMPTS))
         other = OTHER_PROMPTS[i] if OTHER_PROMPTS[i] != request.prompt else OTHER_PROMPTS[(i + 1) % len(OTHER_PROMPTS)]
         return request.model_copy(update={"prompt": other})
 

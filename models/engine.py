@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 
+from models import seeds
 from models.presets import build_pipeline, preset_spec
 from models.request import GenerationRequest, Runtime
 from models.video import CODEC_SETTINGS, decode_mp4, encode_mp4, frames_to_uint8
@@ -667,7 +668,7 @@ def generate(
         for i, p in enumerate(filler_prompts(eff_runtime.batch_size - 1, run_seed)):
             prompts.append(p)
             negatives.append(eff_request.negative_prompt)
-            latents.append(initial_noise(eff_request, seed=(run_seed * 7919 + 104729 * (i + 1)) % 2**63))
+            latents.append(initial_noise(eff_request, seed=seeds.batch_filler_seed(run_seed, i)))
     latents_in = torch.cat(latents, 0)
 
     checkpoints: dict[str, Checkpoint] = {}

@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+from models import seeds
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -54,13 +55,7 @@ class PocInputError(ValueError):
 # Seeds
 
 
-def _seed_int(text: str) -> int:
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
-
-
-def nonce_digest(block_hash: str, public_key: str, nonce: int) -> bytes:
-    """Gonka's per-nonce seed: SHA-256 of `"{block_hash}_{public_key}_nonce{n}"`."""
-    return hashlib.sha256(f"{block_hash}_{public_key}_nonce{int(nonce)}".encode()).digest()
+nonce_digest = seeds.poc_nonce_digest
 
 
 def nonce_expert(block_hash: str, public_key: str, nonce: int) -> Expert:
@@ -131,7 +126,7 @@ def nonce_inputs(block_hash: str, public_key: str, nonce: int, shape: PocShape,
     lo = boundary_ratio * 1000.0 if expert == "high" else 0.0
     hi = 1000.0 if expert == "high" else boundary_ratio * 1000.0
     timestep = float(np.float32(lo + (hi - lo) * frac))
-    g = torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    g = torch.Generator(device="cpu").manual_seed(seeds.poc_nonce_seed(digest))
     latent = torch.randn(shape.latent, generator=g, dtype=torch.float32)
     text = torch.randn((shape.text_len, shape.text_dim), generator=g, dtype=torch.float32)
     return NonceInputs(int(nonce), expert, timestep, latent, text)
@@ -144,7 +139,7 @@ def householder_vectors(block_hash: str, num_layers: int, dim: int) -> tuple["to
 
     out = []
     for i in range(num_layers):
-        g = torch.Generator(device="cpu").manual_seed(_seed_int(f"{block_hash}_layer_{i}_householder"))
+        g = torch.Generator(device="cpu").manual_seed(seeds.poc_householder_seed(block_hash, i))
         v = torch.randn(dim, generator=g, dtype=torch.float32)
         out.append(v / v.norm())
     return tuple(out)
@@ -155,7 +150,7 @@ def projection_matrix(block_hash: str, in_dim: int, out_dim: int = VECTOR_DIM) -
     """Seeded Gaussian projection (float32 CPU, in_dim x out_dim), seed `"{block_hash}_projection"`."""
     import torch
 
-    g = torch.Generator(device="cpu").manual_seed(_seed_int(f"{block_hash}_projection"))
+    g = torch.Generator(device="cpu").manual_seed(seeds.poc_projection_seed(block_hash))
     return torch.randn((in_dim, out_dim), generator=g, dtype=torch.float32) / out_dim**0.5
 
 
