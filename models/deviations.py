@@ -4,8 +4,9 @@ them by spec string, `name` or `name:arg` (e.g. `steps:20`, `lowres:416x240`), o
 `package.module:ClassName[:arg]` for deviations defined outside t2vsim.
 
 A deviation may change the request (`apply_request`), the runtime (`apply_runtime`), the preset
-(`preset`), the loaded pipeline for the duration of one generation (`patch`, always undone), and the
-output (`postprocess`). `speed_factor` scales the measured transformer work for changes whose saving
+(`preset`), the loaded pipeline for the duration of one generation (`patch_session`, every change
+registered on the engine's pipeline session and undone with it), the output (`postprocess`), and
+the run whose video is delivered (`video_from`). `speed_factor` scales the measured transformer work for changes whose saving
 is not in the number or size of passes (FP8 kernels).
 """
 
@@ -102,6 +103,10 @@ class Deviation:
 
     def postprocess(self, frames: "np.ndarray | None", checkpoints: dict, request: GenerationRequest):
         return frames, checkpoints
+
+    # Another deviation whose run of the claimed request delivers the video (the latents stay this
+    # run's); None: this run's own video.
+    video_from: "Deviation | None" = None
 
 
 DEVIATIONS: dict[str, type[Deviation]] = {}
@@ -404,7 +409,7 @@ class LowRes(Deviation):
         import torch
         import torch.nn.functional as F
 
-        from models.engine import Checkpoint
+        from models.artifacts import Checkpoint
 
         if frames is not None and frames.size:
             x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
@@ -573,7 +578,7 @@ class Model(Deviation):
     description = "another (smaller) model than the claimed one"
 
     def parse(self, arg):
-        from models.presets import preset_spec
+        from models.spec import preset_spec
 
         preset_spec(arg)
         self.other = arg
@@ -717,12 +722,9 @@ class Mp4From(Deviation):
         if isinstance(self.other, Mp4From):
             raise DeviationError("deviation mp4-from: SPEC must not be another mp4-from")
 
-    def postprocess(self, frames, checkpoints, request):
-        from models.engine import generate
-
-        if frames is None:
-            return frames, checkpoints
-        return generate(request, deviation=self.other, capture=()).frames, checkpoints
+    @property
+    def video_from(self) -> Deviation:
+        return self.other
 
 
 SEVERITY_SWEEP = (

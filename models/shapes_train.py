@@ -132,9 +132,9 @@ def build_components(cfg: TrainConfig) -> dict[str, Any]:
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from models.presets import _parameters_on_meta, materialize
+    from models.presets import parameters_on_meta, materialize
 
-    with _parameters_on_meta():
+    with parameters_on_meta():
         experts = [WanTransformer3DModel(**cfg.transformer) for _ in range(2)]
         vae = AutoencoderKLWan(**cfg.vae)
         text_encoder = UMT5EncoderModel(UMT5Config(**cfg.text))
@@ -421,7 +421,7 @@ def export(cfg: TrainConfig, work: str | Path, out: str | Path, hardware: str = 
     import torch
 
     from models.io import check_out_dir, staged_dir
-    from models.presets import _keeps_fp32
+    from models.presets import keeps_fp32
 
     work, out = Path(work), Path(out)
     states = {s: load_state(work, s) for s in STAGES}
@@ -434,7 +434,7 @@ def export(cfg: TrainConfig, work: str | Path, out: str | Path, hardware: str = 
         m = parts[key]
         keep = list(getattr(type(m), "_keep_in_fp32_modules", None) or [])
         for name, p in m.named_parameters():
-            if not _keeps_fp32(name, keep):
+            if not keeps_fp32(name, keep):
                 p.data = p.data.to(torch.bfloat16)
     pipe = make_pipeline(parts, cfg.boundary_ratio)
     check_out_dir(out, EXPORT_FILES, what="export_to")
