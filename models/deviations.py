@@ -244,30 +244,25 @@ class _RuntimeField(Deviation):
         return runtime.model_copy(update={self.field: self.value})
 
 
-@register_deviation
-class Batch(_Number, _RuntimeField):
-    name, kind, arg_help, field = "batch", "benign", "N", "batch_size"
-    description = "generated inside a batch of N different prompts"
-    bounds = (2, 64)
+def _runtime_deviation(cls_name: str, name: str, field: str, description: str, *, arg_help: str | None = None,
+                       value: Any = None, bounds: tuple[int, int] | None = None) -> type[Deviation]:
+    """A registered benign deviation that sets the Runtime field `field` (to `value` when it takes no
+    argument; to a number within `bounds`, or to any value Runtime accepts, when it does)."""
+    attrs: dict[str, Any] = dict(name=name, kind="benign", arg_help=arg_help, field=field, value=value,
+                                 description=description, __module__=__name__, __qualname__=cls_name)
+    if bounds is not None:
+        attrs["bounds"] = bounds
+    bases = (_Number, _RuntimeField) if bounds is not None else (_RuntimeField,)
+    return register_deviation(type(cls_name, bases, attrs))
 
 
-@register_deviation
-class Threads(_Number, _RuntimeField):
-    name, kind, arg_help, field = "threads", "benign", "N", "threads"
-    description = "another number of CPU intra-op threads"
-    bounds = (1, 1024)
-
-
-@register_deviation
-class Attention(_RuntimeField):
-    name, kind, arg_help, field = "attention", "benign", "BACKEND", "attention_backend"
-    description = "another diffusers attention backend (kernel)"
-
-
-@register_deviation
-class TF32(_RuntimeField):
-    name, kind, field, value = "tf32", "benign", "tf32", True
-    description = "TF32 matrix products on the GPU (no effect on a CPU)"
+Batch = _runtime_deviation("Batch", "batch", "batch_size", "generated inside a batch of N different prompts",
+                           arg_help="N", bounds=(2, 64))
+Threads = _runtime_deviation("Threads", "threads", "threads", "another number of CPU intra-op threads",
+                             arg_help="N", bounds=(1, 1024))
+Attention = _runtime_deviation("Attention", "attention", "attention_backend",
+                               "another diffusers attention backend (kernel)", arg_help="BACKEND")
+TF32 = _runtime_deviation("TF32", "tf32", "tf32", "TF32 matrix products on the GPU (no effect on a CPU)", value=True)
 
 
 @register_deviation
@@ -286,16 +281,10 @@ class Device(_RuntimeField):
         return runtime
 
 
-@register_deviation
-class Engine(_RuntimeField):
-    name, kind, arg_help, field = "engine", "benign", "diffusers|vllm-omni", "engine"
-    description = "another inference engine (vLLM-Omni, as Gonka's ML nodes run it: models/engines/)"
-
-
-@register_deviation
-class Compile(_RuntimeField):
-    name, kind, field, value = "compile", "benign", "compile", True
-    description = "torch.compile'd transformers (other fused kernels)"
+Engine = _runtime_deviation("Engine", "engine", "engine", "another inference engine (vLLM-Omni, as Gonka's ML nodes "
+                            "run it: models/engines/)", arg_help="diffusers|vllm-omni")
+Compile = _runtime_deviation("Compile", "compile", "compile", "torch.compile'd transformers (other fused kernels)",
+                             value=True)
 
 
 @register_deviation
@@ -364,14 +353,33 @@ def _block_noise(gen, eps: float):
 # Malign
 
 
-@register_deviation
-class Steps(_Number):
-    name, kind, arg_help = "steps", "malign", "N"
-    description = "fewer denoising steps than claimed"
-    bounds = (1, 1000)
+class _RequestChange(Deviation):
+    """A deviation that changes request fields: `changes(self, request)` gives {field: value}."""
+
+    changes: ClassVar[Any]
 
     def apply_request(self, request):
-        return request.model_copy(update={"steps": self.value})
+        return request.model_copy(update=type(self).changes(self, request))
+
+
+def _request_deviation(cls_name: str, name: str, description: str, changes, *, arg_help: str | None = None,
+                       bounds: tuple[float, float] | None = None) -> type[Deviation]:
+    """A registered malign deviation that changes the request (`changes(deviation, request)`: the
+    fields changed), its argument, if any, a number within `bounds`."""
+    attrs: dict[str, Any] = dict(name=name, kind="malign", arg_help=arg_help, description=description,
+                                 changes=changes, __module__=__name__, __qualname__=cls_name)
+    if bounds is not None:
+        attrs["bounds"] = bounds
+    bases = (_Number, _RequestChange) if bounds is not None else (_RequestChange,)
+    return register_deviation(type(cls_name, bases, attrs))
+
+
+def _both_guidances(g_high: float, g_low: float) -> dict[str, float]:
+    return {"guidance_high": g_high, "guidance_low": g_low}
+
+
+Steps = _request_deviation("Steps", "steps", "fewer denoising steps than claimed",
+                           lambda dev, req: {"steps": dev.value}, arg_help="N", bounds=(1, 1000))
 
 
 @register_deviation
@@ -510,23 +518,10 @@ class OneExpert(Deviation):
         set_attr(stack, pipe, "transformer_2", keep)
 
 
-@register_deviation
-class NoCFG(Deviation):
-    name, kind = "no-cfg", "malign"
-    description = "classifier-free guidance skipped (no unconditional pass: half the transformer compute)"
-
-    def apply_request(self, request):
-        return request.model_copy(update={"guidance_high": 1.0, "guidance_low": 1.0})
-
-
-@register_deviation
-class Guidance(_Number):
-    name, kind, arg_help = "guidance", "malign", "G"
-    description = "another guidance scale G for both experts"
-    bounds = (0.0, 50.0)
-
-    def apply_request(self, request):
-        return request.model_copy(update={"guidance_high": self.value, "guidance_low": self.value})
+NoCFG = _request_deviation("NoCFG", "no-cfg", "classifier-free guidance skipped (no unconditional pass: half the "
+                           "transformer compute)", lambda dev, req: _both_guidances(1.0, 1.0))
+Guidance = _request_deviation("Guidance", "guidance", "another guidance scale G for both experts",
+                              lambda dev, req: _both_guidances(dev.value, dev.value), arg_help="G", bounds=(0.0, 50.0))
 
 
 @register_deviation
@@ -641,15 +636,11 @@ def _step_index_of(pipe):
     return index
 
 
-@register_deviation
-class GuidanceScale(_Number):
-    name, kind, arg_help = "guidance-scale", "malign", "F"
-    description = "both experts' guidance scales multiplied by F (F = 0.98 is a 2% lower guidance; same compute)"
-    bounds = (0.0, 10.0)
-
-    def apply_request(self, request):
-        return request.model_copy(update={"guidance_high": request.guidance_high * self.value,
-                                          "guidance_low": request.guidance_low * self.value})
+GuidanceScale = _request_deviation(
+    "GuidanceScale", "guidance-scale",
+    "both experts' guidance scales multiplied by F (F = 0.98 is a 2% lower guidance; same compute)",
+    lambda dev, req: _both_guidances(req.guidance_high * dev.value, req.guidance_low * dev.value),
+    arg_help="F", bounds=(0.0, 10.0))
 
 
 @register_deviation
