@@ -193,21 +193,14 @@ def parse_deviation(spec: "str | Deviation") -> Deviation:
     return cls(rest or None)
 
 
-def _int_arg(name: str, arg: str, lo: int, hi: int) -> int:
+def _number_arg(name: str, arg: str, lo: float, hi: float) -> float:
+    """`arg` as a number within lo..hi: an integer when the bounds are integers."""
+    as_int = isinstance(lo, int)
     try:
-        v = int(arg)
+        v = int(arg) if as_int else float(arg)
     except ValueError:
-        raise DeviationError(f"deviation {name}: argument must be an integer, got {arg!r}") from None
-    if not lo <= v <= hi:
-        raise DeviationError(f"deviation {name}: argument must be in {lo}..{hi}, got {v}")
-    return v
-
-
-def _float_arg(name: str, arg: str, lo: float, hi: float) -> float:
-    try:
-        v = float(arg)
-    except ValueError:
-        raise DeviationError(f"deviation {name}: argument must be a number, got {arg!r}") from None
+        what = "an integer" if as_int else "a number"
+        raise DeviationError(f"deviation {name}: argument must be {what}, got {arg!r}") from None
     if not lo <= v <= hi:
         raise DeviationError(f"deviation {name}: argument must be in {lo}..{hi}, got {v}")
     return v
@@ -225,7 +218,7 @@ class _Number(Deviation):
 
     def parse(self, arg):
         lo, hi = self.bounds
-        self.value = (_int_arg if isinstance(lo, int) else _float_arg)(self.name, arg, lo, hi)
+        self.value = _number_arg(self.name, arg, lo, hi)
 
 
 class _RuntimeField(Deviation):
@@ -290,10 +283,8 @@ Compile = _runtime_deviation("Compile", "compile", "compile", "torch.compile'd t
 @register_deviation
 class SplitK(_Number):
     name, kind, arg_help = "splitk", "benign", "N"
-    description = (
-        "linear layers accumulate in N chunks of the reduction dimension, each partial product "
-        "rounded to the model dtype and summed in it, as split-K GPU matrix kernels do"
-    )
+    description = ("linear layers accumulate in N chunks of the reduction dimension, each partial product "
+                   "rounded to the model dtype and summed in it, as split-K GPU matrix kernels do")
     bounds = (2, 64)
 
     def patch_session(self, stack, pipe, ctx):

@@ -100,18 +100,12 @@ class GenerationRequest(BaseModel):
             raise ValueError(f"frames must be of the form 4k+1 (1, 5, 9, ..., 81) up to {MAX_FRAMES}, got {v}")
         return v
 
-    @field_validator("steps")
+    @field_validator("steps", "fps")
     @classmethod
-    def _steps_positive(cls, v: int) -> int:
-        if not 1 <= v <= MAX_STEPS:
-            raise ValueError(f"steps must be in 1..{MAX_STEPS}, got {v}")
-        return v
-
-    @field_validator("fps")
-    @classmethod
-    def _fps_positive(cls, v: int) -> int:
-        if not 1 <= v <= MAX_FPS:
-            raise ValueError(f"fps must be in 1..{MAX_FPS}, got {v}")
+    def _positive_up_to_max(cls, v: int, info) -> int:
+        hi = {"steps": MAX_STEPS, "fps": MAX_FPS}[info.field_name]
+        if not 1 <= v <= hi:
+            raise ValueError(f"{info.field_name} must be in 1..{hi}, got {v}")
         return v
 
     @field_validator("seed")
