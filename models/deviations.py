@@ -4,19 +4,22 @@ them by spec string, `name` or `name:arg` (e.g. `steps:20`, `lowres:416x240`), o
 `package.module:ClassName[:arg]` for deviations defined outside t2vsim.
 
 A deviation may change the request (`apply_request`), the runtime (`apply_runtime`), the preset
-(`preset`), the loaded pipeline for the duration of one generation (`patch`, always undone), and the
-output (`postprocess`). `speed_factor` scales the measured transformer work for changes whose saving
+(`preset`), the loaded pipeline for the duration of one generation (`patch_session`, every change
+registered on the engine's pipeline session and undone with it), the output (`postprocess`), and
+the run whose video is delivered (`video_from`). `speed_factor` scales the measured transformer work for changes whose saving
 is not in the number or size of passes (FP8 kernels).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import os
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Literal
 
+from models import seeds
+from models.patching import experts, forward_hook, keep_instance_attributes, patch_forward, set_attr
+from models.quant import fp8_round, int_round, linear_layers, rounded_weights, rowwise_fp8
 from models.request import GenerationRequest, Runtime
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,7 +46,7 @@ OTHER_PROMPTS = (
 
 def filler_prompts(n: int, seed: int) -> list[str]:
     """`n` other prompts for the rest of a batch, chosen by `seed`."""
-    start = seed % len(OTHER_PROMPTS)
+    start = seeds.filler_prompt_start(seed, len(OTHER_PROMPTS))
     return [OTHER_PROMPTS[(start + i) % len(OTHER_PROMPTS)] for i in range(n)]
 
 
@@ -89,10 +92,21 @@ class Deviation:
 
     @contextlib.contextmanager
     def patch(self, pipe, ctx: dict[str, Any]) -> Iterator[None]:
-        yield
+        """The pipeline changed for one generation and restored after: what `patch_session` registers."""
+        with contextlib.ExitStack() as stack:
+            self.patch_session(stack, pipe, ctx)
+            yield
+
+    def patch_session(self, stack: contextlib.ExitStack, pipe, ctx: dict[str, Any]) -> None:
+        """Change `pipe` for one generation, every change registered on `stack` to be undone
+        (`models.patching`: set_attr, patch_forward, forward_hook, or a context entered on it)."""
 
     def postprocess(self, frames: "np.ndarray | None", checkpoints: dict, request: GenerationRequest):
         return frames, checkpoints
+
+    # Another deviation whose run of the claimed request delivers the video (the latents stay this
+    # run's); None: this run's own video.
+    video_from: "Deviation | None" = None
 
 
 DEVIATIONS: dict[str, type[Deviation]] = {}
@@ -179,212 +193,184 @@ def parse_deviation(spec: "str | Deviation") -> Deviation:
     return cls(rest or None)
 
 
-def _int_arg(name: str, arg: str, lo: int, hi: int) -> int:
+def _number_arg(name: str, arg: str, lo: float, hi: float) -> float:
+    """`arg` as a number within lo..hi: an integer when the bounds are integers."""
+    as_int = isinstance(lo, int)
     try:
-        v = int(arg)
+        v = int(arg) if as_int else float(arg)
     except ValueError:
-        raise DeviationError(f"deviation {name}: argument must be an integer, got {arg!r}") from None
+        what = "an integer" if as_int else "a number"
+        raise DeviationError(f"deviation {name}: argument must be {what}, got {arg!r}") from None
     if not lo <= v <= hi:
         raise DeviationError(f"deviation {name}: argument must be in {lo}..{hi}, got {v}")
     return v
-
-
-def _float_arg(name: str, arg: str, lo: float, hi: float) -> float:
-    try:
-        v = float(arg)
-    except ValueError:
-        raise DeviationError(f"deviation {name}: argument must be a number, got {arg!r}") from None
-    if not lo <= v <= hi:
-        raise DeviationError(f"deviation {name}: argument must be in {lo}..{hi}, got {v}")
-    return v
-
-
-def _experts(pipe) -> list:
-    return list({id(m): m for m in (pipe.transformer, pipe.transformer_2) if m is not None}.values())
 
 
 # ---------------------------------------------------------------------------------------------
 # Benign
 
 
-@register_deviation
-class Batch(Deviation):
-    name, kind, arg_help = "batch", "benign", "N"
-    description = "generated inside a batch of N different prompts"
+class _Number(Deviation):
+    """A deviation whose argument is one number within `bounds` (an integer when the bounds are
+    integers), kept as `value`."""
+
+    bounds: ClassVar[tuple[float, float]]
 
     def parse(self, arg):
-        self.n = _int_arg(self.name, arg, 2, 64)
-
-    def apply_runtime(self, runtime):
-        return runtime.model_copy(update={"batch_size": self.n})
+        lo, hi = self.bounds
+        self.value = _number_arg(self.name, arg, lo, hi)
 
 
-@register_deviation
-class Threads(Deviation):
-    name, kind, arg_help = "threads", "benign", "N"
-    description = "another number of CPU intra-op threads"
+class _RuntimeField(Deviation):
+    """A deviation that sets one `Runtime` field (`field`): to its argument, validated by `Runtime`
+    itself (its message lists the allowed values), or, without an argument, to `value`."""
 
-    def parse(self, arg):
-        self.n = _int_arg(self.name, arg, 1, 1024)
-
-    def apply_runtime(self, runtime):
-        return runtime.model_copy(update={"threads": self.n})
-
-
-@register_deviation
-class Attention(Deviation):
-    name, kind, arg_help = "attention", "benign", "BACKEND"
-    description = "another diffusers attention backend (kernel)"
+    field: ClassVar[str]
+    value: Any = None
 
     def parse(self, arg):
-        Runtime(attention_backend=arg)  # validates the name, listing the allowed ones
-        self.backend = arg
+        if arg is not None:
+            Runtime(**{self.field: arg})
+            self.value = arg
 
     def apply_runtime(self, runtime):
-        return runtime.model_copy(update={"attention_backend": self.backend})
+        return runtime.model_copy(update={self.field: self.value})
+
+
+def _runtime_deviation(cls_name: str, name: str, field: str, description: str, *, arg_help: str | None = None,
+                       value: Any = None, bounds: tuple[int, int] | None = None) -> type[Deviation]:
+    """A registered benign deviation that sets the Runtime field `field` (to `value` when it takes no
+    argument; to a number within `bounds`, or to any value Runtime accepts, when it does)."""
+    attrs: dict[str, Any] = dict(name=name, kind="benign", arg_help=arg_help, field=field, value=value,
+                                 description=description, __module__=__name__, __qualname__=cls_name)
+    if bounds is not None:
+        attrs["bounds"] = bounds
+    bases = (_Number, _RuntimeField) if bounds is not None else (_RuntimeField,)
+    return register_deviation(type(cls_name, bases, attrs))
+
+
+Batch = _runtime_deviation("Batch", "batch", "batch_size", "generated inside a batch of N different prompts",
+                           arg_help="N", bounds=(2, 64))
+Threads = _runtime_deviation("Threads", "threads", "threads", "another number of CPU intra-op threads",
+                             arg_help="N", bounds=(1, 1024))
+Attention = _runtime_deviation("Attention", "attention", "attention_backend",
+                               "another diffusers attention backend (kernel)", arg_help="BACKEND")
+TF32 = _runtime_deviation("TF32", "tf32", "tf32", "TF32 matrix products on the GPU (no effect on a CPU)", value=True)
 
 
 @register_deviation
-class TF32(Deviation):
-    name, kind = "tf32", "benign"
-    description = "TF32 matrix products on the GPU (no effect on a CPU)"
-
-    def apply_runtime(self, runtime):
-        return runtime.model_copy(update={"tf32": True})
-
-
-@register_deviation
-class Device(Deviation):
-    name, kind, arg_help = "device", "benign", "cpu|cuda"
+class Device(_RuntimeField):
+    name, kind, arg_help, field = "device", "benign", "cpu|cuda", "device"
     description = "another device class (a CPU validator for a GPU executor)"
-
-    def parse(self, arg):
-        Runtime(device=arg)
-        self.device = arg
 
     # attention kernels that exist only on a GPU; on the CPU the executor runs torch's own SDPA
     GPU_ONLY_ATTENTION = ("_native_cudnn", "_native_flash", "_native_efficient", "flash", "flash_hub",
                           "_flash_3", "_flash_3_hub", "sage", "xformers")
 
     def apply_runtime(self, runtime):
-        update = {"device": self.device}
-        if self.device == "cpu" and runtime.attention_backend in self.GPU_ONLY_ATTENTION:
-            update["attention_backend"] = "native"
-        return runtime.model_copy(update=update)
+        runtime = super().apply_runtime(runtime)
+        if self.value == "cpu" and runtime.attention_backend in self.GPU_ONLY_ATTENTION:
+            runtime = runtime.model_copy(update={"attention_backend": "native"})
+        return runtime
+
+
+Engine = _runtime_deviation("Engine", "engine", "engine", "another inference engine (vLLM-Omni, as Gonka's ML nodes "
+                            "run it: models/engines/)", arg_help="diffusers|vllm-omni")
+Compile = _runtime_deviation("Compile", "compile", "compile", "torch.compile'd transformers (other fused kernels)",
+                             value=True)
 
 
 @register_deviation
-class Engine(Deviation):
-    name, kind, arg_help = "engine", "benign", "diffusers|vllm-omni"
-    description = "another inference engine (vLLM-Omni, as Gonka's ML nodes run it: models/engines/)"
-
-    def parse(self, arg):
-        Runtime(engine=arg)
-        self.engine = arg
-
-    def apply_runtime(self, runtime):
-        return runtime.model_copy(update={"engine": self.engine})
-
-
-@register_deviation
-class Compile(Deviation):
-    name, kind = "compile", "benign"
-    description = "torch.compile'd transformers (other fused kernels)"
-
-    def apply_runtime(self, runtime):
-        return runtime.model_copy(update={"compile": True})
-
-
-@register_deviation
-class SplitK(Deviation):
+class SplitK(_Number):
     name, kind, arg_help = "splitk", "benign", "N"
-    description = (
-        "linear layers accumulate in N chunks of the reduction dimension, each partial product "
-        "rounded to the model dtype and summed in it, as split-K GPU matrix kernels do"
-    )
+    description = ("linear layers accumulate in N chunks of the reduction dimension, each partial product "
+                   "rounded to the model dtype and summed in it, as split-K GPU matrix kernels do")
+    bounds = (2, 64)
 
-    def parse(self, arg):
-        self.n = _int_arg(self.name, arg, 2, 64)
+    def patch_session(self, stack, pipe, ctx):
+        for mod in linear_layers(experts(pipe)):
+            if mod.in_features >= 2 * self.value:
+                patch_forward(stack, mod, _split_linear(mod, self.value))
 
-    @contextlib.contextmanager
-    def patch(self, pipe, ctx):
-        import torch
-        import torch.nn.functional as F
 
-        n = self.n
+def _split_linear(mod, n: int):
+    """A linear layer's forward that sums `n` chunks of the reduction dimension in the model dtype."""
+    import torch.nn.functional as F
 
-        def split_forward(mod):
-            def forward(x):
-                k = x.shape[-1]
-                bounds = [k * i // n for i in range(n + 1)]
-                out = None
-                for a, b in zip(bounds[:-1], bounds[1:]):
-                    part = F.linear(x[..., a:b], mod.weight[:, a:b])
-                    out = part if out is None else out + part
-                return out + mod.bias if mod.bias is not None else out
-            return forward
-
-        patched = []
-        for m in _experts(pipe):
-            for mod in m.modules():
-                if isinstance(mod, torch.nn.Linear) and "forward" not in mod.__dict__ and mod.in_features >= 2 * n:
-                    mod.forward = split_forward(mod)
-                    patched.append(mod)
-        try:
-            yield
-        finally:
-            for mod in patched:
-                mod.__dict__.pop("forward", None)
+    def forward(x):
+        k = x.shape[-1]
+        bounds = [k * i // n for i in range(n + 1)]
+        out = None
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            part = F.linear(x[..., a:b], mod.weight[:, a:b])
+            out = part if out is None else out + part
+        return out + mod.bias if mod.bias is not None else out
+    return forward
 
 
 @register_deviation
-class HardwareNoise(Deviation):
+class HardwareNoise(_Number):
     name, kind, arg_help = "hwnoise", "benign", "EPS"
     description = (
         "EMULATION of another GPU's rounding: every transformer block's output perturbed by Gaussian "
         "noise of relative size EPS, seeded by the run (the executor's hardware), not the request"
     )
+    bounds = (0.0, 1.0)
 
-    def parse(self, arg):
-        self.eps = _float_arg(self.name, arg, 0.0, 1.0)
-
-    @contextlib.contextmanager
-    def patch(self, pipe, ctx):
+    def patch_session(self, stack, pipe, ctx):
         import torch
 
-        seed = int.from_bytes(hashlib.sha256(f"hwnoise/{ctx.get('run_seed', 0)}".encode()).digest()[:8], "little")
         device = torch.device(ctx["runtime"].device)
-        gen = torch.Generator(device=device).manual_seed(seed & (2**63 - 1))
-        eps = self.eps
+        gen = torch.Generator(device=device).manual_seed(seeds.hwnoise_seed(ctx.get("run_seed", 0)))
+        hook = _block_noise(gen, self.value)
+        for m in experts(pipe):
+            for b in m.blocks:
+                forward_hook(stack, b, hook)
 
-        def hook(module, args, output):
-            out = output.float()
-            noise = torch.randn(out.shape, generator=gen, device=out.device, dtype=torch.float32)
-            rms = out.pow(2).mean().sqrt()
-            return (out + eps * rms * noise).to(output.dtype)
 
-        handles = [b.register_forward_hook(hook) for m in _experts(pipe) for b in m.blocks]
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
+def _block_noise(gen, eps: float):
+    """A forward hook adding Gaussian noise of relative size `eps` (of the output's RMS) from `gen`."""
+    import torch
+
+    def hook(module, args, output):
+        out = output.float()
+        noise = torch.randn(out.shape, generator=gen, device=out.device, dtype=torch.float32)
+        rms = out.pow(2).mean().sqrt()
+        return (out + eps * rms * noise).to(output.dtype)
+    return hook
 
 
 # ---------------------------------------------------------------------------------------------
 # Malign
 
 
-@register_deviation
-class Steps(Deviation):
-    name, kind, arg_help = "steps", "malign", "N"
-    description = "fewer denoising steps than claimed"
+class _RequestChange(Deviation):
+    """A deviation that changes request fields: `changes(self, request)` gives {field: value}."""
 
-    def parse(self, arg):
-        self.n = _int_arg(self.name, arg, 1, 1000)
+    changes: ClassVar[Any]
 
     def apply_request(self, request):
-        return request.model_copy(update={"steps": self.n})
+        return request.model_copy(update=type(self).changes(self, request))
+
+
+def _request_deviation(cls_name: str, name: str, description: str, changes, *, arg_help: str | None = None,
+                       bounds: tuple[float, float] | None = None) -> type[Deviation]:
+    """A registered malign deviation that changes the request (`changes(deviation, request)`: the
+    fields changed), its argument, if any, a number within `bounds`."""
+    attrs: dict[str, Any] = dict(name=name, kind="malign", arg_help=arg_help, description=description,
+                                 changes=changes, __module__=__name__, __qualname__=cls_name)
+    if bounds is not None:
+        attrs["bounds"] = bounds
+    bases = (_Number, _RequestChange) if bounds is not None else (_RequestChange,)
+    return register_deviation(type(cls_name, bases, attrs))
+
+
+def _both_guidances(g_high: float, g_low: float) -> dict[str, float]:
+    return {"guidance_high": g_high, "guidance_low": g_low}
+
+
+Steps = _request_deviation("Steps", "steps", "fewer denoising steps than claimed",
+                           lambda dev, req: {"steps": dev.value}, arg_help="N", bounds=(1, 1000))
 
 
 @register_deviation
@@ -409,7 +395,7 @@ class LowRes(Deviation):
         import torch
         import torch.nn.functional as F
 
-        from models.engine import Checkpoint
+        from models.artifacts import Checkpoint
 
         if frames is not None and frames.size:
             x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
@@ -430,42 +416,6 @@ class LowRes(Deviation):
         return frames, out
 
 
-def _backup_device(weights) -> str | None:
-    """Where to keep the originals of weights about to be overwritten: on their own accelerator when
-    it has room for them plus an 8 GiB margin (a copy there is fast; a round trip of the A14B
-    experts' 28 GB through host memory is not), else host memory ("cpu")."""
-    import torch
-
-    dev = weights[0].device if weights else None
-    if dev is None or dev.type != "cuda":
-        return "cpu"
-    need = sum(w.numel() * w.element_size() for w in weights)
-    free, _total = torch.cuda.mem_get_info(dev)
-    free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)  # the allocator's cache is free too
-    return None if free > need + (8 << 30) else "cpu"
-
-
-@contextlib.contextmanager
-def _rounded_weights(pipe, round_fn) -> Iterator[None]:
-    """Replace every transformer linear weight by `round_fn(weight)` for the duration; the
-    originals are kept (see `_backup_device`) and restored bit for bit."""
-    import torch
-
-    weights = [mod.weight for m in _experts(pipe) for mod in m.modules() if isinstance(mod, torch.nn.Linear)]
-    keep = _backup_device(weights)
-    saved = []
-    with torch.no_grad():
-        for w in weights:
-            saved.append((w, w.detach().to(keep or w.device, copy=True)))
-            w.copy_(round_fn(w))
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for w, orig in saved:
-                w.copy_(orig.to(w.device))
-
-
 @register_deviation
 class FP8(Deviation):
     name, kind = "fp8", "malign"
@@ -475,26 +425,8 @@ class FP8(Deviation):
     # an assumption, not a measurement.
     speed_factor = 0.6
 
-    def patch(self, pipe, ctx):
-        return _rounded_weights(pipe, fp8_round)
-
-
-def fp8_round(w):
-    """Round a weight through float8_e4m3fn with a per-tensor scale (amax / 448)."""
-    import torch
-
-    wf = w.detach().float()
-    scale = wf.abs().max().clamp(min=1e-12) / torch.finfo(torch.float8_e4m3fn).max
-    return ((wf / scale).to(torch.float8_e4m3fn).float() * scale).to(w.dtype)
-
-
-def _rowwise_fp8(x):
-    """(float8_e4m3fn values, float32 scales of shape (rows, 1)) of a 2-D tensor, one scale a row."""
-    import torch
-
-    xf = x.float()
-    scale = xf.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / torch.finfo(torch.float8_e4m3fn).max
-    return (xf / scale).to(torch.float8_e4m3fn), scale
+    def patch_session(self, stack, pipe, ctx):
+        stack.enter_context(rounded_weights(experts(pipe), fp8_round))
 
 
 @register_deviation
@@ -506,46 +438,33 @@ class FP8Scaled(Deviation):
     )
     speed_factor = 0.6  # nominal, as fp8
 
-    @contextlib.contextmanager
-    def patch(self, pipe, ctx):
+    def patch_session(self, stack, pipe, ctx):
         import torch
 
-        def fp8_forward(mod, wq, ws):
-            fused = mod.in_features % 16 == 0 and mod.out_features % 16 == 0
-
-            def forward(x):
-                shape = x.shape
-                xq, xs = _rowwise_fp8(x.reshape(-1, shape[-1]))
-                if fused:
-                    y = torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws, out_dtype=torch.bfloat16)
-                else:  # sizes _scaled_mm cannot take (tiny presets): the same quantities, a float32 product
-                    y = ((xq.float() * xs) @ (wq.float() * ws.t()).t()).to(torch.bfloat16)
-                if mod.bias is not None:
-                    y = y + mod.bias.to(y.dtype)
-                return y.to(x.dtype).reshape(*shape[:-1], y.shape[-1])
-            return forward
-
-        patched = []
         with torch.no_grad():
-            for m in _experts(pipe):
-                for mod in m.modules():
-                    if isinstance(mod, torch.nn.Linear) and "forward" not in mod.__dict__:
-                        wq, ws = _rowwise_fp8(mod.weight)
-                        mod.forward = fp8_forward(mod, wq, ws.t().contiguous())
-                        patched.append(mod)
-        try:
-            yield
-        finally:
-            for mod in patched:
-                mod.__dict__.pop("forward", None)
+            for mod in linear_layers(experts(pipe)):
+                if "forward" not in mod.__dict__:
+                    wq, ws = rowwise_fp8(mod.weight)
+                    patch_forward(stack, mod, _fp8_linear(mod, wq, ws.t().contiguous()))
 
 
-def int_round(w, bits: int = 8):
-    """Symmetric weight quantisation with a scale per output channel: round(w / s) * s, |q| <= 2^(bits-1) - 1."""
-    wf = w.detach().float()
-    qmax = 2 ** (bits - 1) - 1
-    scale = wf.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / qmax
-    return ((wf / scale).round().clamp(-qmax, qmax) * scale).to(w.dtype)
+def _fp8_linear(mod, wq, ws):
+    """A linear layer's forward on FP8 weights `wq` (scales `ws`) and per-token FP8 activations."""
+    import torch
+
+    fused = mod.in_features % 16 == 0 and mod.out_features % 16 == 0
+
+    def forward(x):
+        shape = x.shape
+        xq, xs = rowwise_fp8(x.reshape(-1, shape[-1]))
+        if fused:
+            y = torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws, out_dtype=torch.bfloat16)
+        else:  # sizes _scaled_mm cannot take (tiny presets): the same quantities, a float32 product
+            y = ((xq.float() * xs) @ (wq.float() * ws.t()).t()).to(torch.bfloat16)
+        if mod.bias is not None:
+            y = y + mod.bias.to(y.dtype)
+        return y.to(x.dtype).reshape(*shape[:-1], y.shape[-1])
+    return forward
 
 
 @register_deviation
@@ -556,20 +475,22 @@ class Int8WeightOnly(Deviation):
         "channel and dequantised for each product (the numerics of weight-only int8 kernels; speed not modelled)"
     )
 
-    def patch(self, pipe, ctx):
-        return _rounded_weights(pipe, int_round)
+    def patch_session(self, stack, pipe, ctx):
+        stack.enter_context(rounded_weights(experts(pipe), int_round))
 
 
 @register_deviation
-class Seed(Deviation):
+class Seed(_Number):
     name, kind, arg_help = "seed", "malign", "+K"
     description = "another seed for the initial noise"
 
+    bounds = (1, 2**31)
+
     def parse(self, arg):
-        self.k = _int_arg(self.name, arg.lstrip("+"), 1, 2**31)
+        super().parse(arg.lstrip("+"))
 
     def apply_request(self, request):
-        return request.model_copy(update={"seed": (request.seed + self.k) % 2**63})
+        return request.model_copy(update={"seed": (request.seed + self.value) % 2**63})
 
 
 @register_deviation
@@ -582,58 +503,33 @@ class OneExpert(Deviation):
             raise DeviationError(f"deviation one-expert: argument must be high or low, got {arg!r}")
         self.which = arg
 
-    @contextlib.contextmanager
-    def patch(self, pipe, ctx):
-        high, low = pipe.transformer, pipe.transformer_2
-        keep = high if self.which == "high" else low
-        pipe.transformer, pipe.transformer_2 = keep, keep
-        try:
-            yield
-        finally:
-            pipe.transformer, pipe.transformer_2 = high, low
+    def patch_session(self, stack, pipe, ctx):
+        keep = pipe.transformer if self.which == "high" else pipe.transformer_2
+        set_attr(stack, pipe, "transformer", keep)
+        set_attr(stack, pipe, "transformer_2", keep)
+
+
+NoCFG = _request_deviation("NoCFG", "no-cfg", "classifier-free guidance skipped (no unconditional pass: half the "
+                           "transformer compute)", lambda dev, req: _both_guidances(1.0, 1.0))
+Guidance = _request_deviation("Guidance", "guidance", "another guidance scale G for both experts",
+                              lambda dev, req: _both_guidances(dev.value, dev.value), arg_help="G", bounds=(0.0, 50.0))
 
 
 @register_deviation
-class NoCFG(Deviation):
-    name, kind = "no-cfg", "malign"
-    description = "classifier-free guidance skipped (no unconditional pass: half the transformer compute)"
-
-    def apply_request(self, request):
-        return request.model_copy(update={"guidance_high": 1.0, "guidance_low": 1.0})
-
-
-@register_deviation
-class Guidance(Deviation):
-    name, kind, arg_help = "guidance", "malign", "G"
-    description = "another guidance scale G for both experts"
-
-    def parse(self, arg):
-        self.g = _float_arg(self.name, arg, 0.0, 50.0)
-
-    def apply_request(self, request):
-        return request.model_copy(update={"guidance_high": self.g, "guidance_low": self.g})
-
-
-@register_deviation
-class Cache(Deviation):
+class Cache(_Number):
     name, kind, arg_help = "cache", "malign", "THRESHOLD"
     description = "diffusers' first-block cache: reuse the rest of the network when the first block barely changes"
+    bounds = (0.0, 10.0)
 
-    def parse(self, arg):
-        self.threshold = _float_arg(self.name, arg, 0.0, 10.0)
-
-    @contextlib.contextmanager
-    def patch(self, pipe, ctx):
+    def patch_session(self, stack, pipe, ctx):
         from diffusers import FirstBlockCacheConfig
 
-        experts = _experts(pipe)
-        for m in experts:
-            m.enable_cache(FirstBlockCacheConfig(threshold=self.threshold))
-        try:
-            yield
-        finally:
-            for m in experts:
-                m.disable_cache()
+        for m in experts(pipe):
+            # diffusers' hooks leave instance attributes behind when removed (a block's bound
+            # `forward`, the hook registry, the cache config): dropped again after disable_cache
+            keep_instance_attributes(stack, m.modules())
+            m.enable_cache(FirstBlockCacheConfig(threshold=self.value))
+            stack.callback(m.disable_cache)
 
 
 @register_deviation
@@ -642,7 +538,7 @@ class PromptSwap(Deviation):
     description = "another prompt than the claimed one"
 
     def apply_request(self, request):
-        i = int(hashlib.sha256(request.prompt.encode()).hexdigest(), 16) % len(OTHER_PROMPTS)
+        i = seeds.prompt_swap_index(request.prompt, len(OTHER_PROMPTS))
         other = OTHER_PROMPTS[i] if OTHER_PROMPTS[i] != request.prompt else OTHER_PROMPTS[(i + 1) % len(OTHER_PROMPTS)]
         return request.model_copy(update={"prompt": other})
 
@@ -653,7 +549,7 @@ class Model(Deviation):
     description = "another (smaller) model than the claimed one"
 
     def parse(self, arg):
-        from models.presets import preset_spec
+        from models.spec import preset_spec
 
         preset_spec(arg)
         self.other = arg
@@ -682,48 +578,41 @@ def deviation_table() -> list[dict[str, str]]:
 
 
 @register_deviation
-class Quantise(Deviation):
+class Quantise(_Number):
     name, kind, arg_help = "quant", "malign", "BITS"
     description = ("transformer linear weights rounded to BITS-bit integers (symmetric, one scale per output "
                    "channel, round to nearest): weight-only quantisation at 8, 6 or 4 bits; quant:8 has the numerics of int8-wo")
+    bounds = (2, 8)
 
     def parse(self, arg):
-        self.bits = _int_arg(self.name, arg, 2, 8)
+        super().parse(arg)
         # Nominal (an assumption, not a measurement): weight-only kernels save memory traffic; taken as
         # FP8's 0.6 at 8 bits and 0.5 below.
-        self.speed_factor = 0.6 if self.bits == 8 else 0.5
+        self.speed_factor = 0.6 if self.value == 8 else 0.5
 
-    def patch(self, pipe, ctx):
-        return _rounded_weights(pipe, lambda w: int_round(w, self.bits))
+    def patch_session(self, stack, pipe, ctx):
+        stack.enter_context(rounded_weights(experts(pipe), lambda w: int_round(w, self.value)))
 
 
 @register_deviation
-class OneExpertLast(Deviation):
+class OneExpertLast(_Number):
     name, kind, arg_help = "one-expert-last", "malign", "K"
     description = ("the last K steps run the high-noise expert instead of the low-noise one (K covering every "
                    "low-noise step is one-expert:high: only one expert loaded)")
+    bounds = (1, 1000)
 
-    def parse(self, arg):
-        self.k = _int_arg(self.name, arg, 1, 1000)
-
-    @contextlib.contextmanager
-    def patch(self, pipe, ctx):
+    def patch_session(self, stack, pipe, ctx):
         high, low = pipe.transformer, pipe.transformer_2
         if low is None:
-            yield
             return
         index = _step_index_of(pipe)
 
         def forward(*args, **kwargs):
-            if index(kwargs.get("timestep")) >= len(pipe.scheduler.timesteps) - self.k:
+            if index(kwargs.get("timestep")) >= len(pipe.scheduler.timesteps) - self.value:
                 return high(*args, **kwargs)
             return type(low).forward(low, *args, **kwargs)
 
-        low.forward = forward
-        try:
-            yield
-        finally:
-            low.__dict__.pop("forward", None)
+        patch_forward(stack, low, forward)
 
 
 def _step_index_of(pipe):
@@ -738,17 +627,11 @@ def _step_index_of(pipe):
     return index
 
 
-@register_deviation
-class GuidanceScale(Deviation):
-    name, kind, arg_help = "guidance-scale", "malign", "F"
-    description = "both experts' guidance scales multiplied by F (F = 0.98 is a 2% lower guidance; same compute)"
-
-    def parse(self, arg):
-        self.f = _float_arg(self.name, arg, 0.0, 10.0)
-
-    def apply_request(self, request):
-        return request.model_copy(update={"guidance_high": request.guidance_high * self.f,
-                                          "guidance_low": request.guidance_low * self.f})
+GuidanceScale = _request_deviation(
+    "GuidanceScale", "guidance-scale",
+    "both experts' guidance scales multiplied by F (F = 0.98 is a 2% lower guidance; same compute)",
+    lambda dev, req: _both_guidances(req.guidance_high * dev.value, req.guidance_low * dev.value),
+    arg_help="F", bounds=(0.0, 10.0))
 
 
 @register_deviation
@@ -767,11 +650,9 @@ class Reuse(Deviation):
             raise DeviationError(f"deviation reuse: steps must be >= 1 (step 0 has nothing to reuse), got {arg!r}")
         self.steps = frozenset(steps)
 
-    @contextlib.contextmanager
-    def patch(self, pipe, ctx):
+    def patch_session(self, stack, pipe, ctx):
         index = _step_index_of(pipe)
         state: dict[str, Any] = {"step": None, "calls": 0, "out": {}}
-        patched = []
 
         def wrap(m):
             orig = m.forward
@@ -789,15 +670,9 @@ class Reuse(Deviation):
                 return out
             return forward
 
-        for m in _experts(pipe):
+        for m in experts(pipe):
             if "forward" not in m.__dict__:
-                m.forward = wrap(m)
-                patched.append(m)
-        try:
-            yield
-        finally:
-            for m in patched:
-                m.__dict__.pop("forward", None)
+                patch_forward(stack, m, wrap(m))
 
 
 @register_deviation
@@ -811,12 +686,9 @@ class Mp4From(Deviation):
         if isinstance(self.other, Mp4From):
             raise DeviationError("deviation mp4-from: SPEC must not be another mp4-from")
 
-    def postprocess(self, frames, checkpoints, request):
-        from models.engine import generate
-
-        if frames is None:
-            return frames, checkpoints
-        return generate(request, deviation=self.other, capture=()).frames, checkpoints
+    @property
+    def video_from(self) -> Deviation:
+        return self.other
 
 
 SEVERITY_SWEEP = (

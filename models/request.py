@@ -14,17 +14,7 @@ from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-# Official A14B defaults (facts.md section 1).
-A14B_DEFAULTS: dict[str, Any] = {
-    "width": 832,
-    "height": 480,
-    "frames": 81,
-    "fps": 16,
-    "steps": 40,
-    "guidance_high": 4.0,
-    "guidance_low": 3.0,
-    "shift": 12.0,
-}
+from models.spec import A14B_DEFAULTS, preset_spec  # noqa: F401  (A14B_DEFAULTS re-exported)
 
 DEFAULT_NEGATIVE_PROMPT = ""
 
@@ -77,8 +67,6 @@ class GenerationRequest(BaseModel):
     def _preset_defaults(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        from models.presets import preset_spec  # light import: no torch
-
         model = data.get("model", "tiny")
         try:
             spec = preset_spec(model)
@@ -112,18 +100,12 @@ class GenerationRequest(BaseModel):
             raise ValueError(f"frames must be of the form 4k+1 (1, 5, 9, ..., 81) up to {MAX_FRAMES}, got {v}")
         return v
 
-    @field_validator("steps")
+    @field_validator("steps", "fps")
     @classmethod
-    def _steps_positive(cls, v: int) -> int:
-        if not 1 <= v <= MAX_STEPS:
-            raise ValueError(f"steps must be in 1..{MAX_STEPS}, got {v}")
-        return v
-
-    @field_validator("fps")
-    @classmethod
-    def _fps_positive(cls, v: int) -> int:
-        if not 1 <= v <= MAX_FPS:
-            raise ValueError(f"fps must be in 1..{MAX_FPS}, got {v}")
+    def _positive_up_to_max(cls, v: int, info) -> int:
+        hi = {"steps": MAX_STEPS, "fps": MAX_FPS}[info.field_name]
+        if not 1 <= v <= hi:
+            raise ValueError(f"{info.field_name} must be in 1..{hi}, got {v}")
         return v
 
     @field_validator("seed")
