@@ -57,7 +57,7 @@ def domain_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean the input cannot be used (t2vsim's own errors derive from ValueError)."""
     errors: list[type[BaseException]] = [ValueError, OSError]
     for module, name in (("sim.chain", "ChainDatabaseError"), ("sim.network", "RunDirError"),
-                         ("flows.regression", "RegressionDetected"), ("models.engines.vllm_omni", "EngineError")):
+                         ("sim.regression", "RegressionDetected"), ("models.engines.vllm_omni", "EngineError")):
         mod = sys.modules.get(module)  # only what a command has imported can have been raised
         cls = getattr(mod, name, None) if mod else None
         if isinstance(cls, type) and issubclass(cls, BaseException):
