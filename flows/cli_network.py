@@ -249,7 +249,7 @@ def register(app: typer.Typer) -> None:
 
     @net.command()
     def fairness(
-        calibration: Optional[Path] = typer.Option(None, help="calibration JSON (default: facts.md A14B on H100)"),
+        calibration: Optional[Path] = typer.Option(None, help="calibration JSON (default: docs/facts.md A14B on H100)"),
         charge_constant: bool = typer.Option(False, help="also charge the per-pass constant"),
         out: Optional[Path] = typer.Option(None, help="write the tidy table as Parquet"),
     ):

@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
         config: Optional[Path] = typer.Option(None, help="a JSON file of ExperimentParams; default: the proposal's STAGE 1 plan"),
         prompts: Optional[int] = typer.Option(None, help="override the prompt count"),
         gpus: int = typer.Option(8, help="GPUs the run is spread over (wall time)"),
-        gpu: str = typer.Option("h200", help="GPU profile: h200 (measured here) or h100 (facts.md)"),
+        gpu: str = typer.Option("h200", help="GPU profile: h200 (measured here) or h100 (docs/facts.md)"),
         calibration: Optional[Path] = typer.Option(None, help="a calibration JSON (t2vsim network calibrate / dry-run) "
                                                               "for the pass-time fit"),
         json_out: Optional[Path] = typer.Option(None, "--json", help="also write the plan as JSON here"),

@@ -34,7 +34,7 @@ from sim.stats import benign_mask, choose_threshold, clopper_pearson, zero_effec
 POLICY = "segment"
 SEGMENT_METRICS = ("cosine", "rel_l2")
 DETECTED_AT = 0.9  # a cheat counts as detected when the rule rejects at least this share of its test claims
-# facts.md: a 480p, 81-frame, 40-step video on one H100: 271 s of transformer, 2.07 s of VAE decode
+# docs/facts.md: a 480p, 81-frame, 40-step video on one H100: 271 s of transformer, 2.07 s of VAE decode
 A14B = {"latent_shape": (16, 21, 60, 104), "steps": 40, "transformer_s": 271.0, "vae_s": 2.07}
 
 

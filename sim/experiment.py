@@ -38,7 +38,7 @@ PROMPT_SET = Path(__file__).parent / "data" / "vbench_all_dimension.txt"
 DEFAULT_FRAME_METRICS = ("ssim", "psnr", "gmsd", "haarpsi")
 # Emulated GPU rounding (hwnoise:EPS), relative noise per transformer block. scripts/calibrate_hwnoise.py
 # measured on the tiny preset in bf16 that EPS = 2.7e-3 makes one expert forward pass differ by the
-# 5.5e-3 measured between attention kernels on an H100 at A14B scale (facts.md); the headline
+# 5.5e-3 measured between attention kernels on an H100 at A14B scale (docs/facts.md); the headline
 # benign class uses 3e-3 and the sweep brackets it.
 HWNOISE_CALIBRATED_EPS = 3e-3
 DEFAULT_HWNOISE_EPS = (1e-3, 3e-3, 1e-2, 3e-2)

@@ -5,7 +5,7 @@ the proposal's own figures.
 
 The cost model:
 - a transformer pass over N latent tokens takes `PricingParams.true_pass_seconds(N)` (the DiT
-  pricing fit: facts.md's H100 calibration, or a `t2vsim network calibrate` file), scaled on the
+  pricing fit: docs/facts.md's H100 calibration, or a `t2vsim network calibrate` file), scaled on the
   `h200` profile so that it gives the 3.46 s per pass this project measured at 480p/81 frames
   (277.1 s for 80 passes);
 - per generation the passes come from the effective request (a deviation's steps, size, CFG),
@@ -62,13 +62,13 @@ PROFILES = {
                "text encoder 0.61 s, 3.46 s per pass, VAE 10.2 s (float32), build 90 s, MP4 31 MB"),
     "h100": GpuProfile(
         name="h100", text_encoder_seconds=0.035, vae_seconds_480p=2.07, build_seconds=93.5,
-        source="facts.md: A14B on one H100 (pass fit; encoder 0.035 s; VAE 2.07 s in bf16, where this "
+        source="docs/facts.md: A14B on one H100 (pass fit; encoder 0.035 s; VAE 2.07 s in bf16, where this "
                "project decodes in float32); MP4 size as measured on the H200"),
 }
 
 # The proposal's STAGE 1: 1 canonical + 3 benign + 6 malign configurations, ~1,000 prompts, the
 # minimum A14B format (832x480, 81 frames, 40 steps). The benign three are the GPU differences
-# measured on the H200 (facts.md); the malign six the proposal's kinds of cheat.
+# measured on the H200 (docs/facts.md); the malign six the proposal's kinds of cheat.
 STAGE1_PARAMS = ExperimentParams(
     preset="a14b-random", prompts=1000, request={},
     deviations=("attention:_native_flash", "batch:2", "tf32",

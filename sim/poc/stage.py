@@ -1,6 +1,6 @@
 """A PoC stage: participants compute and commit, a validator samples, checks and decides.
 
-Order of events (Gonka PoC v2, facts.md section 2):
+Order of events (Gonka PoC v2, docs/facts.md section 2):
 
 1. every participant computes as many nonces as its hardware allows during the stage (its
    `capacity`), builds a Merkle tree over its (nonce, vector) leaves and commits (root, count);
