@@ -477,7 +477,7 @@ def forged_openings(run_dir: Path, c: Claims, cfg: ValidatorConfig, limit: int =
     fail its Merkle proof. Reads the stored checkpoints (no model runs)."""
     from models.engine import ArtifactError, load_checkpoints
     from sim.commitment import CommitSchedule, Executor, Opening, verify_openings
-    from sim.experiment import slug
+    from sim.layout import slug
 
     tried = rejected = 0
     reasons: set[str] = set()

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from models.deviations import ADAPTIVE_DEFAULT, BENIGN_DEFAULT, MALIGN_DEFAULT
 from models.io import check_out_dir, write_atomic as _atomic_write
 from models.request import MAX_STEPS, GenerationRequest, Runtime, no_bool
+from sim.layout import slug
 
 PROMPT_SET = Path(__file__).parent / "data" / "vbench_all_dimension.txt"
 DEFAULT_FRAME_METRICS = ("ssim", "psnr", "gmsd", "haarpsi")
@@ -259,12 +260,6 @@ def split_of(prompt_id: int, n: int, params: ExperimentParams) -> str:
     random.Random(f"split/{params.seed}").shuffle(order)
     n_cal = max(1, min(n - 1, round(n * params.calib_fraction)))
     return "calib" if prompt_id in set(order[:n_cal]) else "test"
-
-
-def slug(spec: str | None) -> str:
-    if spec is None:
-        return "canonical"
-    return "".join(c if c.isalnum() or c in "-+" else "_" for c in spec)
 
 
 def run_seed_of(prompt_id: int, spec: str, params: ExperimentParams) -> int:

@@ -278,7 +278,7 @@ def eps_figure(eps: pd.DataFrame, best: dict[str, str], cfg) -> bytes | None:
 
 
 def _slug(spec: str) -> str:
-    from sim.experiment import slug
+    from sim.layout import slug
 
     return slug(spec)
 
