@@ -187,9 +187,9 @@ def register(app: typer.Typer) -> None:
         tab = strategy_table({d: b.fail_rate(d) for d in b.malign}, b.executor_share, b.fail_rate(None), p.chain,
                              setting_from(p), undetected=largest_undetected(run_dir))
         if out:
-            from flows.network import _write_parquet
+            from sim.parquet import write_parquet
 
-            _write_parquet(tab, out)
+            write_parquet(tab, out)
         show(_table(tab, f"Does cheating pay? ({b.policy}/{b.metric}, threshold {b.threshold:.4g})",
                                ["strategy", "cheat_rate", "compute_saving", "q_fail", "p_checked", "p_invalid_epoch",
                                 "profit_ngonka", "gain_vs_honest_ngonka", "pays"]))
@@ -263,7 +263,7 @@ def register(app: typer.Typer) -> None:
             check_out_file(out)
         table = fairness_table(p)
         if out:
-            from flows.network import _write_parquet
+            from sim.parquet import write_parquet
 
-            _write_parquet(table, out)
+            write_parquet(table, out)
         show(_table(fairness_summary(table), f"Revenue per GPU-second spread ({p.source})"))

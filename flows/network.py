@@ -10,15 +10,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-
-def _write_parquet(df, path: Path) -> Path:
-    import io
-
-    from models.io import write_atomic
-
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    return write_atomic(path, buf.getvalue())
+from sim.parquet import write_parquet
 
 
 def _records(df) -> list[dict]:
@@ -58,10 +50,10 @@ def network_flow(params: dict[str, Any], out: str, db_url: str | None = None) ->
         db_url = db_url or f"sqlite:///{(tmp / 'chain.db').resolve()}"
         write_json_atomic(tmp / "params.json", json.loads(p.model_dump_json()))
         res = simulate(p.model_dump_json(), db_url, str(tmp))
-        _write_parquet(res["epochs"], tmp / "epochs.parquet")
-        _write_parquet(res["hosts"], tmp / "hosts.parquet")
+        write_parquet(res["epochs"], tmp / "epochs.parquet")
+        write_parquet(res["hosts"], tmp / "hosts.parquet")
         if res.get("poc") is not None:
-            _write_parquet(res["poc"], tmp / "poc.parquet")
+            write_parquet(res["poc"], tmp / "poc.parquet")
     if res.get("poc") is not None:
         create_table_artifact(key="network-poc", table=_records(res["poc"]),
                               description="per epoch and host: PoC strategy, claimed count, mismatches, verdict, weight")
@@ -108,7 +100,7 @@ def sweep_flow(params: dict[str, Any], out: str) -> str:
     p = NetworkParams.model_validate(params)
     backend = p.surrogate_backend()
     rows = sweep(backend, p.chain, setting_from(p), seed=p.seed)
-    path = _write_parquet(rows, Path(out))
+    path = write_parquet(rows, Path(out))
     summary = rows.groupby(["strategy", "reward_share"])["pays"].mean().reset_index()
     create_table_artifact(key="network-sweep", table=_records(summary),
                           description="share of the grid where each strategy pays")

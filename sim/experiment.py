@@ -34,6 +34,7 @@ from models.deviations import ADAPTIVE_DEFAULT, BENIGN_DEFAULT, MALIGN_DEFAULT
 from models.io import check_out_dir, write_atomic as _atomic_write
 from models.request import MAX_STEPS, GenerationRequest, Runtime, no_bool
 from sim.layout import slug
+from sim.parquet import parquet_bytes
 
 PROMPT_SET = Path(__file__).parent / "data" / "vbench_all_dimension.txt"
 DEFAULT_FRAME_METRICS = ("ssim", "psnr", "gmsd", "haarpsi")
@@ -486,16 +487,8 @@ def run_prompt(params: ExperimentParams, prompt_id: int, prompt: str, n_prompts:
                 })
     df = pd.DataFrame(rows)
     store.write_bytes(f"scores/p{prompt_id:04d}.timing.json", json.dumps(timing))
-    store.write_bytes(score_rel, _parquet_bytes(df))  # last: the prompt is complete when this exists
+    store.write_bytes(score_rel, parquet_bytes(df))  # last: the prompt is complete when this exists
     return df
-
-
-def _parquet_bytes(df) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    return buf.getvalue()
 
 
 def _final_rel_l2(canonical, gen) -> float:
@@ -513,7 +506,7 @@ def collect_scores(params: ExperimentParams, n_prompts: int):
     store = store_of(params)
     frames = [pd.read_parquet(io.BytesIO(store.read_bytes(f"scores/p{i:04d}.parquet"))) for i in range(n_prompts)]
     df = pd.concat(frames, ignore_index=True)
-    data = _parquet_bytes(df)
+    data = parquet_bytes(df)
     store.write_bytes("scores.parquet", data)
     if not store.is_local:
         _atomic_write(store.local("scores.parquet"), data)

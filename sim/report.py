@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sim.stats import ALL_MALIGN, Stats, best_metric_per_policy, compute_stats
+from sim.stats import ALL_MALIGN, RATE_COLUMNS, Stats, best_metric_per_policy, compute_stats
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 FILES_DIR = "report_files"
@@ -84,11 +84,12 @@ def fmt_rate(rate: Any, k: Any, n: Any, lo: Any, hi: Any, boot: tuple | None = N
 
 
 def _rate_of(r, name: str, boot: bool = True) -> str:
-    """`fmt_rate` of a stats row's rate column `name` (with `_k`, `_n`, `_cp_lo`, `_cp_hi`, and `_lo`,
-    `_hi` bootstrap columns where present)."""
+    """`fmt_rate` of a stats row's rate `name` (a key of sim.stats.RATE_COLUMNS: its counts, exact
+    bounds and, where present, bootstrap bounds)."""
     get = (lambda c: r.get(c)) if hasattr(r, "get") else (lambda c: r[c])
-    b = (get(f"{name}_lo"), get(f"{name}_hi")) if boot and get(f"{name}_lo") is not None else None
-    return fmt_rate(get(name), get(f"{name}_k"), get(f"{name}_n"), get(f"{name}_cp_lo"), get(f"{name}_cp_hi"), b)
+    c = RATE_COLUMNS[name]
+    b = (get(c.lo), get(c.hi)) if boot and c.lo is not None and get(c.lo) is not None else None
+    return fmt_rate(get(c.rate), get(c.k), get(c.n), get(c.cp_lo), get(c.cp_hi), b)
 
 
 def fmt_bytes(b: Any) -> str:
