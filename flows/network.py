@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from sim.network.params import NetworkParams
 from sim.parquet import write_parquet
 
 
@@ -33,12 +33,11 @@ def simulate(params_json: str, db_url: str, work_dir: str | None = None) -> dict
 
 
 @flow(name="network-epochs")
-def network_flow(params: dict[str, Any], out: str, db_url: str | None = None) -> dict:
+def network_flow(params: NetworkParams, out: str, db_url: str | None = None) -> dict:
     """Run the network simulation, write epochs/hosts Parquet (and poc.parquet when the weights
     come from a PoC stage) and params.json under `out`, and publish the per-epoch table as Prefect
     artifacts."""
     from models.io import staged_dir, write_json_atomic
-    from sim.network import NetworkParams
 
     p = NetworkParams.model_validate(params)
     out_dir = Path(out)
@@ -92,9 +91,8 @@ def calibration_flow(preset: str = "tiny", device: str = "cpu", dtype: str = "fl
 
 
 @flow(name="network-sweep")
-def sweep_flow(params: dict[str, Any], out: str) -> str:
+def sweep_flow(params: NetworkParams, out: str) -> str:
     """Where does cheating stop paying? Sampling rate x threshold x slash fraction (tidy Parquet)."""
-    from sim.network import NetworkParams
     from sim.network.economics import setting_from, sweep
 
     p = NetworkParams.model_validate(params)

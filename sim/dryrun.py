@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from models.deviations import BENIGN_DEFAULT, MALIGN_DEFAULT
 from models.io import check_out_dir, write_atomic
 from models.request import Runtime
+from sim.experiment import RequestOverrides
 
 DEFAULT_CALIBRATION_SHAPES = ((1, 8, 8), (2, 8, 16), (3, 16, 16))
 # What a dry run writes into its output directory (a directory holding anything else is refused).
@@ -31,7 +32,7 @@ class DryRunParams(BaseModel):
     runtime: Runtime = Field(default_factory=Runtime, description="the asked device, dtype, attention backend, "
                                                                   "TF32 and determinism")
     expect_gpu: str | None = Field(None, description="text the device name must contain (e.g. 'H200'); None: any")
-    request: dict[str, Any] = Field(default_factory=lambda: {"steps": 8, "truncate_prompt": True},
+    request: RequestOverrides = Field(default_factory=lambda: RequestOverrides(steps=8, truncate_prompt=True),
                                     description="overrides of the preset's request defaults")
     deviations: tuple[str, ...] = Field(BENIGN_DEFAULT + MALIGN_DEFAULT, description="one generation of each")
     prompt: str = Field("a red fox trotting through fresh snow at dawn", description="the prompt")

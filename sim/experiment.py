@@ -28,7 +28,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
 
 from models.deviations import ADAPTIVE_DEFAULT, BENIGN_DEFAULT, MALIGN_DEFAULT
 from models.io import check_out_dir, write_atomic as _atomic_write
@@ -72,6 +72,41 @@ def numerics_fingerprint(preset: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+class RequestOverrides(BaseModel):
+    """What an experiment changes in its preset's request defaults: GenerationRequest's fields but
+    the model and the prompt (None keeps the preset's value). Checked by GenerationRequest itself
+    (`ExperimentParams` does it with the run's preset), saved with only the fields that are set."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    negative_prompt: str | None = None
+    width: int | None = None
+    height: int | None = None
+    frames: int | None = None
+    fps: int | None = None
+    steps: int | None = None
+    guidance_high: float | None = None
+    guidance_low: float | None = None
+    shift: float | None = None
+    seed: int | None = None
+    truncate_prompt: bool | None = None
+
+    @model_serializer(mode="wrap")
+    def _set_fields_only(self, handler):
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+    def fields(self) -> dict[str, Any]:
+        """The fields that are set, as GenerationRequest keyword arguments."""
+        return self.model_dump()
+
+
+def request_error(err) -> str:
+    """A GenerationRequest's ValidationError as `request: field: message; ...`."""
+    detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'model'}: {e['msg'].removeprefix('Value error, ')}"
+                       for e in err.errors())
+    return f"request: {detail}"
+
+
 class ExperimentParams(BaseModel):
     """Every setting of one experiment run; saved as RUN/params.json."""
 
@@ -80,7 +115,7 @@ class ExperimentParams(BaseModel):
     preset: str = Field("tiny", description="model preset of every generation")
     prompts: int | str = Field(20, description="a count (a seeded sample of the bundled VBench set), "
                                                "'vbench' (all 946), or a path to a file with one prompt a line")
-    request: dict[str, Any] = Field(default_factory=lambda: {"steps": 8, "truncate_prompt": True},
+    request: RequestOverrides = Field(default_factory=lambda: RequestOverrides(steps=8, truncate_prompt=True),
                                     description="overrides of the preset's request defaults (e.g. steps, width); "
                                                 "prompts over the text encoder's limit (tiny: 64 byte tokens) are "
                                                 "truncated and each generation records it")
@@ -159,11 +194,30 @@ class ExperimentParams(BaseModel):
                 raise ValueError(f"hwnoise_eps: each level must be in (0, 1], got {e}")
         return tuple(v)
 
-    @model_validator(mode="after")
-    def _fill_numerics(self):
-        if not self.numerics:
-            object.__setattr__(self, "numerics", numerics_fingerprint(self.preset))
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_numerics(cls, data):
+        if isinstance(data, dict) and not data.get("numerics"):
+            preset = data.get("preset", cls.model_fields["preset"].default)
+            if isinstance(preset, str):
+                data = {**data, "numerics": numerics_fingerprint(preset)}
+        return data
+
+    @field_validator("request", mode="before")
+    @classmethod
+    def _check_request_fields(cls, v, info: ValidationInfo):
+        """Each override checked by GenerationRequest with the run's preset, so that its own
+        messages (bounds, booleans, finiteness) are the ones a user sees."""
+        from pydantic import ValidationError
+
+        if isinstance(v, RequestOverrides):
+            v = v.fields()
+        if isinstance(v, dict) and isinstance(info.data.get("preset"), str):
+            try:
+                GenerationRequest(**{"model": info.data["preset"], **v, "prompt": "p"})
+            except ValidationError as err:
+                raise ValueError(request_error(err)) from None
+        return v
 
     @model_validator(mode="after")
     def _check_headline(self):
@@ -195,9 +249,7 @@ class ExperimentParams(BaseModel):
         try:
             self.base_request("p", 0)
         except ValidationError as err:
-            detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'model'}: {e['msg'].removeprefix('Value error, ')}"
-                               for e in err.errors())
-            raise ValueError(f"request: {detail}") from None
+            raise ValueError(request_error(err)) from None
         if isinstance(self.prompts, int) and self.prompts < 2:
             raise ValueError(f"prompts: a count must be >= 2 (one calibration and one test prompt), got {self.prompts}")
         from models.engine import check_captures
@@ -218,7 +270,7 @@ class ExperimentParams(BaseModel):
         return tuple(self.deviations) + tuple(f"hwnoise:{e:g}" for e in self.hwnoise_eps)
 
     def base_request(self, prompt: str, prompt_id: int) -> GenerationRequest:
-        fields = {"model": self.preset, **self.request, "prompt": prompt}
+        fields = {"model": self.preset, **self.request.fields(), "prompt": prompt}
         fields.setdefault("seed", self.seed * 1_000_003 + prompt_id)
         return GenerationRequest(**fields)
 
