@@ -12,11 +12,13 @@ is not in the number or size of passes (FP8 kernels).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import os
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Literal
 
+from models import seeds
+from models.patching import experts, forward_hook, keep_instance_attributes, patch_forward, set_attr
+from models.quant import fp8_round, int_round, linear_layers, rounded_weights, rowwise_fp8
 from models.request import GenerationRequest, Runtime
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,7 +45,7 @@ OTHER_PROMPTS = (
 
 def filler_prompts(n: int, seed: int) -> list[str]:
     """`n` other prompts for the rest of a batch, chosen by `seed`."""
-    start = seed % len(OTHER_PROMPTS)
+    start = seeds.filler_prompt_start(seed, len(OTHER_PROMPTS))
     return [OTHER_PROMPTS[(start + i) % len(OTHER_PROMPTS)] for i in range(n)]
 
 
@@ -89,7 +91,14 @@ class Deviation:
 
     @contextlib.contextmanager
     def patch(self, pipe, ctx: dict[str, Any]) -> Iterator[None]:
-        yield
+        """The pipeline changed for one generation and restored after: what `patch_session` registers."""
+        with contextlib.ExitStack() as stack:
+            self.patch_session(stack, pipe, ctx)
+            yield
+
+    def patch_session(self, stack: contextlib.ExitStack, pipe, ctx: dict[str, Any]) -> None:
+        """Change `pipe` for one generation, every change registered on `stack` to be undone
+        (`models.patching`: set_attr, patch_forward, forward_hook, or a context entered on it)."""
 
     def postprocess(self, frames: "np.ndarray | None", checkpoints: dict, request: GenerationRequest):
         return frames, checkpoints
@@ -199,10 +208,6 @@ def _float_arg(name: str, arg: str, lo: float, hi: float) -> float:
     return v
 
 
-def _experts(pipe) -> list:
-    return list({id(m): m for m in (pipe.transformer, pipe.transformer_2) if m is not None}.values())
-
-
 # ---------------------------------------------------------------------------------------------
 # Benign
 
@@ -306,35 +311,25 @@ class SplitK(Deviation):
     def parse(self, arg):
         self.n = _int_arg(self.name, arg, 2, 64)
 
-    @contextlib.contextmanager
-    def patch(self, pipe, ctx):
-        import torch
-        import torch.nn.functional as F
+    def patch_session(self, stack, pipe, ctx):
+        for mod in linear_layers(experts(pipe)):
+            if mod.in_features >= 2 * self.n:
+                patch_forward(stack, mod, _split_linear(mod, self.n))
 
-        n = self.n
 
-        def split_forward(mod):
-            def forward(x):
-                k = x.shape[-1]
-                bounds = [k * i // n for i in range(n + 1)]
-                out = None
-                for a, b in zip(bounds[:-1], bounds[1:]):
-                    part = F.linear(x[..., a:b], mod.weight[:, a:b])
-                    out = part if out is None else out + part
-                return out + mod.bias if mod.bias is not None else out
-            return forward
+def _split_linear(mod, n: int):
+    """A linear layer's forward that sums `n` chunks of the reduction dimension in the model dtype."""
+    import torch.nn.functional as F
 
-        patched = []
-        for m in _experts(pipe):
-            for mod in m.modules():
-                if isinstance(mod, torch.nn.Linear) and "forward" not in mod.__dict__ and mod.in_features >= 2 * n:
-                    mod.forward = split_forward(mod)
-                    patched.append(mod)
-        try:
-            yield
-        finally:
-            for mod in patched:
-                mod.__dict__.pop("forward", None)
+    def forward(x):
+        k = x.shape[-1]
+        bounds = [k * i // n for i in range(n + 1)]
+        out = None
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            part = F.linear(x[..., a:b], mod.weight[:, a:b])
+            out = part if out is None else out + part
+        return out + mod.bias if mod.bias is not None else out
+    return forward
 
 
 @register_deviation
@@ -348,27 +343,27 @@ class HardwareNoise(Deviation):
     def parse(self, arg):
         self.eps = _float_arg(self.name, arg, 0.0, 1.0)
 
-    @contextlib.contextmanager
-    def patch(self, pipe, ctx):
+    def patch_session(self, stack, pipe, ctx):
         import torch
 
-        seed = int.from_bytes(hashlib.sha256(f"hwnoise/{ctx.get('run_seed', 0)}".encode()).digest()[:8], "little")
         device = torch.device(ctx["runtime"].device)
-        gen = torch.Generator(device=device).manual_seed(seed & (2**63 - 1))
-        eps = self.eps
+        gen = torch.Generator(device=device).manual_seed(seeds.hwnoise_seed(ctx.get("run_seed", 0)))
+        hook = _block_noise(gen, self.eps)
+        for m in experts(pipe):
+            for b in m.blocks:
+                forward_hook(stack, b, hook)
 
-        def hook(module, args, output):
-            out = output.float()
-            noise = torch.randn(out.shape, generator=gen, device=out.device, dtype=torch.float32)
-            rms = out.pow(2).mean().sqrt()
-            return (out + eps * rms * noise).to(output.dtype)
 
-        handles = [b.register_forward_hook(hook) for m in _experts(pipe) for b in m.blocks]
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
+def _block_noise(gen, eps: float):
+    """A forward hook adding Gaussian noise of relative size `eps` (of the output's RMS) from `gen`."""
+    import torch
+
+    def hook(module, args, output):
+        out = output.float()
+        noise = torch.randn(out.shape, generator=gen, device=out.device, dtype=torch.float32)
+        rms = out.pow(2).mean().sqrt()
+        return (out + eps * rms * noise).to(output.dtype)
+    return hook
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,42 +425,6 @@ class LowRes(Deviation):
         return frames, out
 
 
-def _backup_device(weights) -> str | None:
-    """Where to keep the originals of weights about to be overwritten: on their own accelerator when
-    it has room for them plus an 8 GiB margin (a copy there is fast; a round trip of the A14B
-    experts' 28 GB through host memory is not), else host memory ("cpu")."""
-    import torch
-
-    dev = weights[0].device if weights else None
-    if dev is None or dev.type != "cuda":
-        return "cpu"
-    need = sum(w.numel() * w.element_size() for w in weights)
-    free, _total = torch.cuda.mem_get_info(dev)
-    free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)  # the allocator's cache is free too
-    return None if free > need + (8 << 30) else "cpu"
-
-
-@contextlib.contextmanager
-def _rounded_weights(pipe, round_fn) -> Iterator[None]:
-    """Replace every transformer linear weight by `round_fn(weight)` for the duration; the
-    originals are kept (see `_backup_device`) and restored bit for bit."""
-    import torch
-
-    weights = [mod.weight for m in _experts(pipe) for mod in m.modules() if isinstance(mod, torch.nn.Linear)]
-    keep = _backup_device(weights)
-    saved = []
-    with torch.no_grad():
-        for w in weights:
-            saved.append((w, w.detach().to(keep or w.device, copy=True)))
-            w.copy_(round_fn(w))
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for w, orig in saved:
-                w.copy_(orig.to(w.device))
-
-
 @register_deviation
 class FP8(Deviation):
     name, kind = "fp8", "malign"
@@ -475,26 +434,8 @@ class FP8(Deviation):
     # an assumption, not a measurement.
     speed_factor = 0.6
 
-    def patch(self, pipe, ctx):
-        return _rounded_weights(pipe, fp8_round)
-
-
-def fp8_round(w):
-    """Round a weight through float8_e4m3fn with a per-tensor scale (amax / 448)."""
-    import torch
-
-    wf = w.detach().float()
-    scale = wf.abs().max().clamp(min=1e-12) / torch.finfo(torch.float8_e4m3fn).max
-    return ((wf / scale).to(torch.float8_e4m3fn).float() * scale).to(w.dtype)
-
-
-def _rowwise_fp8(x):
-    """(float8_e4m3fn values, float32 scales of shape (rows, 1)) of a 2-D tensor, one scale a row."""
-    import torch
-
-    xf = x.float()
-    scale = xf.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / torch.finfo(torch.float8_e4m3fn).max
-    return (xf / scale).to(torch.float8_e4m3fn), scale
+    def patch_session(self, stack, pipe, ctx):
+        stack.enter_context(rounded_weights(experts(pipe), fp8_round))
 
 
 @register_deviation
@@ -506,46 +447,33 @@ class FP8Scaled(Deviation):
     )
     speed_factor = 0.6  # nominal, as fp8
 
-    @contextlib.contextmanager
-    def patch(self, pipe, ctx):
+    def patch_session(self, stack, pipe, ctx):
         import torch
 
-        def fp8_forward(mod, wq, ws):
-            fused = mod.in_features % 16 == 0 and mod.out_features % 16 == 0
-
-            def forward(x):
-                shape = x.shape
-                xq, xs = _rowwise_fp8(x.reshape(-1, shape[-1]))
-                if fused:
-                    y = torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws, out_dtype=torch.bfloat16)
-                else:  # sizes _scaled_mm cannot take (tiny presets): the same quantities, a float32 product
-                    y = ((xq.float() * xs) @ (wq.float() * ws.t()).t()).to(torch.bfloat16)
-                if mod.bias is not None:
-                    y = y + mod.bias.to(y.dtype)
-                return y.to(x.dtype).reshape(*shape[:-1], y.shape[-1])
-            return forward
-
-        patched = []
         with torch.no_grad():
-            for m in _experts(pipe):
-                for mod in m.modules():
-                    if isinstance(mod, torch.nn.Linear) and "forward" not in mod.__dict__:
-                        wq, ws = _rowwise_fp8(mod.weight)
-                        mod.forward = fp8_forward(mod, wq, ws.t().contiguous())
-                        patched.append(mod)
-        try:
-            yield
-        finally:
-            for mod in patched:
-                mod.__dict__.pop("forward", None)
+            for mod in linear_layers(experts(pipe)):
+                if "forward" not in mod.__dict__:
+                    wq, ws = rowwise_fp8(mod.weight)
+                    patch_forward(stack, mod, _fp8_linear(mod, wq, ws.t().contiguous()))
 
 
-def int_round(w, bits: int = 8):
-    """Symmetric weight quantisation with a scale per output channel: round(w / s) * s, |q| <= 2^(bits-1) - 1."""
-    wf = w.detach().float()
-    qmax = 2 ** (bits - 1) - 1
-    scale = wf.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / qmax
-    return ((wf / scale).round().clamp(-qmax, qmax) * scale).to(w.dtype)
+def _fp8_linear(mod, wq, ws):
+    """A linear layer's forward on FP8 weights `wq` (scales `ws`) and per-token FP8 activations."""
+    import torch
+
+    fused = mod.in_features % 16 == 0 and mod.out_features % 16 == 0
+
+    def forward(x):
+        shape = x.shape
+        xq, xs = rowwise_fp8(x.reshape(-1, shape[-1]))
+        if fused:
+            y = torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws, out_dtype=torch.bfloat16)
+        else:  # sizes _scaled_mm cannot take (tiny presets): the same quantities, a float32 product
+            y = ((xq.float() * xs) @ (wq.float() * ws.t()).t()).to(torch.bfloat16)
+        if mod.bias is not None:
+            y = y + mod.bias.to(y.dtype)
+        return y.to(x.dtype).reshape(*shape[:-1], y.shape[-1])
+    return forward
 
 
 @register_deviation
@@ -556,8 +484,8 @@ class Int8WeightOnly(Deviation):
         "channel and dequantised for each product (the numerics of weight-only int8 kernels; speed not modelled)"
     )
 
-    def patch(self, pipe, ctx):
-        return _rounded_weights(pipe, int_round)
+    def patch_session(self, stack, pipe, ctx):
+        stack.enter_context(rounded_weights(experts(pipe), int_round))
 
 
 @register_deviation
@@ -582,15 +510,10 @@ class OneExpert(Deviation):
             raise DeviationError(f"deviation one-expert: argument must be high or low, got {arg!r}")
         self.which = arg
 
-    @contextlib.contextmanager
-    def patch(self, pipe, ctx):
-        high, low = pipe.transformer, pipe.transformer_2
-        keep = high if self.which == "high" else low
-        pipe.transformer, pipe.transformer_2 = keep, keep
-        try:
-            yield
-        finally:
-            pipe.transformer, pipe.transformer_2 = high, low
+    def patch_session(self, stack, pipe, ctx):
+        keep = pipe.transformer if self.which == "high" else pipe.transformer_2
+        set_attr(stack, pipe, "transformer", keep)
+        set_attr(stack, pipe, "transformer_2", keep)
 
 
 @register_deviation
@@ -622,18 +545,15 @@ class Cache(Deviation):
     def parse(self, arg):
         self.threshold = _float_arg(self.name, arg, 0.0, 10.0)
 
-    @contextlib.contextmanager
-    def patch(self, pipe, ctx):
+    def patch_session(self, stack, pipe, ctx):
         from diffusers import FirstBlockCacheConfig
 
-        experts = _experts(pipe)
-        for m in experts:
+        for m in experts(pipe):
+            # diffusers' hooks leave instance attributes behind when removed (a block's bound
+            # `forward`, the hook registry, the cache config): dropped again after disable_cache
+            keep_instance_attributes(stack, m.modules())
             m.enable_cache(FirstBlockCacheConfig(threshold=self.threshold))
-        try:
-            yield
-        finally:
-            for m in experts:
-                m.disable_cache()
+            stack.callback(m.disable_cache)
 
 
 @register_deviation
@@ -642,7 +562,7 @@ class PromptSwap(Deviation):
     description = "another prompt than the claimed one"
 
     def apply_request(self, request):
-        i = int(hashlib.sha256(request.prompt.encode()).hexdigest(), 16) % len(OTHER_PROMPTS)
+        i = seeds.prompt_swap_index(request.prompt, len(OTHER_PROMPTS))
         other = OTHER_PROMPTS[i] if OTHER_PROMPTS[i] != request.prompt else OTHER_PROMPTS[(i + 1) % len(OTHER_PROMPTS)]
         return request.model_copy(update={"prompt": other})
 
@@ -693,8 +613,8 @@ class Quantise(Deviation):
         # FP8's 0.6 at 8 bits and 0.5 below.
         self.speed_factor = 0.6 if self.bits == 8 else 0.5
 
-    def patch(self, pipe, ctx):
-        return _rounded_weights(pipe, lambda w: int_round(w, self.bits))
+    def patch_session(self, stack, pipe, ctx):
+        stack.enter_context(rounded_weights(experts(pipe), lambda w: int_round(w, self.bits)))
 
 
 @register_deviation
@@ -706,11 +626,9 @@ class OneExpertLast(Deviation):
     def parse(self, arg):
         self.k = _int_arg(self.name, arg, 1, 1000)
 
-    @contextlib.contextmanager
-    def patch(self, pipe, ctx):
+    def patch_session(self, stack, pipe, ctx):
         high, low = pipe.transformer, pipe.transformer_2
         if low is None:
-            yield
             return
         index = _step_index_of(pipe)
 
@@ -719,11 +637,7 @@ class OneExpertLast(Deviation):
                 return high(*args, **kwargs)
             return type(low).forward(low, *args, **kwargs)
 
-        low.forward = forward
-        try:
-            yield
-        finally:
-            low.__dict__.pop("forward", None)
+        patch_forward(stack, low, forward)
 
 
 def _step_index_of(pipe):
@@ -767,11 +681,9 @@ class Reuse(Deviation):
             raise DeviationError(f"deviation reuse: steps must be >= 1 (step 0 has nothing to reuse), got {arg!r}")
         self.steps = frozenset(steps)
 
-    @contextlib.contextmanager
-    def patch(self, pipe, ctx):
+    def patch_session(self, stack, pipe, ctx):
         index = _step_index_of(pipe)
         state: dict[str, Any] = {"step": None, "calls": 0, "out": {}}
-        patched = []
 
         def wrap(m):
             orig = m.forward
@@ -789,15 +701,9 @@ class Reuse(Deviation):
                 return out
             return forward
 
-        for m in _experts(pipe):
+        for m in experts(pipe):
             if "forward" not in m.__dict__:
-                m.forward = wrap(m)
-                patched.append(m)
-        try:
-            yield
-        finally:
-            for m in patched:
-                m.__dict__.pop("forward", None)
+                patch_forward(stack, m, wrap(m))
 
 
 @register_deviation

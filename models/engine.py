@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 
+from models import seeds
+from models.patching import attention_backend, pipeline_attention_backend, sync
 from models.presets import build_pipeline, preset_spec
 from models.request import GenerationRequest, Runtime
 from models.video import CODEC_SETTINGS, decode_mp4, encode_mp4, frames_to_uint8
@@ -420,13 +422,6 @@ def count_tokens(pipe, prompt: str) -> int:
     return len(pipe.tokenizer(prompt_clean(prompt), add_special_tokens=True)["input_ids"])
 
 
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class _Controller:
     """Forward hooks: counts and times passes per expert and stage, skips steps when resuming."""
 
@@ -442,14 +437,14 @@ class _Controller:
     def _pre(self, module, args, kwargs):
         if self.skipping:
             return
-        _sync(self.device)
+        sync(self.device)
         self._t0[id(module)] = time.perf_counter()
 
     def _post(self, label):
         def hook(module, args, kwargs, output):
             if self.skipping:
                 return
-            _sync(self.device)
+            sync(self.device)
             dt = time.perf_counter() - self._t0.pop(id(module), time.perf_counter())
             lab = label or self.labels.get(id(module), "high")
             self.cost.seconds[lab] = self.cost.seconds.get(lab, 0.0) + dt
@@ -479,10 +474,10 @@ class _Controller:
         vae_decode = pipe.vae.decode
 
         def timed_decode(*a, **k):
-            _sync(self.device)
+            sync(self.device)
             t0 = time.perf_counter()
             out = vae_decode(*a, **k)
-            _sync(self.device)
+            sync(self.device)
             self.cost.seconds["vae"] += time.perf_counter() - t0
             return out
 
@@ -526,38 +521,8 @@ def _skip_forward(modules, controller: _Controller) -> Iterator[callable]:
         stop()
 
 
-@contextlib.contextmanager
-def attention_backend(modules, backend: str) -> Iterator[None]:
-    """Set a diffusers attention backend on `modules` for one block, then restore everything.
-
-    diffusers' `set_attention_backend` also changes a process-wide active backend that
-    `reset_attention_backend` leaves alone, so later runs would silently keep the other kernel
-    (and a CPU run after a GPU-only kernel finds no viable kernel); the global is saved and
-    restored here.
-    """
-    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
-    from diffusers.utils import logging as dlogging
-
-    mods = list({id(m): m for m in modules if m is not None}.values())
-    saved_global = _AttentionBackendRegistry._active_backend
-    if backend == "native" and saved_global.value == "native":
-        yield
-        return
-    level = dlogging.get_verbosity()
-    dlogging.set_verbosity_error()  # the "experimental feature" warning, once per call otherwise
-    try:
-        for m in mods:
-            m.set_attention_backend(backend)
-        yield
-    finally:
-        for m in mods:
-            m.reset_attention_backend()
-        _AttentionBackendRegistry.set_active_backend(saved_global)
-        dlogging.set_verbosity(level)
-
-
-def _attention_backend(pipe, backend: str):
-    return attention_backend((pipe.transformer, pipe.transformer_2), backend)
+# The pipeline's attention backend for a block (kept under its old name for callers outside models/).
+_attention_backend = pipeline_attention_backend
 
 
 @contextlib.contextmanager
@@ -667,7 +632,7 @@ def generate(
         for i, p in enumerate(filler_prompts(eff_runtime.batch_size - 1, run_seed)):
             prompts.append(p)
             negatives.append(eff_request.negative_prompt)
-            latents.append(initial_noise(eff_request, seed=(run_seed * 7919 + 104729 * (i + 1)) % 2**63))
+            latents.append(initial_noise(eff_request, seed=seeds.batch_filler_seed(run_seed, i)))
     latents_in = torch.cat(latents, 0)
 
     checkpoints: dict[str, Checkpoint] = {}
@@ -680,7 +645,7 @@ def generate(
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(eff_runtime.apply())
-            stack.enter_context(_attention_backend(pipe, eff_runtime.attention_backend))
+            stack.enter_context(pipeline_attention_backend(pipe, eff_runtime.attention_backend))
             controller = stack.enter_context(_Controller(pipe, device, high, low))
             if dev is not None:
                 stack.enter_context(dev.patch(pipe, ctx))

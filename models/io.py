@@ -8,18 +8,22 @@ writes there (`owned`); anything else in it, a file in its place, or a parent th
 written is refused before any work starts, naming the path.
 
 Files are written through a temporary file in the same directory and `os.replace`d, so a kill
-leaves the previous version or the new one.
+leaves the previous version or the new one: bytes or text (`write_atomic`, `write_text_atomic`),
+JSON (`write_json_atomic`), Parquet (`write_parquet_atomic`), or anything a writer function puts on
+a binary file (`write_with_atomic`, e.g. `torch.save`). This module is the one place that does it;
+it imports neither torch nor pandas.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 
 class OutputError(ValueError):
@@ -32,15 +36,19 @@ def _umask_mode(mode: int = 0o777) -> int:
     return mode & ~umask
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write `data` to `path` through a temporary file beside it and a rename."""
+def write_with_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], Any], *,
+                      mode: int | None = 0o666) -> Path:
+    """Call `write(file)` on a temporary file beside `path`, then rename it to `path`; on any error
+    the temporary file is removed and `path` is untouched. The file gets `mode` less the umask
+    (None: the temporary file's own 0o600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, _umask_mode(0o666))
+            write(f)
+        if mode is not None:
+            os.chmod(tmp, _umask_mode(mode))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -49,10 +57,49 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     return path
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any, **dumps: Any) -> Path:
-    """JSON (strict: NaN and infinities are refused, they are not JSON) written atomically."""
+def write_atomic(path: str | os.PathLike, data: str | bytes, *, mode: int | None = 0o666) -> Path:
+    """Write `data` (text as UTF-8) to `path` through a temporary file beside it and a rename."""
+    blob = data.encode() if isinstance(data, str) else data
+    return write_with_atomic(path, lambda f: f.write(blob), mode=mode)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, *, encoding: str = "utf-8",
+                      mode: int | None = 0o666) -> Path:
+    return write_atomic(path, text.encode(encoding), mode=mode)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any, *, mode: int | None = 0o666, **dumps: Any) -> Path:
+    """JSON written atomically; `dumps` are `json.dumps` options (defaults: indent 1, and strict:
+    NaN and infinities are refused, they are not JSON, unless allow_nan=True)."""
     dumps.setdefault("indent", 1)
-    return write_atomic(path, json.dumps(data, allow_nan=False, **dumps))
+    dumps.setdefault("allow_nan", False)
+    return write_atomic(path, json.dumps(data, **dumps), mode=mode)
+
+
+def write_parquet_atomic(path: str | os.PathLike, df: Any, *, index: bool = False,
+                         mode: int | None = 0o666) -> Path:
+    """A pandas DataFrame as Parquet, written atomically (without the index unless asked)."""
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=index)
+    return write_atomic(path, buf.getvalue(), mode=mode)
+
+
+@contextlib.contextmanager
+def rebuilt_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """A fresh temporary directory beside `target` that replaces whatever `target` holds when the
+    block ends without an error (for a cache entry the caller owns outright; outputs use
+    `staged_dir`, which never removes what t2vsim did not write); on an error it is removed."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _nearest_existing(path: Path) -> Path:

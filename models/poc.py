@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+from models import patching, quant, seeds
+from models.patching import attention_backend
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -54,13 +56,7 @@ class PocInputError(ValueError):
 # Seeds
 
 
-def _seed_int(text: str) -> int:
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
-
-
-def nonce_digest(block_hash: str, public_key: str, nonce: int) -> bytes:
-    """Gonka's per-nonce seed: SHA-256 of `"{block_hash}_{public_key}_nonce{n}"`."""
-    return hashlib.sha256(f"{block_hash}_{public_key}_nonce{int(nonce)}".encode()).digest()
+nonce_digest = seeds.poc_nonce_digest
 
 
 def nonce_expert(block_hash: str, public_key: str, nonce: int) -> Expert:
@@ -131,7 +127,7 @@ def nonce_inputs(block_hash: str, public_key: str, nonce: int, shape: PocShape,
     lo = boundary_ratio * 1000.0 if expert == "high" else 0.0
     hi = 1000.0 if expert == "high" else boundary_ratio * 1000.0
     timestep = float(np.float32(lo + (hi - lo) * frac))
-    g = torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    g = torch.Generator(device="cpu").manual_seed(seeds.poc_nonce_seed(digest))
     latent = torch.randn(shape.latent, generator=g, dtype=torch.float32)
     text = torch.randn((shape.text_len, shape.text_dim), generator=g, dtype=torch.float32)
     return NonceInputs(int(nonce), expert, timestep, latent, text)
@@ -144,7 +140,7 @@ def householder_vectors(block_hash: str, num_layers: int, dim: int) -> tuple["to
 
     out = []
     for i in range(num_layers):
-        g = torch.Generator(device="cpu").manual_seed(_seed_int(f"{block_hash}_layer_{i}_householder"))
+        g = torch.Generator(device="cpu").manual_seed(seeds.poc_householder_seed(block_hash, i))
         v = torch.randn(dim, generator=g, dtype=torch.float32)
         out.append(v / v.norm())
     return tuple(out)
@@ -155,7 +151,7 @@ def projection_matrix(block_hash: str, in_dim: int, out_dim: int = VECTOR_DIM) -
     """Seeded Gaussian projection (float32 CPU, in_dim x out_dim), seed `"{block_hash}_projection"`."""
     import torch
 
-    g = torch.Generator(device="cpu").manual_seed(_seed_int(f"{block_hash}_projection"))
+    g = torch.Generator(device="cpu").manual_seed(seeds.poc_projection_seed(block_hash))
     return torch.randn((in_dim, out_dim), generator=g, dtype=torch.float32) / out_dim**0.5
 
 
@@ -226,65 +222,17 @@ class HeldExpertRouter(SeededRouter):
         return super().select(pipe, self.held)
 
 
-def int4_round(w: "torch.Tensor", group: int = 32) -> "torch.Tensor":
-    """Symmetric 4-bit rounding (levels -8..7) with one scale per group of `group` input columns."""
-    import torch
-
-    wf = w.detach().float()
-    rows, cols = wf.shape
-    g = group if cols % group == 0 else cols
-    blocks = wf.reshape(rows, cols // g, g)
-    scale = blocks.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 7.0
-    q = torch.clamp(torch.round(blocks / scale), -8, 7)
-    return (q * scale).reshape(rows, cols).to(w.dtype)
-
-
-def fp8_round(w: "torch.Tensor") -> "torch.Tensor":
-    """float8_e4m3fn rounding with a per-tensor scale (amax / 448), as the `fp8` deviation does."""
-    import torch
-
-    wf = w.detach().float()
-    scale = wf.abs().max().clamp(min=1e-12) / torch.finfo(torch.float8_e4m3fn).max
-    return ((wf / scale).to(torch.float8_e4m3fn).float() * scale).to(w.dtype)
-
-
 @contextlib.contextmanager
 def rounded_weights(modules: Sequence, mode: WeightRounding | None) -> Iterator[None]:
-    """Round every Linear weight of `modules` through FP8 or int4 for the block; restore after.
-
-    The originals are kept on the CPU and copied back in `finally`, so a cached (shared) pipeline
-    is never left changed.
-    """
-    import torch
-
+    """Round every Linear weight of `modules` through FP8 or int4 for the block; restore after
+    (models/quant.py), so a cached (shared) pipeline is never left changed."""
     if mode is None:
         yield
         return
     if mode not in ("fp8", "int4"):
         raise PocInputError(f"weight rounding must be 'fp8' or 'int4', got {mode!r}")
-    fn = fp8_round if mode == "fp8" else int4_round
-    saved = []
-    try:
-        with torch.no_grad():
-            for m in {id(m): m for m in modules if m is not None}.values():
-                for mod in m.modules():
-                    if isinstance(mod, torch.nn.Linear):
-                        w = mod.weight
-                        saved.append((w, w.detach().to("cpu", copy=True)))
-                        w.copy_(fn(w))
+    with quant.rounded_weights(modules, quant.fp8_round if mode == "fp8" else quant.int4_round):
         yield
-    finally:
-        with torch.no_grad():
-            for w, orig in saved:
-                w.copy_(orig.to(w.device))
-
-
-def attention_backend(modules: Sequence, backend: str):
-    """Set a diffusers attention backend on the experts for the block ('native' changes nothing);
-    the engine's version, which also restores diffusers' process-wide active backend."""
-    from models.engine import attention_backend as engine_attention_backend
-
-    return engine_attention_backend(modules, backend)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,13 +252,6 @@ class PocVariant:
 
     def router(self) -> SeededRouter:
         return SeededRouter() if self.held_expert is None else HeldExpertRouter(self.held_expert)
-
-
-def _sync(device) -> None:
-    import torch
-
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize(device)
 
 
 def poc_vectors(pipe, block_hash: str, public_key: str, nonces: Sequence[int], *, shape: PocShape,
@@ -339,7 +280,7 @@ def poc_vectors(pipe, block_hash: str, public_key: str, nonces: Sequence[int], *
         return out
     ratio = boundary_ratio if boundary_ratio is not None else float(getattr(pipe.config, "boundary_ratio", None) or 0.875)
     router = variant.router()
-    experts = [pipe.transformer, pipe.transformer_2]
+    experts = patching.experts(pipe)
     device = torch.device(runtime.device)
     proj = projection_matrix(block_hash, shape.output_values, dim).to(device)
     inputs = [nonce_inputs(block_hash, public_key, n, shape, ratio) for n in nonces]

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from models.request import A14B_DEFAULTS
+from models.seeds import tensor_seed
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -201,12 +202,6 @@ if (SHAPES_DIR / "model_index.json").is_file():
 
 # ---------------------------------------------------------------------------------------------
 # Deterministic weights
-
-
-def tensor_seed(weights_seed: int, name: str) -> int:
-    """A 63-bit seed for one tensor from the preset's weights seed and the tensor's name."""
-    digest = hashlib.sha256(f"t2vsim/{weights_seed}/{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def init_std(name: str, shape: tuple[int, ...]) -> float | None:

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from models.seeds import shapes_prompts_key, shapes_scene_key
+
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "green": (40, 190, 60),
@@ -105,7 +107,7 @@ def all_attributes() -> list[tuple[str, str, str, str]]:
 
 def scene_for(seed: int) -> Scene:
     """The scene of one seed: attributes uniform over `all_attributes()`, nuisances uniform."""
-    rng = random.Random(f"t2vsim-shapes/{seed}")
+    rng = random.Random(shapes_scene_key(seed))
     c, s, m, b = rng.choice(all_attributes())
     return scene_with(c, s, m, b, rng)
 
@@ -224,7 +226,7 @@ def batch(seeds, frames: int = 9, side: int = 32):
 def templated_prompts(n: int, seed: int = 0) -> list[str]:
     """n distinct templated prompts, a seeded sample (for experiments on the `shapes` preset)."""
     combos = all_attributes()
-    rng = random.Random(f"t2vsim-shapes-prompts/{seed}")
+    rng = random.Random(shapes_prompts_key(seed))
     if n > len(combos):
         raise ValueError(f"prompts: at most {len(combos)} distinct templated prompts, got {n}")
     return [prompt_of(*c) for c in rng.sample(combos, n)]

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -39,6 +38,8 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict, Field
 
 from models import shapes_data
+from models.io import write_json_atomic, write_with_atomic
+from models.seeds import train_step_seeds
 
 STAGES = ("vae", "high", "low")
 # What `export` writes into its directory (a directory holding anything else is refused).
@@ -172,10 +173,7 @@ def _ckpt(work: Path, stage: str) -> Path:
 def _save_atomic(obj, path: Path) -> None:
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_with_atomic(path, lambda f: torch.save(obj, f))
 
 
 def load_state(work: Path, stage: str) -> dict[str, Any] | None:
@@ -207,7 +205,7 @@ def check_config(cfg: TrainConfig, work: Path) -> None:
             raise TrainError(f"work directory {work} was made with other settings ({', '.join(diff)}); "
                              "use another directory or the same settings")
     work.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(mine, indent=1, sort_keys=True))
+    write_json_atomic(path, mine, sort_keys=True, allow_nan=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,11 +263,6 @@ class _PromptCache:
         return torch.stack([self.cache[p] for p in prompts])
 
 
-def _step_seeds(cfg: TrainConfig, stage: str, step: int, n: int) -> list[int]:
-    base = {"vae": 1, "high": 2, "low": 3}[stage]
-    return [((cfg.seed * 1_000_003 + base) * 10_000_019 + step * 1009 + i) % 2**62 for i in range(n)]
-
-
 def train_stage(stage: str, cfg: TrainConfig, work: str | Path, max_seconds: float | None = None,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) one stage up to its step count or `max_seconds`; returns its state summary."""
@@ -320,9 +313,9 @@ def train_stage(stage: str, cfg: TrainConfig, work: str | Path, max_seconds: flo
             save()
             log(f"{stage}: stopped at step {step}/{total} (time limit); resumable")
             return _summary(state, stage, total)
-        g = torch.Generator().manual_seed(_step_seeds(cfg, stage, step, 1)[0])
+        g = torch.Generator().manual_seed(train_step_seeds(cfg.seed, stage, step, 1)[0])
         if stage == "vae":
-            clips, prompts = shapes_data.batch(_step_seeds(cfg, stage, step, cfg.vae_batch), cfg.vae_frames, cfg.side)
+            clips, prompts = shapes_data.batch(train_step_seeds(cfg.seed, stage, step, cfg.vae_batch), cfg.vae_frames, cfg.side)
             x = torch.from_numpy(clips)
         else:
             idx = torch.randint(0, len(pool["prompts"]), (cfg.expert_batch,), generator=g)
@@ -425,12 +418,9 @@ def export(cfg: TrainConfig, work: str | Path, out: str | Path, hardware: str = 
     float32 (`_keep_in_fp32_modules`), which stay float32, so a bf16 load is exact; the VAE is
     float32 (it runs in float32). Written to a temporary directory and renamed: never half-written.
     """
-    import shutil
-    import tempfile
-
     import torch
 
-    from models.io import check_out_dir, publish_dir
+    from models.io import check_out_dir, staged_dir
     from models.presets import _keeps_fp32
 
     work, out = Path(work), Path(out)
@@ -448,17 +438,11 @@ def export(cfg: TrainConfig, work: str | Path, out: str | Path, hardware: str = 
                 p.data = p.data.to(torch.bfloat16)
     pipe = make_pipeline(parts, cfg.boundary_ratio)
     check_out_dir(out, EXPORT_FILES, what="export_to")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".shapes-", dir=out.parent))
-    try:
+    with staged_dir(out, EXPORT_FILES, what="export_to") as tmp:  # an earlier export is replaced, nothing else
         pipe.save_pretrained(tmp, safe_serialization=True)
         card = card_dict(cfg, states, hardware, extra)
         (tmp / "card.json").write_text(json.dumps(card, indent=1, sort_keys=True))
         (tmp / "CARD.md").write_text(card_markdown(card) + card_extra)
-        publish_dir(tmp, out, EXPORT_FILES, what="export_to")  # an earlier export is replaced, nothing else
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out
 
 

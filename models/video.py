@@ -9,7 +9,9 @@ bytes on one machine; across FFmpeg builds the settings are recorded with every 
 from __future__ import annotations
 
 import io
+import threading
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -82,14 +84,61 @@ def frames_to_uint8(video: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(video, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
-def decode_mp4(data: bytes) -> np.ndarray:
-    """Decode MP4 bytes to uint8 frames (F, H, W, 3)."""
-    import io
+class CorruptVideo(ValueError):
+    """The file is not a decodable video (truncated, corrupt, or empty)."""
 
+
+# Frames up to this many pixels are decoded on the calling thread (same frames, less overhead).
+_SMALL_FRAME_PIXELS = 256 * 256
+_LOCAL = threading.local()
+
+
+def _reformatter():
+    """One swscale context per thread, reused across frames and files: `VideoFrame.to_ndarray(format=
+    "rgb24")` builds a new one for every frame, which cost more than decoding a 64x64 frame."""
+    from av.video.reformatter import VideoReformatter
+
+    if getattr(_LOCAL, "reformatter", None) is None:
+        _LOCAL.reformatter = VideoReformatter()
+    return _LOCAL.reformatter
+
+
+def _source(path_or_bytes: str | Path | bytes, name: str | None) -> tuple[object, str]:
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        label = name or f"<{len(path_or_bytes)} bytes>"
+        if len(path_or_bytes) == 0:
+            raise CorruptVideo(f"video {label}: empty input")
+        return io.BytesIO(bytes(path_or_bytes)), label
+    path = Path(path_or_bytes)
+    if not path.is_file():
+        raise FileNotFoundError(f"video {path}: no such file")
+    return str(path), name or str(path)
+
+
+def decode_mp4(path_or_bytes: str | Path | bytes, *, name: str | None = None) -> np.ndarray:
+    """Decode every frame of a video to uint8 RGB, shape (F, H, W, 3).
+
+    Accepts a path or the file's bytes. Raises `CorruptVideo` (naming the file) when the container
+    or a packet cannot be decoded, or when no frame comes out; `FileNotFoundError` when a path does
+    not exist.
+    """
     import av
 
-    with av.open(io.BytesIO(data)) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    source, label = _source(path_or_bytes, name)
+    reformatter = _reformatter()
+    try:
+        with av.open(source, mode="r") as container:
+            if not container.streams.video:
+                raise CorruptVideo(f"video {label}: the container holds no video stream")
+            stream = container.streams.video[0]
+            codec = stream.codec_context  # None when the header is cut off
+            if codec is not None and codec.width * codec.height <= _SMALL_FRAME_PIXELS:
+                stream.thread_type = "NONE"  # FFmpeg's slice threads cost more than they save here
+            frames = [reformatter.reformat(f, format="rgb24").to_ndarray() for f in container.decode(stream)]
+    except CorruptVideo:
+        raise
+    except (av.FFmpegError, EOFError, ValueError, IndexError) as err:
+        raise CorruptVideo(f"video {label}: cannot be decoded ({type(err).__name__}: {err})") from err
     if not frames:
-        raise ValueError("video holds no frames")
+        raise CorruptVideo(f"video {label}: decoded no frames (truncated or corrupt)")
     return np.stack(frames)

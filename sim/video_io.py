@@ -9,11 +9,11 @@ that encoded the file (`models/video.py`); a truncated or corrupt file raises `C
 from __future__ import annotations
 
 import hashlib
-import io
-import threading
 from pathlib import Path
 
 import numpy as np
+
+from models.video import CorruptVideo, decode_mp4  # noqa: F401  (defined once, in models/)
 
 _CHUNK = 1 << 20
 
@@ -31,10 +31,6 @@ class VideoHashMismatch(ValueError):
         )
 
 
-class CorruptVideo(ValueError):
-    """The file is not a decodable video (truncated, corrupt, or empty)."""
-
-
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -46,60 +42,6 @@ def sha256_file(path: str | Path) -> str:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
-
-
-# Frames up to this many pixels are decoded on the calling thread (same frames, less overhead).
-_SMALL_FRAME_PIXELS = 256 * 256
-_LOCAL = threading.local()
-
-
-def _reformatter():
-    """One swscale context per thread, reused across frames and files: `VideoFrame.to_ndarray(format=
-    "rgb24")` builds a new one for every frame, which cost more than decoding a 64x64 frame. The
-    conversion is the same (same formats, size, interpolation and colour space), so are the bytes."""
-    from av.video.reformatter import VideoReformatter
-
-    if getattr(_LOCAL, "reformatter", None) is None:
-        _LOCAL.reformatter = VideoReformatter()
-    return _LOCAL.reformatter
-
-
-def decode_mp4(path_or_bytes: str | Path | bytes, *, name: str | None = None) -> np.ndarray:
-    """Decode every frame of a video to uint8 RGB, shape (F, H, W, 3).
-
-    Accepts a path or the file's bytes. Raises `CorruptVideo` (naming the file) when the container
-    or a packet cannot be decoded, or when no frame comes out; `FileNotFoundError` when a path does
-    not exist.
-    """
-    import av
-
-    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        source: object = io.BytesIO(bytes(path_or_bytes))
-        label = name or f"<{len(path_or_bytes)} bytes>"
-        if len(path_or_bytes) == 0:
-            raise CorruptVideo(f"video {label}: empty input")
-    else:
-        path = Path(path_or_bytes)
-        if not path.is_file():
-            raise FileNotFoundError(f"video {path}: no such file")
-        source, label = str(path), name or str(path)
-    reformatter = _reformatter()
-    try:
-        with av.open(source, mode="r") as container:
-            if not container.streams.video:
-                raise CorruptVideo(f"video {label}: the container holds no video stream")
-            stream = container.streams.video[0]
-            codec = stream.codec_context  # None when the header is cut off
-            if codec is not None and codec.width * codec.height <= _SMALL_FRAME_PIXELS:
-                stream.thread_type = "NONE"  # FFmpeg's slice threads cost more than they save here
-            frames = [reformatter.reformat(f, format="rgb24").to_ndarray() for f in container.decode(stream)]
-    except CorruptVideo:
-        raise
-    except (av.FFmpegError, EOFError, ValueError, IndexError) as err:
-        raise CorruptVideo(f"video {label}: cannot be decoded ({type(err).__name__}: {err})") from err
-    if not frames:
-        raise CorruptVideo(f"video {label}: decoded no frames (truncated or corrupt)")
-    return np.stack(frames)
 
 
 def read_committed_video(path: str | Path, expected_sha256: str, *, expected_frames: int | None = None) -> np.ndarray:

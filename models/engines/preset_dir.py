@@ -18,10 +18,9 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from models.io import rebuilt_dir
 from models.presets import SCHEDULER_CONFIG, preset_spec
 
 MARKER = "t2vsim_preset.json"
@@ -78,16 +77,9 @@ def _save(preset: str, weights_seed: int, target: Path) -> None:
 
     spec = preset_spec(preset)
     pipe = _build_random(spec, Runtime(dtype="float32"), weights_seed)  # not the shared cached pipeline
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with rebuilt_dir(target) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         (tmp / MARKER).write_text(json.dumps({
             "preset": preset, "weights_seed": weights_seed, "digest": preset_digest(preset, weights_seed),
             "text_len": spec.text_len, "request_defaults": spec.request_defaults, "dtype": "float32",
         }, indent=1))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

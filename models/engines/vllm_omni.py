@@ -407,7 +407,7 @@ def unsupported(dev: "Deviation | None", runtime: Runtime, **asked: Any) -> str 
         return "attention_backend: the vllm-omni engine uses its platform's attention (TORCH_SDPA on a CPU)"
     if dev is not None:
         cls = type(dev)
-        for hook in ("patch", "postprocess", "preset"):
+        for hook in ("patch", "patch_session", "postprocess", "preset"):
             if getattr(cls, hook) is not getattr(Deviation, hook):
                 return (f"deviation {dev.spec}: it changes the diffusers pipeline ({hook}), which the vllm-omni "
                         "engine does not run")
