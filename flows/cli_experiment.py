@@ -89,11 +89,15 @@ def experiment(
 
         with temporary_server():
             summary = experiment_flow(params, show_progress=progress, fanout=fanout)
+    show(*verdict_tables(summary, params.preset), f"report: {summary['report']}")
+
+
+def verdict_tables(summary: dict, preset: str) -> list:
     tables = [rich_table("Deployable validator, one rule for every claim (held-out prompts; count, exact 95% bounds)",
                          summary["deployable"], overflow="fold")] if summary.get("deployable") else []
-    tables.append(rich_table(f"Oracle view: best policy per malign deviation (held-out prompts), {params.preset}",
+    tables.append(rich_table(f"Oracle view: best policy per malign deviation (held-out prompts), {preset}",
                              summary["verdicts"], overflow="fold"))
-    show(*tables, f"report: {summary['report']}")
+    return tables
 
 
 def register(app: typer.Typer) -> None:

@@ -172,12 +172,18 @@ def run(
 
         with temporary_server():
             res = network_flow(p, str(out), db)
+    show(*result_tables(res), f"{res['blocks']} blocks, {res['messages']} messages in {res['seconds']:.1f} s; "
+         f"tables in {out}")
+
+
+def result_tables(res: dict) -> list:
+    """The per-epoch table, and the PoC stages' per strategy when the weights came from them."""
     items = [df_table(res["epochs"], "Per-epoch results", EPOCH_COLUMNS)]
     if res.get("poc") is not None:
         poc = res["poc"].groupby(["epoch", "poc_strategy"]).agg(
             hosts=("host", "count"), accepted=("accepted", "sum"), mean_weight=("weight", "mean")).reset_index()
         items.append(df_table(poc, "PoC stage per epoch and strategy"))
-    show(*items, f"{res['blocks']} blocks, {res['messages']} messages in {res['seconds']:.1f} s; tables in {out}")
+    return items
 
 
 @net.command("economics")
@@ -206,9 +212,9 @@ def economics(
     tab = strategy_table({d: b.fail_rate(d) for d in b.malign}, b.executor_share, b.fail_rate(None), p.chain,
                          setting_from(p), undetected=largest_undetected(run_dir))
     if out:
-        from sim.parquet import write_parquet
+        from models.io import write_parquet_atomic
 
-        write_parquet(tab, out)
+        write_parquet_atomic(out, tab)
     show(df_table(tab, f"Does cheating pay? ({b.policy}/{b.metric}, threshold {b.threshold:.4g})",
                   ["strategy", "cheat_rate", "compute_saving", "q_fail", "p_checked", "p_invalid_epoch",
                    "profit_ngonka", "gain_vs_honest_ngonka", "pays"]))

@@ -49,8 +49,7 @@ def fairness(
     out: Annotated[Optional[Path], typer.Option(help="write the tidy table as Parquet")] = None,
 ):
     """Revenue per GPU-second across sizes, frames, steps: DiT units vs naive prices (flat is fair)."""
-    from models.io import check_out_file
-    from sim.parquet import write_parquet
+    from models.io import check_out_file, write_parquet_atomic
     from sim.pricing import PricingParams, fairness_summary, fairness_table
 
     p = (PricingParams.from_calibration(calibration, charge_constant=charge_constant) if calibration
@@ -59,7 +58,7 @@ def fairness(
         check_out_file(out)
     table = fairness_table(p)
     if out:
-        write_parquet(table, out)
+        write_parquet_atomic(out, table)
     show(df_table(fairness_summary(table), f"Revenue per GPU-second spread ({p.source})"))
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from models.io import write_parquet_atomic
 from sim.network.params import NetworkParams
-from sim.parquet import write_parquet
 
 
 def _records(df) -> list[dict]:
@@ -49,10 +49,10 @@ def network_flow(params: NetworkParams, out: str, db_url: str | None = None) -> 
         db_url = db_url or f"sqlite:///{(tmp / 'chain.db').resolve()}"
         write_json_atomic(tmp / "params.json", json.loads(p.model_dump_json()))
         res = simulate(p.model_dump_json(), db_url, str(tmp))
-        write_parquet(res["epochs"], tmp / "epochs.parquet")
-        write_parquet(res["hosts"], tmp / "hosts.parquet")
+        write_parquet_atomic(tmp / "epochs.parquet", res["epochs"])
+        write_parquet_atomic(tmp / "hosts.parquet", res["hosts"])
         if res.get("poc") is not None:
-            write_parquet(res["poc"], tmp / "poc.parquet")
+            write_parquet_atomic(tmp / "poc.parquet", res["poc"])
     if res.get("poc") is not None:
         create_table_artifact(key="network-poc", table=_records(res["poc"]),
                               description="per epoch and host: PoC strategy, claimed count, mismatches, verdict, weight")
@@ -98,7 +98,7 @@ def sweep_flow(params: NetworkParams, out: str) -> str:
     p = NetworkParams.model_validate(params)
     backend = p.surrogate_backend()
     rows = sweep(backend, p.chain, setting_from(p), seed=p.seed)
-    path = write_parquet(rows, Path(out))
+    path = write_parquet_atomic(Path(out), rows)
     summary = rows.groupby(["strategy", "reward_share"])["pays"].mean().reset_index()
     create_table_artifact(key="network-sweep", table=_records(summary),
                           description="share of the grid where each strategy pays")

@@ -12,7 +12,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from sim.poc import POC_FILES, PocStageParams, participants_from_mix, run_poc_stage
-from sim.poc.measure import write_measurement as write_json
+from models.io import write_json_atomic
 
 
 def write_stage(params: PocStageParams, result: dict[str, Any], markdown: str, out: Path) -> Path:
@@ -21,8 +21,8 @@ def write_stage(params: PocStageParams, result: dict[str, Any], markdown: str, o
     from models.io import staged_dir
 
     with staged_dir(out, POC_FILES) as tmp:
-        write_json(params.model_dump(mode="json"), tmp / "params.json")
-        write_json(result, tmp / "poc_stage.json")
+        write_json_atomic(tmp / "params.json", params.model_dump(mode="json"))
+        write_json_atomic(tmp / "poc_stage.json", result, allow_nan=True)
         (tmp / "poc_stage.md").write_text(markdown)
     return out
 

@@ -31,8 +31,9 @@ from typing import Any, Callable, Iterable
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
 
 from models.deviations import ADAPTIVE_DEFAULT, BENIGN_DEFAULT, MALIGN_DEFAULT
-from models.io import check_out_dir, write_atomic as _atomic_write
+from models.io import check_out_dir, write_atomic
 from models.request import MAX_STEPS, GenerationRequest, Runtime, no_bool
+from models import seeds
 from sim.layout import slug
 from sim.parquet import parquet_bytes
 
@@ -271,7 +272,7 @@ class ExperimentParams(BaseModel):
 
     def base_request(self, prompt: str, prompt_id: int) -> GenerationRequest:
         fields = {"model": self.preset, **self.request.fields(), "prompt": prompt}
-        fields.setdefault("seed", self.seed * 1_000_003 + prompt_id)
+        fields.setdefault("seed", seeds.experiment_request_seed(self.seed, prompt_id))
         return GenerationRequest(**fields)
 
     def result_fields(self) -> dict[str, Any]:
@@ -289,7 +290,7 @@ def load_prompts(params: ExperimentParams) -> list[str]:
         allp = _read_prompt_file(PROMPT_SET)
         if n > len(allp):
             raise ExperimentError(f"prompts: {n} asked for but the bundled set has {len(allp)}")
-        rng = random.Random(params.seed)
+        rng = random.Random(seeds.prompt_sample_key(params.seed))
         return rng.sample(allp, n)
     if src == "vbench":
         return _read_prompt_file(PROMPT_SET)
@@ -310,14 +311,13 @@ def _read_prompt_file(path: Path) -> list[str]:
 def split_of(prompt_id: int, n: int, params: ExperimentParams) -> str:
     """Calibration/test split by a seeded permutation of prompt ids (thresholds never see 'test')."""
     order = list(range(n))
-    random.Random(f"split/{params.seed}").shuffle(order)
+    random.Random(seeds.split_key(params.seed)).shuffle(order)
     n_cal = max(1, min(n - 1, round(n * params.calib_fraction)))
     return "calib" if prompt_id in set(order[:n_cal]) else "test"
 
 
 def run_seed_of(prompt_id: int, spec: str, params: ExperimentParams) -> int:
-    h = hashlib.sha256(f"hardware/{params.seed}/{prompt_id}/{spec}".encode()).digest()
-    return int.from_bytes(h[:8], "little") & (2**63 - 1)
+    return seeds.hardware_run_seed(params.seed, prompt_id, spec)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -456,91 +456,114 @@ def kind_of(spec: str) -> str:
 def run_prompt(params: ExperimentParams, prompt_id: int, prompt: str, n_prompts: int,
                on_generation: Callable[[str], None] | None = None):
     """Generate and score one prompt; returns its rows (a DataFrame). Skips work already on disk."""
+    import pandas as pd
+
+    store = store_of(params)
+    score_rel = f"scores/p{prompt_id:04d}.parquet"
+    done = _stored_scores(store, score_rel)
+    if done is not None:
+        return done
+    scoring = _PromptScoring(params, store, prompt_id, prompt, on_generation)
+    scoring.run()
+    df = pd.DataFrame(scoring.rows(split_of(prompt_id, n_prompts, params)))
+    store.write_bytes(f"scores/p{prompt_id:04d}.timing.json", json.dumps(scoring.timing))
+    store.write_bytes(score_rel, parquet_bytes(df))  # last: the prompt is complete when this exists
+    return df
+
+
+def _stored_scores(store, score_rel: str):
+    """The prompt's finished score rows, or None (a file truncated by a kill is removed: redo)."""
     import io
 
     import pandas as pd
 
-    from sim.policies import Claim, ValidationContext, get_policy
-
-    store = store_of(params)
-    score_rel = f"scores/p{prompt_id:04d}.parquet"
     if store.exists(score_rel):
         try:
             return pd.read_parquet(io.BytesIO(store.read_bytes(score_rel)))
         except Exception:
-            store.remove(score_rel)  # truncated by a kill: redo
-    import time
+            store.remove(score_rel)
+    return None
 
-    request = params.base_request(prompt, prompt_id)
-    grel = f"gens/p{prompt_id:04d}"
-    rt = params.validator_runtime
 
-    capture = params.executor_capture()
+class _PromptScoring:
+    """One prompt's generations (the canonical one, then one per deviation) and every policy's
+    score of every claim, with the time spent on each."""
 
-    def load_or_generate_at(name: str, spec: str | None, rseed: int):
-        rel = f"{grel}/{name}"
-        return load_or_generate(store.fetch_dir(rel), request, rt, spec, rseed, capture,
-                                on_saved=lambda d: store.publish_dir(rel, d))
+    def __init__(self, params: ExperimentParams, store, prompt_id: int, prompt: str,
+                 on_generation: Callable[[str], None] | None):
+        self.params, self.store, self.prompt_id, self.prompt = params, store, prompt_id, prompt
+        self.on_generation = on_generation
+        self.request = params.base_request(prompt, prompt_id)
+        self.grel = f"gens/p{prompt_id:04d}"
+        self.capture = params.executor_capture()
+        self.timing = {"generation": 0.0, "validator_replay": 0.0, "scoring": 0.0}
 
-    timing = {"generation": 0.0, "validator_replay": 0.0, "scoring": 0.0}
-    t0 = time.perf_counter()
-    canonical = load_or_generate_at("canonical", None, 0)
-    timing["generation"] += time.perf_counter() - t0
-    if on_generation:
-        on_generation("canonical")
-    ctx = ValidationContext(runtime=rt, fingerprint_k=params.fingerprint_k, fingerprint_seed=params.seed,
-                            metrics=params.metrics, aggregations=params.aggregations, weights_dir=params.weights_dir,
-                            capture=params.capture, commit_every=params.commit_every)
-    ctx.replays[request.key()] = canonical
-    policies = [get_policy(p) for p in params.policies]
-    split = split_of(prompt_id, n_prompts, params)
+    def generation(self, name: str, spec: str | None, rseed: int):
+        import time
 
-    def timed(score, *args):
-        t0, r0 = time.perf_counter(), ctx.replay_seconds
+        rel = f"{self.grel}/{name}"
+        t0 = time.perf_counter()
+        gen = load_or_generate(self.store.fetch_dir(rel), self.request, self.params.validator_runtime, spec, rseed,
+                               self.capture, on_saved=lambda d: self.store.publish_dir(rel, d))
+        self.timing["generation"] += time.perf_counter() - t0
+        if self.on_generation:
+            self.on_generation(spec if spec is not None else name)
+        return gen
+
+    def timed(self, score, *args):
+        import time
+
+        t0, r0 = time.perf_counter(), self.ctx.replay_seconds
         out = score(*args)
-        timing["validator_replay"] += ctx.replay_seconds - r0
-        timing["scoring"] += time.perf_counter() - t0 - (ctx.replay_seconds - r0)
+        self.timing["validator_replay"] += self.ctx.replay_seconds - r0
+        self.timing["scoring"] += time.perf_counter() - t0 - (self.ctx.replay_seconds - r0)
         return out
 
-    specs = params.all_deviations()
-    claims, executor = [], []  # per deviation: the claim, and (executor compute share, deviation size)
-    results: dict[tuple[int, int], Any] = {}  # (deviation index, policy index) -> PolicyResult
-    for i, spec in enumerate(specs):
-        rseed = run_seed_of(prompt_id, spec, params)
-        t0 = time.perf_counter()
-        gen = load_or_generate_at(slug(spec), spec, rseed)
-        timing["generation"] += time.perf_counter() - t0
-        if on_generation:
-            on_generation(spec)
-        claims.append(Claim(request=request, sha256=gen.sha256, directory=store.local(f"{grel}/{slug(spec)}")))
-        executor.append((float(gen.cost.compute_share), _final_rel_l2(canonical, gen)))
-        for j, policy in enumerate(policies):
-            if not policy.batched:  # these regenerate per claim: scored as each generation lands
-                results[(i, j)] = timed(policy.score, claims[i], ctx)
-    for j, policy in enumerate(policies):
-        if policy.batched:  # no regeneration per claim: all of the prompt's claims at once
-            for i, res in enumerate(timed(policy.score_many, claims, ctx)):
-                results[(i, j)] = res
-    rows = []
-    for i, spec in enumerate(specs):
-        eps = float(spec.split(":", 1)[1]) if spec.startswith("hwnoise:") else 0.0
-        share, size = executor[i]
-        kind = kind_of(spec)
-        for j, policy in enumerate(policies):
-            res = results[(i, j)]
-            for metric, score in res.scores.items():
-                rows.append({
-                    "run_id": store.name, "preset": params.preset, "prompt_id": prompt_id, "prompt": prompt,
-                    "split": split, "deviation": spec, "kind": kind, "policy": policy.name,
-                    "metric": metric, "score": float(score),
-                    "executor_compute_share": share,
-                    "validator_compute_share": float(res.validator_compute_share),
-                    "bytes_kept": int(res.bytes_kept), "hwnoise_eps": eps, "deviation_size": size,
-                })
-    df = pd.DataFrame(rows)
-    store.write_bytes(f"scores/p{prompt_id:04d}.timing.json", json.dumps(timing))
-    store.write_bytes(score_rel, parquet_bytes(df))  # last: the prompt is complete when this exists
-    return df
+    def run(self) -> None:
+        from sim.policies import Claim, ValidationContext, get_policy
+
+        p = self.params
+        canonical = self.generation("canonical", None, 0)
+        self.ctx = ValidationContext(runtime=p.validator_runtime, fingerprint_k=p.fingerprint_k,
+                                     fingerprint_seed=p.seed, metrics=p.metrics, aggregations=p.aggregations,
+                                     weights_dir=p.weights_dir, capture=p.capture, commit_every=p.commit_every)
+        self.ctx.replays[self.request.key()] = canonical
+        self.policies = [get_policy(name) for name in p.policies]
+        self.specs = p.all_deviations()
+        claims = []
+        self.executor = []  # per deviation: (executor compute share, deviation size)
+        self.results: dict[tuple[int, int], Any] = {}  # (deviation index, policy index) -> PolicyResult
+        for i, spec in enumerate(self.specs):
+            gen = self.generation(slug(spec), spec, run_seed_of(self.prompt_id, spec, p))
+            claims.append(Claim(request=self.request, sha256=gen.sha256,
+                                directory=self.store.local(f"{self.grel}/{slug(spec)}")))
+            self.executor.append((float(gen.cost.compute_share), _final_rel_l2(canonical, gen)))
+            for j, policy in enumerate(self.policies):
+                if not policy.batched:  # these regenerate per claim: scored as each generation lands
+                    self.results[(i, j)] = self.timed(policy.score, claims[i], self.ctx)
+        for j, policy in enumerate(self.policies):
+            if policy.batched:  # no regeneration per claim: all of the prompt's claims at once
+                for i, res in enumerate(self.timed(policy.score_many, claims, self.ctx)):
+                    self.results[(i, j)] = res
+
+    def rows(self, split: str) -> list[dict[str, Any]]:
+        rows = []
+        for i, spec in enumerate(self.specs):
+            eps = float(spec.split(":", 1)[1]) if spec.startswith("hwnoise:") else 0.0
+            share, size = self.executor[i]
+            kind = kind_of(spec)
+            for j, policy in enumerate(self.policies):
+                res = self.results[(i, j)]
+                for metric, score in res.scores.items():
+                    rows.append({
+                        "run_id": self.store.name, "preset": self.params.preset, "prompt_id": self.prompt_id,
+                        "prompt": self.prompt, "split": split, "deviation": spec, "kind": kind,
+                        "policy": policy.name, "metric": metric, "score": float(score),
+                        "executor_compute_share": share,
+                        "validator_compute_share": float(res.validator_compute_share),
+                        "bytes_kept": int(res.bytes_kept), "hwnoise_eps": eps, "deviation_size": size,
+                    })
+        return rows
 
 
 def _final_rel_l2(canonical, gen) -> float:
@@ -561,7 +584,7 @@ def collect_scores(params: ExperimentParams, n_prompts: int):
     data = parquet_bytes(df)
     store.write_bytes("scores.parquet", data)
     if not store.is_local:
-        _atomic_write(store.local("scores.parquet"), data)
+        write_atomic(store.local("scores.parquet"), data)
     return df
 
 
@@ -646,7 +669,7 @@ def _fetch_strip_videos(store, df, params: ExperimentParams) -> None:
         for name in ["canonical"] + [slug(d) for d in params.all_deviations()]:
             rel = f"gens/p{int(pid):04d}/{name}/video.mp4"
             if store.exists(rel):
-                _atomic_write(store.local(rel), store.read_bytes(rel))
+                write_atomic(store.local(rel), store.read_bytes(rel))
 
 
 def _fetch_commitment_files(store, df, params: ExperimentParams) -> None:
@@ -658,7 +681,7 @@ def _fetch_commitment_files(store, df, params: ExperimentParams) -> None:
                  for name in ["canonical"] + [slug(d) for d in params.all_deviations()]]
         for rel in rels:
             if store.exists(rel):
-                _atomic_write(store.local(rel), store.read_bytes(rel))
+                write_atomic(store.local(rel), store.read_bytes(rel))
 
 
 def stage_seconds(params: ExperimentParams, n_prompts: int) -> dict[str, float]:

@@ -29,10 +29,8 @@ units are known when the request is made.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from decimal import ROUND_CEILING, ROUND_DOWN, Decimal
@@ -290,13 +288,9 @@ class Calibration(BaseModel):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".calibration-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            f.write(self.model_dump_json(indent=2))
-        os.replace(tmp, path)
-        return path
+        from models.io import write_atomic
+
+        return write_atomic(path, self.model_dump_json(indent=2))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Calibration":
@@ -470,11 +464,4 @@ def fairness_summary(table: "Any") -> "Any":
     return summary.reset_index()[["scheme", "max_over_min", "cv", "min", "median", "max"]]
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
-    return path
+

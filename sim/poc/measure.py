@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,17 +191,9 @@ def recommend_threshold(data: dict[str, Any], thresholds, honest_ceiling: float 
 
 def write_measurement(data: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write atomically (temp file + rename), so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from models.io import write_json_atomic
+
+    return write_json_atomic(path, data, indent=1, allow_nan=True)
     return path
 
 

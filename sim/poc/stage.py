@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from models.seeds import poc_public_key
 from sim.poc.merkle import MerkleTree, encode_leaf
 from sim.poc.params import PocParams
 from sim.poc.strategies import (
@@ -156,9 +157,7 @@ class PocStageResult:
 
 def public_key_for(pid: str, seed: int) -> str:
     """A deterministic stand-in public key for a simulated participant."""
-    import hashlib
-
-    return hashlib.sha256(f"t2vsim/poc/key/{seed}/{pid}".encode()).hexdigest()[:40]
+    return poc_public_key(pid, seed)
 
 
 # Bounds of one stage (project choices: a Gonka PoC stage has hundreds of participants).
