@@ -23,10 +23,10 @@ def main() -> None:
     args = ap.parse_args()
     from diffusers import AutoencoderKLWan
 
-    from models.presets import PRESETS, _parameters_on_meta, materialize
+    from models.presets import PRESETS, parameters_on_meta, materialize
     from models.request import Runtime
 
-    with _parameters_on_meta():
+    with parameters_on_meta():
         vae = AutoencoderKLWan(**PRESETS["a14b-random"].vae_config)
     materialize(vae, 0, torch.float32, torch.device(args.device), prefix="vae.")
     vae.to(args.device).eval()

@@ -4,8 +4,9 @@ them by spec string, `name` or `name:arg` (e.g. `steps:20`, `lowres:416x240`), o
 `package.module:ClassName[:arg]` for deviations defined outside t2vsim.
 
 A deviation may change the request (`apply_request`), the runtime (`apply_runtime`), the preset
-(`preset`), the loaded pipeline for the duration of one generation (`patch`, always undone), and the
-output (`postprocess`). `speed_factor` scales the measured transformer work for changes whose saving
+(`preset`), the loaded pipeline for the duration of one generation (`patch_session`, every change
+registered on the engine's pipeline session and undone with it), the output (`postprocess`), and
+the run whose video is delivered (`video_from`). `speed_factor` scales the measured transformer work for changes whose saving
 is not in the number or size of passes (FP8 kernels).
 """
 
@@ -102,6 +103,10 @@ class Deviation:
 
     def postprocess(self, frames: "np.ndarray | None", checkpoints: dict, request: GenerationRequest):
         return frames, checkpoints
+
+    # Another deviation whose run of the claimed request delivers the video (the latents stay this
+    # run's); None: this run's own video.
+    video_from: "Deviation | None" = None
 
 
 DEVIATIONS: dict[str, type[Deviation]] = {}
@@ -212,92 +217,78 @@ def _float_arg(name: str, arg: str, lo: float, hi: float) -> float:
 # Benign
 
 
+class _RuntimeField(Deviation):
+    """A deviation that sets one `Runtime` field (`field`): to its argument, validated by `Runtime`
+    itself (its message lists the allowed values), or, without an argument, to `value`."""
+
+    field: ClassVar[str]
+    value: Any = None
+
+    def parse(self, arg):
+        if arg is not None:
+            Runtime(**{self.field: arg})
+            self.value = arg
+
+    def apply_runtime(self, runtime):
+        return runtime.model_copy(update={self.field: self.value})
+
+
 @register_deviation
-class Batch(Deviation):
-    name, kind, arg_help = "batch", "benign", "N"
+class Batch(_RuntimeField):
+    name, kind, arg_help, field = "batch", "benign", "N", "batch_size"
     description = "generated inside a batch of N different prompts"
 
     def parse(self, arg):
-        self.n = _int_arg(self.name, arg, 2, 64)
-
-    def apply_runtime(self, runtime):
-        return runtime.model_copy(update={"batch_size": self.n})
+        self.value = _int_arg(self.name, arg, 2, 64)
 
 
 @register_deviation
-class Threads(Deviation):
-    name, kind, arg_help = "threads", "benign", "N"
+class Threads(_RuntimeField):
+    name, kind, arg_help, field = "threads", "benign", "N", "threads"
     description = "another number of CPU intra-op threads"
 
     def parse(self, arg):
-        self.n = _int_arg(self.name, arg, 1, 1024)
-
-    def apply_runtime(self, runtime):
-        return runtime.model_copy(update={"threads": self.n})
+        self.value = _int_arg(self.name, arg, 1, 1024)
 
 
 @register_deviation
-class Attention(Deviation):
-    name, kind, arg_help = "attention", "benign", "BACKEND"
+class Attention(_RuntimeField):
+    name, kind, arg_help, field = "attention", "benign", "BACKEND", "attention_backend"
     description = "another diffusers attention backend (kernel)"
 
-    def parse(self, arg):
-        Runtime(attention_backend=arg)  # validates the name, listing the allowed ones
-        self.backend = arg
-
-    def apply_runtime(self, runtime):
-        return runtime.model_copy(update={"attention_backend": self.backend})
-
 
 @register_deviation
-class TF32(Deviation):
-    name, kind = "tf32", "benign"
+class TF32(_RuntimeField):
+    name, kind, field, value = "tf32", "benign", "tf32", True
     description = "TF32 matrix products on the GPU (no effect on a CPU)"
 
-    def apply_runtime(self, runtime):
-        return runtime.model_copy(update={"tf32": True})
-
 
 @register_deviation
-class Device(Deviation):
-    name, kind, arg_help = "device", "benign", "cpu|cuda"
+class Device(_RuntimeField):
+    name, kind, arg_help, field = "device", "benign", "cpu|cuda", "device"
     description = "another device class (a CPU validator for a GPU executor)"
-
-    def parse(self, arg):
-        Runtime(device=arg)
-        self.device = arg
 
     # attention kernels that exist only on a GPU; on the CPU the executor runs torch's own SDPA
     GPU_ONLY_ATTENTION = ("_native_cudnn", "_native_flash", "_native_efficient", "flash", "flash_hub",
                           "_flash_3", "_flash_3_hub", "sage", "xformers")
 
     def apply_runtime(self, runtime):
-        update = {"device": self.device}
-        if self.device == "cpu" and runtime.attention_backend in self.GPU_ONLY_ATTENTION:
-            update["attention_backend"] = "native"
-        return runtime.model_copy(update=update)
+        runtime = super().apply_runtime(runtime)
+        if self.value == "cpu" and runtime.attention_backend in self.GPU_ONLY_ATTENTION:
+            runtime = runtime.model_copy(update={"attention_backend": "native"})
+        return runtime
 
 
 @register_deviation
-class Engine(Deviation):
-    name, kind, arg_help = "engine", "benign", "diffusers|vllm-omni"
+class Engine(_RuntimeField):
+    name, kind, arg_help, field = "engine", "benign", "diffusers|vllm-omni", "engine"
     description = "another inference engine (vLLM-Omni, as Gonka's ML nodes run it: models/engines/)"
 
-    def parse(self, arg):
-        Runtime(engine=arg)
-        self.engine = arg
-
-    def apply_runtime(self, runtime):
-        return runtime.model_copy(update={"engine": self.engine})
-
 
 @register_deviation
-class Compile(Deviation):
-    name, kind = "compile", "benign"
+class Compile(_RuntimeField):
+    name, kind, field, value = "compile", "benign", "compile", True
     description = "torch.compile'd transformers (other fused kernels)"
-
-    def apply_runtime(self, runtime):
-        return runtime.model_copy(update={"compile": True})
 
 
 @register_deviation
@@ -404,7 +395,7 @@ class LowRes(Deviation):
         import torch
         import torch.nn.functional as F
 
-        from models.engine import Checkpoint
+        from models.artifacts import Checkpoint
 
         if frames is not None and frames.size:
             x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
@@ -573,7 +564,7 @@ class Model(Deviation):
     description = "another (smaller) model than the claimed one"
 
     def parse(self, arg):
-        from models.presets import preset_spec
+        from models.spec import preset_spec
 
         preset_spec(arg)
         self.other = arg
@@ -717,12 +708,9 @@ class Mp4From(Deviation):
         if isinstance(self.other, Mp4From):
             raise DeviationError("deviation mp4-from: SPEC must not be another mp4-from")
 
-    def postprocess(self, frames, checkpoints, request):
-        from models.engine import generate
-
-        if frames is None:
-            return frames, checkpoints
-        return generate(request, deviation=self.other, capture=()).frames, checkpoints
+    @property
+    def video_from(self) -> Deviation:
+        return self.other
 
 
 SEVERITY_SWEEP = (

@@ -20,185 +20,22 @@ memory. In bfloat16 the modules diffusers keeps in float32 when it loads a check
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import dataclasses
-import functools
 import hashlib
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
+import threading
 from typing import TYPE_CHECKING, Any
 
-from models.request import A14B_DEFAULTS
 from models.seeds import tensor_seed
+from models.spec import (  # noqa: F401  (the specs, re-exported for the callers of this module)
+    BOUNDARY_RATIO, PRESETS, SCHEDULER_CONFIG, SHAPES_DIR, PresetSpec, preset_names, preset_spec,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from diffusers import WanPipeline
 
     from models.request import Runtime
-
-BOUNDARY_RATIO = 0.875  # Wan2.2-T2V-A14B high/low expert switch (facts.md section 1)
-
-# UniPC flow-matching scheduler as shipped with Wan2.2-T2V-A14B-Diffusers; the shift comes from
-# the request (official default 12.0).
-SCHEDULER_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "solver_order": 2,
-    "prediction_type": "flow_prediction",
-    "use_flow_sigmas": True,
-    "flow_shift": A14B_DEFAULTS["shift"],
-    "predict_x0": True,
-    "solver_type": "bh2",
-    "lower_order_final": True,
-    "final_sigmas_type": "zero",
-    "timestep_spacing": "linspace",
-}
-
-_TINY_TRANSFORMER = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=2,
-    attention_head_dim=12,
-    in_channels=16,
-    out_channels=16,
-    text_dim=32,
-    freq_dim=256,
-    ffn_dim=32,
-    num_layers=2,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    rope_max_seq_len=32,
-)
-_TINY_VAE = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
-_TINY_TEXT = dict(
-    vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-    relative_attention_num_buckets=8, relative_attention_max_distance=32,
-    feed_forward_proj="gated-gelu", dropout_rate=0.0, is_encoder_decoder=False, use_cache=False,
-)
-
-_SMALL_TRANSFORMER = dict(
-    _TINY_TRANSFORMER, num_attention_heads=8, attention_head_dim=64, text_dim=256, ffn_dim=1536,
-    num_layers=8, rope_max_seq_len=1024,
-)
-_SMALL_VAE = dict(base_dim=32, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True])
-_SMALL_TEXT = dict(_TINY_TEXT, d_model=256, d_kv=32, d_ff=512, num_layers=4, num_heads=8,
-                   relative_attention_num_buckets=32, relative_attention_max_distance=128)
-
-# Wan2.2-T2V-A14B (facts.md section 1): per expert 14.29 B parameters.
-_A14B_TRANSFORMER = dict(
-    patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
-    text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
-)
-# The Wan2.1 VAE (AutoencoderKLWan defaults) used by T2V-A14B.
-_A14B_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True])
-# UMT5-XXL encoder (google/umt5-xxl): 5.68 B parameters in the encoder.
-_A14B_TEXT = dict(
-    vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-    relative_attention_num_buckets=32, relative_attention_max_distance=128,
-    feed_forward_proj="gated-gelu", dropout_rate=0.0, is_encoder_decoder=False, use_cache=False,
-)
-
-_SCALED_DEFAULTS = {
-    "tiny": dict(A14B_DEFAULTS, width=64, height=64, frames=9, steps=4),
-    "small": dict(A14B_DEFAULTS, width=256, height=256, frames=17, steps=10),
-    "shapes": dict(A14B_DEFAULTS, width=32, height=32, frames=9, fps=8, steps=8, shift=3.0),
-}
-SHAPES_DIR = Path(__file__).parent / "weights" / "shapes"  # trained weights (models/shapes_train.py)
-
-
-@dataclass(frozen=True)
-class PresetSpec:
-    """Everything known about a preset without importing torch."""
-
-    name: str
-    transformer_config: dict[str, Any]
-    vae_config: dict[str, Any]
-    text_config: dict[str, Any]
-    request_defaults: dict[str, Any]
-    text_len: int = 512
-    boundary_ratio: float = BOUNDARY_RATIO
-    vae_stride: tuple[int, int, int] = (4, 8, 8)
-    z_dim: int = 16
-    path: str | None = None  # set for path:DIR presets
-    description: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def patch_size(self) -> tuple[int, int, int]:
-        return tuple(self.transformer_config.get("patch_size", (1, 2, 2)))  # type: ignore[return-value]
-
-    @property
-    def num_layers(self) -> int:
-        return int(self.transformer_config["num_layers"])
-
-    @property
-    def is_random(self) -> bool:
-        return self.path is None
-
-
-def _spec(name, t, v, x, defaults, text_len, description) -> PresetSpec:
-    return PresetSpec(name=name, transformer_config=t, vae_config=v, text_config=x,
-                      request_defaults=defaults, text_len=text_len, description=description)
-
-
-PRESETS: dict[str, PresetSpec] = {
-    "tiny": _spec("tiny", _TINY_TRANSFORMER, _TINY_VAE, _TINY_TEXT, _SCALED_DEFAULTS["tiny"], 64,
-                  "diffusers' Wan2.2 test sizes; CPU, well under a second"),
-    "tiny-lite": _spec("tiny-lite", dict(_TINY_TRANSFORMER, num_layers=1), _TINY_VAE, _TINY_TEXT,
-                       _SCALED_DEFAULTS["tiny"], 64, "tiny with one transformer layer (a smaller model)"),
-    "small": _spec("small", _SMALL_TRANSFORMER, _SMALL_VAE, _SMALL_TEXT, _SCALED_DEFAULTS["small"], 128,
-                   "same architecture, ~30 M parameters per expert; GPU experiments"),
-    "small-lite": _spec("small-lite", dict(_SMALL_TRANSFORMER, num_layers=4), _SMALL_VAE, _SMALL_TEXT,
-                        _SCALED_DEFAULTS["small"], 128, "small with half the layers (a smaller model)"),
-    "a14b-random": _spec("a14b-random", _A14B_TRANSFORMER, _A14B_VAE, _A14B_TEXT, dict(A14B_DEFAULTS), 512,
-                         "exact Wan2.2-T2V-A14B configuration with random weights; GPU"),
-}
-
-
-def _shipped(name: str, root: Path, defaults: dict[str, Any], text_len: int, description: str) -> PresetSpec:
-    """A trained diffusers directory shipped in the repository, loaded offline like `path:DIR`."""
-    spec = preset_spec(f"path:{root}")
-    return dataclasses.replace(spec, name=name, request_defaults=defaults, text_len=text_len, description=description)
-
-
-def preset_names() -> list[str]:
-    return [*PRESETS, "path:DIR"]
-
-
-def preset_spec(name: str) -> PresetSpec:
-    """The spec of a preset name; `path:DIR` reads DIR/transformer/config.json."""
-    if name in PRESETS:
-        return PRESETS[name]
-    if name.startswith("path:"):
-        root = Path(name[5:]).expanduser()
-        index = root / "model_index.json"
-        if not index.is_file():
-            raise ValueError(f"path preset {str(root)!r} is not a diffusers directory (no model_index.json)")
-        tcfg = _read_json(root / "transformer" / "config.json")
-        vcfg = _read_json(root / "vae" / "config.json")
-        xcfg = _read_json(root / "text_encoder" / "config.json")
-        boundary = _read_json(index).get("boundary_ratio") or BOUNDARY_RATIO
-        # A random preset saved by models.engines.preset_dir keeps its own defaults and text length.
-        saved = _read_json(root / "t2vsim_preset.json") if (root / "t2vsim_preset.json").is_file() else {}
-        return PresetSpec(name=name, transformer_config=tcfg, vae_config=vcfg, text_config=xcfg,
-                          request_defaults=dict(saved.get("request_defaults") or A14B_DEFAULTS),
-                          text_len=int(saved.get("text_len", 512)), boundary_ratio=float(boundary),
-                          path=str(root), description=f"local diffusers directory {root}")
-    raise ValueError(f"unknown preset {name!r}; allowed: {', '.join(preset_names())}")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"path preset: missing {path}") from None
-
-
-if (SHAPES_DIR / "model_index.json").is_file():
-    PRESETS["shapes"] = _shipped("shapes", SHAPES_DIR, _SCALED_DEFAULTS["shapes"], 32,
-                                 "trained on procedural shapes (models/weights/shapes/CARD.md); CPU, 32x32")
-
 
 # ---------------------------------------------------------------------------------------------
 # Deterministic weights
@@ -232,7 +69,7 @@ def seeded_tensor(weights_seed: int, name: str, shape: tuple[int, ...]) -> "torc
 
 
 @contextlib.contextmanager
-def _parameters_on_meta():
+def parameters_on_meta():
     """Create parameters on the meta device (buffers stay real), as accelerate's init_empty_weights."""
     import torch
     from torch import nn
@@ -253,7 +90,7 @@ def _parameters_on_meta():
     del torch
 
 
-def _keeps_fp32(name: str, keep: list[str] | None) -> bool:
+def keeps_fp32(name: str, keep: list[str] | None) -> bool:
     return bool(keep) and any(part in keep for part in name.split("."))
 
 
@@ -295,7 +132,7 @@ def materialize(module, weights_seed: int, dtype, device, prefix: str = "", thre
 
     for n, values in drawn():
         p = by_name[n]
-        target = torch.float32 if (dtype == torch.float32 or _keeps_fp32(n, keep)) else dtype
+        target = torch.float32 if (dtype == torch.float32 or keeps_fp32(n, keep)) else dtype
         new = nn.Parameter(values.to(device=device, dtype=target), requires_grad=False)
         del values
         done[id(p)] = new
@@ -322,7 +159,7 @@ def byte_tokenizer(text_len: int):
     )
 
 
-def _build_random(spec: PresetSpec, runtime: "Runtime", weights_seed: int) -> "WanPipeline":
+def build_random(spec: PresetSpec, runtime: "Runtime", weights_seed: int) -> "WanPipeline":
     import torch
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
@@ -331,7 +168,7 @@ def _build_random(spec: PresetSpec, runtime: "Runtime", weights_seed: int) -> "W
     host = torch.device("cpu")
     expert_device = host if runtime.offload == "all" else torch.device(runtime.device)
     text_device = host if runtime.offload != "none" else torch.device(runtime.device)
-    with _parameters_on_meta():
+    with parameters_on_meta():
         experts = [WanTransformer3DModel(**spec.transformer_config) for _ in range(2)]
         vae = AutoencoderKLWan(**spec.vae_config)
         text_encoder = UMT5EncoderModel(UMT5Config(**spec.text_config))
@@ -452,26 +289,67 @@ def _load_path(spec: PresetSpec, runtime: "Runtime") -> "WanPipeline":
     return pipe
 
 
-@functools.lru_cache(maxsize=3)
-def _cached_pipeline(preset: str, device: str, dtype: str, weights_seed: int, offload: str = "none") -> "WanPipeline":
-    from models.request import Runtime
-
+def load_pipeline(preset: str, runtime: "Runtime", weights_seed: int = 0) -> "WanPipeline":
+    """A new pipeline of a preset on the runtime's device, dtype and offload mode (not cached)."""
     spec = preset_spec(preset)
-    runtime = Runtime(device=device, dtype=dtype, offload=offload)
-    pipe = _build_random(spec, runtime, weights_seed) if spec.is_random else _load_path(spec, runtime)
+    pipe = build_random(spec, runtime, weights_seed) if spec.is_random else _load_path(spec, runtime)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def build_pipeline(preset: str, runtime: "Runtime | None" = None, weights_seed: int = 0) -> "WanPipeline":
-    """The pipeline of a preset on the runtime's device and dtype (cached; do not mutate it for good)."""
-    from models.request import Runtime
+class PipelineCache:
+    """Loaded pipelines by (preset, device, dtype, weights seed, offload mode), the `size` most
+    recently used kept. Whoever generates owns one (`generate(..., pipelines=)`); `PIPELINES` is the
+    process's default. A generation changes a cached pipeline only inside its pipeline session
+    (models/engine.py), which restores it."""
 
-    runtime = runtime or Runtime()
-    preset_spec(preset)  # a clear error for unknown names before any work
-    if weights_seed < 0:
-        raise ValueError(f"weights_seed must be >= 0, got {weights_seed}")
-    return _cached_pipeline(preset, runtime.device, runtime.dtype, weights_seed, runtime.offload)
+    def __init__(self, size: int = 3):
+        if size < 1:
+            raise ValueError(f"PipelineCache size must be >= 1, got {size}")
+        self.size = size
+        self._pipes: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, preset: str, runtime: "Runtime | None" = None, weights_seed: int = 0) -> "WanPipeline":
+        from models.request import Runtime
+
+        runtime = runtime or Runtime()
+        preset_spec(preset)  # a clear error for unknown names before any work
+        if weights_seed < 0:
+            raise ValueError(f"weights_seed must be >= 0, got {weights_seed}")
+        key = (preset, runtime.device, runtime.dtype, weights_seed, runtime.offload)
+        with self._lock:
+            if key in self._pipes:
+                self._pipes.move_to_end(key)
+                return self._pipes[key]
+            pipe = load_pipeline(preset, Runtime(device=runtime.device, dtype=runtime.dtype,
+                                                 offload=runtime.offload), weights_seed)
+            self._pipes[key] = pipe
+            while len(self._pipes) > self.size:
+                self._pipes.popitem(last=False)
+            return pipe
+
+    def clear(self) -> None:
+        with self._lock:
+            self._pipes.clear()
+
+    def items(self) -> list[tuple[tuple, Any]]:
+        """(key, pipeline) of every cached pipeline, least recently used first."""
+        with self._lock:
+            return list(self._pipes.items())
+
+    def __len__(self) -> int:
+        return len(self._pipes)
+
+
+PIPELINES = PipelineCache()
+
+
+def build_pipeline(preset: str, runtime: "Runtime | None" = None, weights_seed: int = 0, *,
+                   cache: PipelineCache | None = None) -> "WanPipeline":
+    """The pipeline of a preset on the runtime's device and dtype, from `cache` (default `PIPELINES`;
+    do not mutate it for good)."""
+    return (PIPELINES if cache is None else cache).get(preset, runtime, weights_seed)
 
 
 def weights_digest(module) -> str:

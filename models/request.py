@@ -14,17 +14,7 @@ from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-# Official A14B defaults (facts.md section 1).
-A14B_DEFAULTS: dict[str, Any] = {
-    "width": 832,
-    "height": 480,
-    "frames": 81,
-    "fps": 16,
-    "steps": 40,
-    "guidance_high": 4.0,
-    "guidance_low": 3.0,
-    "shift": 12.0,
-}
+from models.spec import A14B_DEFAULTS, preset_spec  # noqa: F401  (A14B_DEFAULTS re-exported)
 
 DEFAULT_NEGATIVE_PROMPT = ""
 
@@ -77,8 +67,6 @@ class GenerationRequest(BaseModel):
     def _preset_defaults(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        from models.presets import preset_spec  # light import: no torch
-
         model = data.get("model", "tiny")
         try:
             spec = preset_spec(model)

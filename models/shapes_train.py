@@ -132,9 +132,9 @@ def build_components(cfg: TrainConfig) -> dict[str, Any]:
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from models.presets import _parameters_on_meta, materialize
+    from models.presets import parameters_on_meta, materialize
 
-    with _parameters_on_meta():
+    with parameters_on_meta():
         experts = [WanTransformer3DModel(**cfg.transformer) for _ in range(2)]
         vae = AutoencoderKLWan(**cfg.vae)
         text_encoder = UMT5EncoderModel(UMT5Config(**cfg.text))
@@ -266,96 +266,124 @@ class _PromptCache:
 def train_stage(stage: str, cfg: TrainConfig, work: str | Path, max_seconds: float | None = None,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) one stage up to its step count or `max_seconds`; returns its state summary."""
-    import torch
-
     if stage not in STAGES:
         raise TrainError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
-    work = Path(work)
-    check_config(cfg, work)
-    torch.set_num_threads(cfg.threads)
-    parts = build_components(cfg)
-    _restore(parts, work)
-    if stage != "vae":
-        vst = load_state(work, "vae")
-        if vst is None or vst["step"] < cfg.vae_steps or vst.get("latents_mean") is None:
-            raise TrainError(f"stage {stage}: train the vae first (its checkpoint is missing or unfinished)")
-    pool = latent_pool(parts["vae"], cfg, work, log) if stage != "vae" else None
-    key = {"vae": "vae", "high": "transformer", "low": "transformer_2"}[stage]
-    model = parts[key]
-    total = cfg.vae_steps if stage == "vae" else cfg.expert_steps
-    lr = cfg.vae_lr if stage == "vae" else cfg.expert_lr
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0 if stage == "vae" else 0.01)
-    state = load_state(work, stage) or {"step": 0, "losses": [], "seconds": 0.0}
-    if "optimizer" in state:
-        opt.load_state_dict(state["optimizer"])
-    model.train().requires_grad_(True)
-    pipe = make_pipeline(parts, cfg.boundary_ratio)
-    prompts_emb = _PromptCache(pipe, cfg.text_len)
-    empty = prompts_emb([""])[0]
-    lo, hi = sigma_range(stage, cfg.boundary_ratio)
-    start, step, base_seconds = time.monotonic(), state["step"], state["seconds"]
-    first = step
-    window: list[float] = state.get("window", [])  # losses since the last logged mean
+    return _StageRun(stage, cfg, Path(work), log).run(max_seconds)
 
-    def save(final: bool = False):
-        st = {"step": step, "losses": state["losses"], "seconds": base_seconds + time.monotonic() - start,
-              "model": model.state_dict(), "optimizer": opt.state_dict(), "stage": stage, "window": list(window)}
-        if stage == "vae":
+
+class _StageRun:
+    """One stage's training: its model, optimiser, resumable state and checkpoints."""
+
+    def __init__(self, stage: str, cfg: TrainConfig, work: Path, log: Callable[[str], None]):
+        import torch
+
+        self.stage, self.cfg, self.work, self.log = stage, cfg, work, log
+        check_config(cfg, work)
+        torch.set_num_threads(cfg.threads)
+        parts = build_components(cfg)
+        _restore(parts, work)
+        if stage != "vae":
+            vst = load_state(work, "vae")
+            if vst is None or vst["step"] < cfg.vae_steps or vst.get("latents_mean") is None:
+                raise TrainError(f"stage {stage}: train the vae first (its checkpoint is missing or unfinished)")
+        self.pool = latent_pool(parts["vae"], cfg, work, log) if stage != "vae" else None
+        self.model = parts[{"vae": "vae", "high": "transformer", "low": "transformer_2"}[stage]]
+        self.total = cfg.vae_steps if stage == "vae" else cfg.expert_steps
+        self.lr = cfg.vae_lr if stage == "vae" else cfg.expert_lr
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=0.0 if stage == "vae" else 0.01)
+        self.state = load_state(work, stage) or {"step": 0, "losses": [], "seconds": 0.0}
+        if "optimizer" in self.state:
+            self.opt.load_state_dict(self.state["optimizer"])
+        self.model.train().requires_grad_(True)
+        self.prompts_emb = _PromptCache(make_pipeline(parts, cfg.boundary_ratio), cfg.text_len)
+        self.empty = self.prompts_emb([""])[0]
+        self.sigmas = sigma_range(stage, cfg.boundary_ratio)
+        self.start, self.step, self.base_seconds = time.monotonic(), self.state["step"], self.state["seconds"]
+        self.window: list[float] = self.state.get("window", [])  # losses since the last logged mean
+
+    def save(self, final: bool = False) -> None:
+        state, cfg = self.state, self.cfg
+        st = {"step": self.step, "losses": state["losses"], "seconds": self.base_seconds + time.monotonic() - self.start,
+              "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "stage": self.stage,
+              "window": list(self.window)}
+        if self.stage == "vae":
             st.update(latents_mean=state.get("latents_mean"), latents_std=state.get("latents_std"))
             if final:
-                st.update(vae_summary(model, cfg))
-                log(f"vae: latents_mean/std from {cfg.latent_stat_clips} clips; held-out PSNR {st['psnr']:.2f} dB")
-        _save_atomic(st, _ckpt(work, stage))
+                st.update(vae_summary(self.model, cfg))
+                self.log(f"vae: latents_mean/std from {cfg.latent_stat_clips} clips; held-out PSNR {st['psnr']:.2f} dB")
+        _save_atomic(st, _ckpt(self.work, self.stage))
         state.update({k: v for k, v in st.items() if k not in ("model", "optimizer")})
 
-    while step < total:
-        if max_seconds is not None and step > first and time.monotonic() - start > max_seconds:
-            save()
-            log(f"{stage}: stopped at step {step}/{total} (time limit); resumable")
-            return _summary(state, stage, total)
-        g = torch.Generator().manual_seed(train_step_seeds(cfg.seed, stage, step, 1)[0])
-        if stage == "vae":
-            clips, prompts = shapes_data.batch(train_step_seeds(cfg.seed, stage, step, cfg.vae_batch), cfg.vae_frames, cfg.side)
-            x = torch.from_numpy(clips)
-        else:
-            idx = torch.randint(0, len(pool["prompts"]), (cfg.expert_batch,), generator=g)
-            z, prompts = pool["latents"][idx], [pool["prompts"][int(i)] for i in idx]
+    def run(self, max_seconds: float | None) -> dict[str, Any]:
+        first = self.step
+        while self.step < self.total:
+            if max_seconds is not None and self.step > first and time.monotonic() - self.start > max_seconds:
+                self.save()
+                self.log(f"{self.stage}: stopped at step {self.step}/{self.total} (time limit); resumable")
+                return _summary(self.state, self.stage, self.total)
+            self.train_step()
+        if self.stage == "vae" and self.state.get("latents_mean") is None:
+            self.save(final=True)
+        return _summary(self.state, self.stage, self.total)
+
+    def train_step(self) -> None:
+        import torch
+
+        cfg, step = self.cfg, self.step
+        g = torch.Generator().manual_seed(train_step_seeds(cfg.seed, self.stage, step, 1)[0])
+        batch = self._batch(g)
         # Cosine decay to 10% over the stage, after a short warm-up.
         warm = min(1.0, (step + 1) / 50)
-        for group in opt.param_groups:
-            group["lr"] = lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(1, total))))
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(1, self.total))))
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
-        if stage == "vae":
-            loss, parts_ = vae_loss(model, x, cfg.kl_weight, cfg.fg_weight)
-        else:
-            emb = prompts_emb(prompts)
-            drop = torch.rand(len(prompts), generator=g) < cfg.uncond_prob
-            emb = torch.where(drop.view(-1, 1, 1), empty.expand_as(emb), emb)
-            sigma = lo + (hi - lo) * torch.rand(len(prompts), generator=g)
-            eps = torch.randn(z.shape, generator=g)
-            s = sigma.view(-1, 1, 1, 1, 1)
-            xt = (1 - s) * z + s * eps
-            pred = model(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=emb, return_dict=False)[0]
-            loss = ((pred - (eps - z)) ** 2).mean()
-            parts_ = {}
-        opt.zero_grad(set_to_none=True)
+        loss, parts_ = vae_loss(self.model, batch, cfg.kl_weight, cfg.fg_weight) if self.stage == "vae" \
+            else (self._expert_loss(g, *batch), {})
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        window.append(loss.item())
-        if step % cfg.checkpoint_every == 0 or step == total:
-            mean_loss = sum(window) / len(window)
-            if stage == "vae":
-                parts_.update(frames=cfg.vae_frames, fg_weight=cfg.fg_weight)
-            state["losses"].append({"step": step, "loss": mean_loss, **parts_})
-            window.clear()
-            done_final = step == total
-            save(final=done_final)
-            log(f"{stage}: step {step}/{total} loss {mean_loss:.4f} ({state['seconds']:.0f} s)")
-    if stage == "vae" and state.get("latents_mean") is None:
-        save(final=True)
-    return _summary(state, stage, total)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.step += 1
+        self.window.append(loss.item())
+        if self.step % cfg.checkpoint_every == 0 or self.step == self.total:
+            self._checkpoint(parts_)
+
+    def _batch(self, g):
+        """The step's inputs: clips for the VAE, (latents, prompts) from the pool for an expert."""
+        import torch
+
+        cfg, pool = self.cfg, self.pool
+        if self.stage == "vae":
+            clips, _prompts = shapes_data.batch(train_step_seeds(cfg.seed, self.stage, self.step, cfg.vae_batch),
+                                                cfg.vae_frames, cfg.side)
+            return torch.from_numpy(clips)
+        idx = torch.randint(0, len(pool["prompts"]), (cfg.expert_batch,), generator=g)
+        return pool["latents"][idx], [pool["prompts"][int(i)] for i in idx]
+
+    def _expert_loss(self, g, z, prompts):
+        """Flow-matching loss of the expert at a noise level drawn in its range (prompts dropped at uncond_prob)."""
+        import torch
+
+        lo, hi = self.sigmas
+        emb = self.prompts_emb(prompts)
+        drop = torch.rand(len(prompts), generator=g) < self.cfg.uncond_prob
+        emb = torch.where(drop.view(-1, 1, 1), self.empty.expand_as(emb), emb)
+        sigma = lo + (hi - lo) * torch.rand(len(prompts), generator=g)
+        eps = torch.randn(z.shape, generator=g)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        xt = (1 - s) * z + s * eps
+        pred = self.model(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=emb, return_dict=False)[0]
+        return ((pred - (eps - z)) ** 2).mean()
+
+    def _checkpoint(self, parts_: dict[str, Any]) -> None:
+        cfg, window = self.cfg, self.window
+        mean_loss = sum(window) / len(window)
+        if self.stage == "vae":
+            parts_.update(frames=cfg.vae_frames, fg_weight=cfg.fg_weight)
+        self.state["losses"].append({"step": self.step, "loss": mean_loss, **parts_})
+        window.clear()
+        self.save(final=self.step == self.total)
+        self.log(f"{self.stage}: step {self.step}/{self.total} loss {mean_loss:.4f} ({self.state['seconds']:.0f} s)")
 
 
 def latent_pool(vae, cfg: TrainConfig, work: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -421,7 +449,7 @@ def export(cfg: TrainConfig, work: str | Path, out: str | Path, hardware: str = 
     import torch
 
     from models.io import check_out_dir, staged_dir
-    from models.presets import _keeps_fp32
+    from models.presets import keeps_fp32
 
     work, out = Path(work), Path(out)
     states = {s: load_state(work, s) for s in STAGES}
@@ -434,7 +462,7 @@ def export(cfg: TrainConfig, work: str | Path, out: str | Path, hardware: str = 
         m = parts[key]
         keep = list(getattr(type(m), "_keep_in_fp32_modules", None) or [])
         for name, p in m.named_parameters():
-            if not _keeps_fp32(name, keep):
+            if not keeps_fp32(name, keep):
                 p.data = p.data.to(torch.bfloat16)
     pipe = make_pipeline(parts, cfg.boundary_ratio)
     check_out_dir(out, EXPORT_FILES, what="export_to")

@@ -148,9 +148,9 @@ def test_batch_checkpoint_holds_only_the_request_and_resumes_to_the_batch1_resul
 
     batched = generate(REQ, Runtime(batch_size=2), capture=("init", "step:2", "final"), run_seed=5)
     ck = batched.checkpoints["step:2"]
-    from models.engine import _solver_tensors
+    from models.artifacts import solver_tensors
 
-    tensors = _solver_tensors(ck.solver)
+    tensors = solver_tensors(ck.solver)
     assert tensors and all(t.shape[0] == 1 for t in tensors.values() if t.dim() >= 1)
     assert all(t.dtype == torch.float32 for t in tensors.values() if t.is_floating_point())
     assert ck.latents.dtype == torch.float32  # stored, committed and counted in float32

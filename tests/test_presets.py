@@ -8,7 +8,7 @@ import torch
 
 from models.presets import (
     PRESETS,
-    _parameters_on_meta,
+    parameters_on_meta,
     build_pipeline,
     materialize,
     preset_spec,
@@ -61,7 +61,7 @@ def test_a14b_configuration_has_the_published_size():
     # Built with parameters on the meta device: no memory, exact shapes.
     from diffusers import WanTransformer3DModel
 
-    with _parameters_on_meta():
+    with parameters_on_meta():
         expert = WanTransformer3DModel(**preset_spec("a14b-random").transformer_config)
     n = sum(p.numel() for p in expert.parameters())
     assert abs(n - 14.29e9) < 0.01e9  # docs/facts.md: 14.29 B parameters per expert
@@ -71,7 +71,7 @@ def test_a14b_configuration_has_the_published_size():
 def test_materialize_replaces_meta_parameters_in_place():
     from diffusers import WanTransformer3DModel
 
-    with _parameters_on_meta():
+    with parameters_on_meta():
         m = WanTransformer3DModel(**PRESETS["tiny"].transformer_config)
     materialize(m, 0, torch.bfloat16, torch.device("cpu"), prefix="transformer.")
     assert weights_digest(m) == GOLDEN["digests"]["transformer"]

@@ -72,11 +72,11 @@ def preset_dir(preset: str, weights_seed: int = 0) -> Path:
 
 
 def _save(preset: str, weights_seed: int, target: Path) -> None:
-    from models.presets import _build_random
+    from models.presets import build_random
     from models.request import Runtime
 
     spec = preset_spec(preset)
-    pipe = _build_random(spec, Runtime(dtype="float32"), weights_seed)  # not the shared cached pipeline
+    pipe = build_random(spec, Runtime(dtype="float32"), weights_seed)  # not the shared cached pipeline
     with rebuilt_dir(target) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         (tmp / MARKER).write_text(json.dumps({

@@ -44,7 +44,7 @@ from models.request import GenerationRequest, Runtime
 
 if TYPE_CHECKING:  # pragma: no cover
     from models.deviations import Deviation
-    from models.engine import Generation
+    from models.artifacts import Generation
 
 REPO = Path(__file__).resolve().parents[2]
 GUARD = Path(__file__).with_name("serve_guard.py")
@@ -407,7 +407,7 @@ def unsupported(dev: "Deviation | None", runtime: Runtime, **asked: Any) -> str 
         return "attention_backend: the vllm-omni engine uses its platform's attention (TORCH_SDPA on a CPU)"
     if dev is not None:
         cls = type(dev)
-        for hook in ("patch", "patch_session", "postprocess", "preset"):
+        for hook in ("patch", "patch_session", "postprocess", "video_from", "preset"):
             if getattr(cls, hook) is not getattr(Deviation, hook):
                 return (f"deviation {dev.spec}: it changes the diffusers pipeline ({hook}), which the vllm-omni "
                         "engine does not run")
@@ -420,9 +420,10 @@ def generate(request: GenerationRequest, eff_request: GenerationRequest, runtime
     captures asked for are not available: the generation carries none."""
     import numpy as np
 
-    from models.engine import Cost, Generation, honest_work
+    from models.artifacts import Cost, Generation
     from models.engines.preset_dir import preset_dir
-    from models.presets import preset_spec
+    from models.plan import honest_work
+    from models.spec import preset_spec
     from models.video import decode_mp4
 
     why = unsupported(dev, runtime, **asked)
@@ -463,7 +464,7 @@ def _fit_prompt(request: GenerationRequest, eff_request: GenerationRequest, mode
     unless `truncate_prompt`, then cut there (vLLM-Omni itself would read up to 512 tokens)."""
     from transformers import AutoTokenizer
 
-    from models.engine import PromptTooLong, truncate_to_tokens
+    from models.plan import PromptTooLong, truncate_to_tokens
     from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
     key = str(model_dir)
