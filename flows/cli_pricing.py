@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from flows.cli_common import RUNS, Group, df_table, show, value
-from flows.cli_generate import DEFAULT_DTYPE, DType, Device
+from flows.cli_generate import Device, DTypeChoice
 
 pricing = typer.Typer(cls=Group, name="pricing", help="DiT pricing: calibration of the pass-time fit and "
                       "fairness across request sizes.", no_args_is_help=True)
@@ -19,7 +19,9 @@ pricing = typer.Typer(cls=Group, name="pricing", help="DiT pricing: calibration 
 def calibrate(
     preset: Annotated[str, typer.Option(help="model preset")] = "tiny",
     device: Device = "cpu",
-    dtype: DType = DEFAULT_DTYPE,
+    dtype: Annotated[DTypeChoice, typer.Option(help="dtype of the timed transformer; float32, because the "
+                                                    "calibration feeds inputs in its first parameter's dtype")]
+    = DTypeChoice("float32"),
     repeats: Annotated[int, typer.Option(help="timings per size (median)")] = 3,
     out: Annotated[Path, typer.Option(help="output JSON")] = RUNS / "calibration.json",
 ):

@@ -113,11 +113,15 @@ def _segment_share(request, spec, capture) -> float:
     return sum(lengths) / len(lengths) / max(1, forward_passes(request))
 
 
+# The pixels of a 480p, 81-frame video: the size the profiles' VAE time and MP4 bytes are given for.
+PIXELS_480P = 832 * 480 * 81
+
+
 def plan(params: ExperimentParams, *, gpus: int = 8, gpu: str = "h200", calibration: str | None = None) -> dict[str, Any]:
     """The plan of `params` on `gpus` GPUs of profile `gpu` (see the module docstring)."""
     from models.deviations import parse_deviation
     from models.engine import forward_passes
-    from models.presets import SCHEDULER_CONFIG, preset_spec
+    from models.presets import preset_spec
 
     if gpu not in PROFILES:
         raise PlanError(f"gpu: unknown profile {gpu!r}; allowed: {', '.join(PROFILES)}")
@@ -130,13 +134,12 @@ def plan(params: ExperimentParams, *, gpus: int = 8, gpu: str = "h200", calibrat
     claimed_tokens = base.latent_tokens(spec.vae_stride, spec.patch_size)
     claimed_passes = forward_passes(base)
     pass_s = prof.pass_scale * pricing.true_pass_seconds(claimed_tokens)
-    pixels_480p = 832 * 480 * 81
 
     def video_seconds(req, batch: int) -> float:
         tok = req.latent_tokens(spec.vae_stride, spec.patch_size)
         px = req.width * req.height * req.frames
         return (forward_passes(req) * prof.pass_scale * pricing.true_pass_seconds(tok) * batch
-                + prof.text_encoder_seconds + prof.vae_seconds_480p * px / pixels_480p * batch)
+                + prof.text_encoder_seconds + prof.vae_seconds_480p * px / PIXELS_480P * batch)
 
     # validator replays per claim: checkpoint (all passes, no VAE), segment (its mean share)
     replay_passes = 0.0
@@ -168,25 +171,8 @@ def plan(params: ExperimentParams, *, gpus: int = 8, gpu: str = "h200", calibrat
     per_prompt_s = sum(r["seconds_per_video"] + r["validator_seconds_per_claim"] for r in rows)
     wall_h = (math.ceil(n / gpus) * per_prompt_s + prof.build_seconds) / 3600
 
-    z = int(spec.transformer_config.get("in_channels", spec.z_dim))
-    _, _, t, h, w = base.latent_shape(spec.vae_stride, z)
-    latent_elems = z * t * h * w
-    names = [c for c in params.capture]
-    solver_ckpts = [c for c in names if c != "init"]  # the initial noise has no solver state yet
-    order = int(SCHEDULER_CONFIG.get("solver_order", 2))
-    # UniPC's state: `order` model outputs and the last sample (latent-sized, float32) and `order`
-    # timesteps (one 8-byte scalar each)
-    solver_bytes = (order + 1) * latent_elems * 4 + order * 8
-    video_b = prof.mp4_bytes_480p * base.width * base.height * base.frames / pixels_480p
-    storage = {
-        "videos": generations * video_b,
-        "latents_bf16": generations * len(names) * latent_elems * 2,
-        "latents_fp32": generations * len(names) * latent_elems * 4,
-        "solver_states_fp32": generations * len(solver_ckpts) * solver_bytes,
-        "fingerprints": generations * len(names) * params.fingerprint_k * 2,
-        "commitments": generations * 32,  # the SHA-256 of each video on the chain
-    }
-    storage["as_stored_here"] = storage["videos"] + storage["latents_fp32"] + storage["solver_states_fp32"]
+    storage, latent_elems = _storage(params, spec, base, prof, generations)
+    names = list(params.capture)
     return {
         "preset": params.preset, "prompts": n, "configurations": configs, "generations": generations,
         "request": {"width": base.width, "height": base.height, "frames": base.frames, "steps": base.steps},
@@ -197,6 +183,32 @@ def plan(params: ExperimentParams, *, gpus: int = 8, gpu: str = "h200", calibrat
         "video_hours": generations * base.frames / base.fps / 3600,
         "latent_elements": latent_elems, "policies": list(params.policies), "capture": names,
     }
+
+
+def _storage(params: ExperimentParams, spec, base, prof, generations: int) -> tuple[dict[str, float], int]:
+    """Bytes of everything the run keeps (and what the chain would), and the latent's element count."""
+    from models.presets import SCHEDULER_CONFIG
+
+    z = int(spec.transformer_config.get("in_channels", spec.z_dim))
+    _, _, t, h, w = base.latent_shape(spec.vae_stride, z)
+    latent_elems = z * t * h * w
+    names = [c for c in params.capture]
+    solver_ckpts = [c for c in names if c != "init"]  # the initial noise has no solver state yet
+    order = int(SCHEDULER_CONFIG.get("solver_order", 2))
+    # UniPC's state: `order` model outputs and the last sample (latent-sized, float32) and `order`
+    # timesteps (one 8-byte scalar each)
+    solver_bytes = (order + 1) * latent_elems * 4 + order * 8
+    video_b = prof.mp4_bytes_480p * base.width * base.height * base.frames / PIXELS_480P
+    storage = {
+        "videos": generations * video_b,
+        "latents_bf16": generations * len(names) * latent_elems * 2,
+        "latents_fp32": generations * len(names) * latent_elems * 4,
+        "solver_states_fp32": generations * len(solver_ckpts) * solver_bytes,
+        "fingerprints": generations * len(names) * params.fingerprint_k * 2,
+        "commitments": generations * 32,  # the SHA-256 of each video on the chain
+    }
+    storage["as_stored_here"] = storage["videos"] + storage["latents_fp32"] + storage["solver_states_fp32"]
+    return storage, latent_elems
 
 
 def compare_with_proposal(p: dict[str, Any]) -> list[dict[str, Any]]:
