@@ -119,7 +119,6 @@ PIXELS_480P = 832 * 480 * 81
 
 def plan(params: ExperimentParams, *, gpus: int = 8, gpu: str = "h200", calibration: str | None = None) -> dict[str, Any]:
     """The plan of `params` on `gpus` GPUs of profile `gpu` (see the module docstring)."""
-    from models.deviations import parse_deviation
     from models.engine import forward_passes
     from models.presets import preset_spec
 
@@ -149,20 +148,7 @@ def plan(params: ExperimentParams, *, gpus: int = 8, gpu: str = "h200", calibrat
         replay_passes += claimed_passes * _segment_share(base, spec, params.capture)
     replay_s = replay_passes * pass_s + (prof.text_encoder_seconds if replay_passes else 0.0)
 
-    rows = []
-    for dev_spec in (None,) + params.all_deviations():
-        dev = parse_deviation(dev_spec) if dev_spec else None
-        req = dev.apply_request(base) if dev else base
-        batch = dev.apply_runtime(params.validator_runtime).batch_size if dev else params.validator_runtime.batch_size
-        gen_s = video_seconds(req, batch)
-        val_s = replay_s if dev else 0.0
-        rows.append({
-            "configuration": dev_spec or "canonical", "kind": dev.kind if dev else "canonical",
-            "forward_passes": forward_passes(req) * batch,
-            "tokens": req.latent_tokens(spec.vae_stride, spec.patch_size),
-            "seconds_per_video": gen_s, "validator_seconds_per_claim": val_s,
-            "gpu_hours": n * gen_s / 3600, "validator_gpu_hours": n * val_s / 3600,
-        })
+    rows = _config_rows(params, base, spec, n, video_seconds, replay_s)
     configs = len(rows)
     generations = n * configs
     gen_h = sum(r["gpu_hours"] for r in rows)
@@ -183,6 +169,29 @@ def plan(params: ExperimentParams, *, gpus: int = 8, gpu: str = "h200", calibrat
         "video_hours": generations * base.frames / base.fps / 3600,
         "latent_elements": latent_elems, "policies": list(params.policies), "capture": names,
     }
+
+
+def _config_rows(params: ExperimentParams, base, spec, n: int, video_seconds, replay_s: float) -> list[dict]:
+    """One row per configuration (canonical, then each deviation): passes, tokens, seconds and GPU-hours
+    of its generations and of the validator's replays of them."""
+    from models.deviations import parse_deviation
+    from models.engine import forward_passes
+
+    rows = []
+    for dev_spec in (None,) + params.all_deviations():
+        dev = parse_deviation(dev_spec) if dev_spec else None
+        req = dev.apply_request(base) if dev else base
+        batch = dev.apply_runtime(params.validator_runtime).batch_size if dev else params.validator_runtime.batch_size
+        gen_s = video_seconds(req, batch)
+        val_s = replay_s if dev else 0.0
+        rows.append({
+            "configuration": dev_spec or "canonical", "kind": dev.kind if dev else "canonical",
+            "forward_passes": forward_passes(req) * batch,
+            "tokens": req.latent_tokens(spec.vae_stride, spec.patch_size),
+            "seconds_per_video": gen_s, "validator_seconds_per_claim": val_s,
+            "gpu_hours": n * gen_s / 3600, "validator_gpu_hours": n * val_s / 3600,
+        })
+    return rows
 
 
 def _storage(params: ExperimentParams, spec, base, prof, generations: int) -> tuple[dict[str, float], int]:
