@@ -31,14 +31,14 @@ def calibrate(
     from models.io import check_out_file
     from models.presets import preset_spec
     from models.request import Runtime
+    from sim.pricing import CalibrationParams
 
     preset_spec(preset)
-    runtime = Runtime(device=device, dtype=value(dtype)).check_device()
-    if not 1 <= repeats <= 1000:
-        raise ValueError(f"repeats: must be in 1..1000, got {repeats}")
+    Runtime(device=device, dtype=value(dtype)).check_device()
+    params = CalibrationParams(preset=preset, device=device, dtype=value(dtype), repeats=repeats)
     check_out_file(out)
     with temporary_server():
-        cal = calibration_flow(preset, runtime.device, runtime.dtype, repeats, str(out))
+        cal = calibration_flow(params, str(out))
     show(f"seconds = {cal['alpha_seconds']:.4g} N^2 + {cal['beta_seconds']:.4g} N + "
          f"{cal['gamma_seconds']:.4g}; R^2 = {cal['r2']:.5f} -> {out}")
 

@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from models.io import write_parquet_atomic
 from sim.network.params import NetworkParams
+from sim.pricing import CalibrationParams
 
 
 def _records(df) -> list[dict]:
@@ -76,17 +77,17 @@ def epochs_markdown(epochs, res: dict, db_url: str) -> str:
 
 
 @flow(name="pricing-calibration")
-def calibration_flow(preset: str = "tiny", device: str = "cpu", dtype: str = "float32", repeats: int = 3,
-                     out: str = "runs/calibration.json") -> dict:
-    """Time forward passes over a grid of latent sizes and fit alpha, beta (stored with R^2)."""
+def calibration_flow(params: CalibrationParams = CalibrationParams(), out: str = "runs/calibration.json") -> dict:
+    """Time forward passes over a grid of latent sizes and fit alpha, beta (stored with R^2 and the
+    parameters in `out`)."""
     from models.request import Runtime
     from sim.pricing import calibrate
 
-    cal = calibrate(preset, Runtime(device=device, dtype=dtype), repeats=repeats)
+    cal = calibrate(params.preset, Runtime(device=params.device, dtype=params.dtype), repeats=params.repeats)
     cal.save(out)
     create_markdown_artifact(key="pricing-calibration", markdown=(
-        f"# Calibration {preset} on {device}\n\nseconds = {cal.alpha_seconds:.4g} N^2 + {cal.beta_seconds:.4g} N + "
-        f"{cal.gamma_seconds:.4g}, R^2 = {cal.r2:.5f}, {len(cal.points)} sizes"))
+        f"# Calibration {params.preset} on {params.device}\n\nseconds = {cal.alpha_seconds:.4g} N^2 + "
+        f"{cal.beta_seconds:.4g} N + {cal.gamma_seconds:.4g}, R^2 = {cal.r2:.5f}, {len(cal.points)} sizes"))
     return json.loads(cal.model_dump_json())
 
 

@@ -34,7 +34,7 @@ import os
 import time
 from pathlib import Path
 from decimal import ROUND_CEILING, ROUND_DOWN, Decimal
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Optional, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -268,6 +268,20 @@ class CalibrationPoint(BaseModel):
     latent_w: int
     patches: int
     seconds: float
+
+
+class CalibrationParams(BaseModel):
+    """One calibration run (`t2vsim pricing calibrate`, the `pricing-calibration` flow); its result,
+    Calibration, records them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    preset: str = Field("tiny", description="model preset whose transformer is timed")
+    device: str = Field("cpu", description="torch device")
+    dtype: Literal["bfloat16", "float32", "float16"] = Field(
+        "float32", description="dtype of the timed transformer (calibrate() feeds inputs in its first "
+        "parameter's dtype)")
+    repeats: int = Field(3, ge=1, le=1000, description="timings per size (median)")
 
 
 class Calibration(BaseModel):
