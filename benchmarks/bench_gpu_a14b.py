@@ -100,7 +100,7 @@ def main() -> None:
 
 def forward_differences(args, pipe, spec, rt, res, diffs) -> None:
     from models.deviations import parse_deviation
-    from models.engine import _attention_backend
+    from models.patching import pipeline_attention_backend
 
     t, h, w = (int(x) for x in args.latent.split("x"))
     g = torch.Generator().manual_seed(0)
@@ -132,7 +132,7 @@ def forward_differences(args, pipe, spec, rt, res, diffs) -> None:
     diffs["rerun"] = {"rel_l2": rel(again), "seconds": sec2}
     for backend in ("_native_cudnn", "_native_flash", "_native_efficient", "_native_math"):
         try:
-            with _attention_backend(pipe, backend):
+            with pipeline_attention_backend(pipe, backend):
                 s, o = cuda_time(fwd, 1)
             diffs[f"attention:{backend}"] = {"rel_l2": rel(o), "seconds": s}
         except Exception as err:  # a kernel unavailable for this shape/card is a finding, not a crash

@@ -217,6 +217,17 @@ def _float_arg(name: str, arg: str, lo: float, hi: float) -> float:
 # Benign
 
 
+class _Number(Deviation):
+    """A deviation whose argument is one number within `bounds` (an integer when the bounds are
+    integers), kept as `value`."""
+
+    bounds: ClassVar[tuple[float, float]]
+
+    def parse(self, arg):
+        lo, hi = self.bounds
+        self.value = (_int_arg if isinstance(lo, int) else _float_arg)(self.name, arg, lo, hi)
+
+
 class _RuntimeField(Deviation):
     """A deviation that sets one `Runtime` field (`field`): to its argument, validated by `Runtime`
     itself (its message lists the allowed values), or, without an argument, to `value`."""
@@ -233,34 +244,25 @@ class _RuntimeField(Deviation):
         return runtime.model_copy(update={self.field: self.value})
 
 
-@register_deviation
-class Batch(_RuntimeField):
-    name, kind, arg_help, field = "batch", "benign", "N", "batch_size"
-    description = "generated inside a batch of N different prompts"
-
-    def parse(self, arg):
-        self.value = _int_arg(self.name, arg, 2, 64)
-
-
-@register_deviation
-class Threads(_RuntimeField):
-    name, kind, arg_help, field = "threads", "benign", "N", "threads"
-    description = "another number of CPU intra-op threads"
-
-    def parse(self, arg):
-        self.value = _int_arg(self.name, arg, 1, 1024)
+def _runtime_deviation(cls_name: str, name: str, field: str, description: str, *, arg_help: str | None = None,
+                       value: Any = None, bounds: tuple[int, int] | None = None) -> type[Deviation]:
+    """A registered benign deviation that sets the Runtime field `field` (to `value` when it takes no
+    argument; to a number within `bounds`, or to any value Runtime accepts, when it does)."""
+    attrs: dict[str, Any] = dict(name=name, kind="benign", arg_help=arg_help, field=field, value=value,
+                                 description=description, __module__=__name__, __qualname__=cls_name)
+    if bounds is not None:
+        attrs["bounds"] = bounds
+    bases = (_Number, _RuntimeField) if bounds is not None else (_RuntimeField,)
+    return register_deviation(type(cls_name, bases, attrs))
 
 
-@register_deviation
-class Attention(_RuntimeField):
-    name, kind, arg_help, field = "attention", "benign", "BACKEND", "attention_backend"
-    description = "another diffusers attention backend (kernel)"
-
-
-@register_deviation
-class TF32(_RuntimeField):
-    name, kind, field, value = "tf32", "benign", "tf32", True
-    description = "TF32 matrix products on the GPU (no effect on a CPU)"
+Batch = _runtime_deviation("Batch", "batch", "batch_size", "generated inside a batch of N different prompts",
+                           arg_help="N", bounds=(2, 64))
+Threads = _runtime_deviation("Threads", "threads", "threads", "another number of CPU intra-op threads",
+                             arg_help="N", bounds=(1, 1024))
+Attention = _runtime_deviation("Attention", "attention", "attention_backend",
+                               "another diffusers attention backend (kernel)", arg_help="BACKEND")
+TF32 = _runtime_deviation("TF32", "tf32", "tf32", "TF32 matrix products on the GPU (no effect on a CPU)", value=True)
 
 
 @register_deviation
@@ -279,33 +281,25 @@ class Device(_RuntimeField):
         return runtime
 
 
-@register_deviation
-class Engine(_RuntimeField):
-    name, kind, arg_help, field = "engine", "benign", "diffusers|vllm-omni", "engine"
-    description = "another inference engine (vLLM-Omni, as Gonka's ML nodes run it: models/engines/)"
+Engine = _runtime_deviation("Engine", "engine", "engine", "another inference engine (vLLM-Omni, as Gonka's ML nodes "
+                            "run it: models/engines/)", arg_help="diffusers|vllm-omni")
+Compile = _runtime_deviation("Compile", "compile", "compile", "torch.compile'd transformers (other fused kernels)",
+                             value=True)
 
 
 @register_deviation
-class Compile(_RuntimeField):
-    name, kind, field, value = "compile", "benign", "compile", True
-    description = "torch.compile'd transformers (other fused kernels)"
-
-
-@register_deviation
-class SplitK(Deviation):
+class SplitK(_Number):
     name, kind, arg_help = "splitk", "benign", "N"
     description = (
         "linear layers accumulate in N chunks of the reduction dimension, each partial product "
         "rounded to the model dtype and summed in it, as split-K GPU matrix kernels do"
     )
-
-    def parse(self, arg):
-        self.n = _int_arg(self.name, arg, 2, 64)
+    bounds = (2, 64)
 
     def patch_session(self, stack, pipe, ctx):
         for mod in linear_layers(experts(pipe)):
-            if mod.in_features >= 2 * self.n:
-                patch_forward(stack, mod, _split_linear(mod, self.n))
+            if mod.in_features >= 2 * self.value:
+                patch_forward(stack, mod, _split_linear(mod, self.value))
 
 
 def _split_linear(mod, n: int):
@@ -324,22 +318,20 @@ def _split_linear(mod, n: int):
 
 
 @register_deviation
-class HardwareNoise(Deviation):
+class HardwareNoise(_Number):
     name, kind, arg_help = "hwnoise", "benign", "EPS"
     description = (
         "EMULATION of another GPU's rounding: every transformer block's output perturbed by Gaussian "
         "noise of relative size EPS, seeded by the run (the executor's hardware), not the request"
     )
-
-    def parse(self, arg):
-        self.eps = _float_arg(self.name, arg, 0.0, 1.0)
+    bounds = (0.0, 1.0)
 
     def patch_session(self, stack, pipe, ctx):
         import torch
 
         device = torch.device(ctx["runtime"].device)
         gen = torch.Generator(device=device).manual_seed(seeds.hwnoise_seed(ctx.get("run_seed", 0)))
-        hook = _block_noise(gen, self.eps)
+        hook = _block_noise(gen, self.value)
         for m in experts(pipe):
             for b in m.blocks:
                 forward_hook(stack, b, hook)
@@ -361,16 +353,33 @@ def _block_noise(gen, eps: float):
 # Malign
 
 
-@register_deviation
-class Steps(Deviation):
-    name, kind, arg_help = "steps", "malign", "N"
-    description = "fewer denoising steps than claimed"
+class _RequestChange(Deviation):
+    """A deviation that changes request fields: `changes(self, request)` gives {field: value}."""
 
-    def parse(self, arg):
-        self.n = _int_arg(self.name, arg, 1, 1000)
+    changes: ClassVar[Any]
 
     def apply_request(self, request):
-        return request.model_copy(update={"steps": self.n})
+        return request.model_copy(update=type(self).changes(self, request))
+
+
+def _request_deviation(cls_name: str, name: str, description: str, changes, *, arg_help: str | None = None,
+                       bounds: tuple[float, float] | None = None) -> type[Deviation]:
+    """A registered malign deviation that changes the request (`changes(deviation, request)`: the
+    fields changed), its argument, if any, a number within `bounds`."""
+    attrs: dict[str, Any] = dict(name=name, kind="malign", arg_help=arg_help, description=description,
+                                 changes=changes, __module__=__name__, __qualname__=cls_name)
+    if bounds is not None:
+        attrs["bounds"] = bounds
+    bases = (_Number, _RequestChange) if bounds is not None else (_RequestChange,)
+    return register_deviation(type(cls_name, bases, attrs))
+
+
+def _both_guidances(g_high: float, g_low: float) -> dict[str, float]:
+    return {"guidance_high": g_high, "guidance_low": g_low}
+
+
+Steps = _request_deviation("Steps", "steps", "fewer denoising steps than claimed",
+                           lambda dev, req: {"steps": dev.value}, arg_help="N", bounds=(1, 1000))
 
 
 @register_deviation
@@ -480,15 +489,17 @@ class Int8WeightOnly(Deviation):
 
 
 @register_deviation
-class Seed(Deviation):
+class Seed(_Number):
     name, kind, arg_help = "seed", "malign", "+K"
     description = "another seed for the initial noise"
 
+    bounds = (1, 2**31)
+
     def parse(self, arg):
-        self.k = _int_arg(self.name, arg.lstrip("+"), 1, 2**31)
+        super().parse(arg.lstrip("+"))
 
     def apply_request(self, request):
-        return request.model_copy(update={"seed": (request.seed + self.k) % 2**63})
+        return request.model_copy(update={"seed": (request.seed + self.value) % 2**63})
 
 
 @register_deviation
@@ -507,34 +518,17 @@ class OneExpert(Deviation):
         set_attr(stack, pipe, "transformer_2", keep)
 
 
-@register_deviation
-class NoCFG(Deviation):
-    name, kind = "no-cfg", "malign"
-    description = "classifier-free guidance skipped (no unconditional pass: half the transformer compute)"
-
-    def apply_request(self, request):
-        return request.model_copy(update={"guidance_high": 1.0, "guidance_low": 1.0})
+NoCFG = _request_deviation("NoCFG", "no-cfg", "classifier-free guidance skipped (no unconditional pass: half the "
+                           "transformer compute)", lambda dev, req: _both_guidances(1.0, 1.0))
+Guidance = _request_deviation("Guidance", "guidance", "another guidance scale G for both experts",
+                              lambda dev, req: _both_guidances(dev.value, dev.value), arg_help="G", bounds=(0.0, 50.0))
 
 
 @register_deviation
-class Guidance(Deviation):
-    name, kind, arg_help = "guidance", "malign", "G"
-    description = "another guidance scale G for both experts"
-
-    def parse(self, arg):
-        self.g = _float_arg(self.name, arg, 0.0, 50.0)
-
-    def apply_request(self, request):
-        return request.model_copy(update={"guidance_high": self.g, "guidance_low": self.g})
-
-
-@register_deviation
-class Cache(Deviation):
+class Cache(_Number):
     name, kind, arg_help = "cache", "malign", "THRESHOLD"
     description = "diffusers' first-block cache: reuse the rest of the network when the first block barely changes"
-
-    def parse(self, arg):
-        self.threshold = _float_arg(self.name, arg, 0.0, 10.0)
+    bounds = (0.0, 10.0)
 
     def patch_session(self, stack, pipe, ctx):
         from diffusers import FirstBlockCacheConfig
@@ -543,7 +537,7 @@ class Cache(Deviation):
             # diffusers' hooks leave instance attributes behind when removed (a block's bound
             # `forward`, the hook registry, the cache config): dropped again after disable_cache
             keep_instance_attributes(stack, m.modules())
-            m.enable_cache(FirstBlockCacheConfig(threshold=self.threshold))
+            m.enable_cache(FirstBlockCacheConfig(threshold=self.value))
             stack.callback(m.disable_cache)
 
 
@@ -593,29 +587,28 @@ def deviation_table() -> list[dict[str, str]]:
 
 
 @register_deviation
-class Quantise(Deviation):
+class Quantise(_Number):
     name, kind, arg_help = "quant", "malign", "BITS"
     description = ("transformer linear weights rounded to BITS-bit integers (symmetric, one scale per output "
                    "channel, round to nearest): weight-only quantisation at 8, 6 or 4 bits; quant:8 has the numerics of int8-wo")
+    bounds = (2, 8)
 
     def parse(self, arg):
-        self.bits = _int_arg(self.name, arg, 2, 8)
+        super().parse(arg)
         # Nominal (an assumption, not a measurement): weight-only kernels save memory traffic; taken as
         # FP8's 0.6 at 8 bits and 0.5 below.
-        self.speed_factor = 0.6 if self.bits == 8 else 0.5
+        self.speed_factor = 0.6 if self.value == 8 else 0.5
 
     def patch_session(self, stack, pipe, ctx):
-        stack.enter_context(rounded_weights(experts(pipe), lambda w: int_round(w, self.bits)))
+        stack.enter_context(rounded_weights(experts(pipe), lambda w: int_round(w, self.value)))
 
 
 @register_deviation
-class OneExpertLast(Deviation):
+class OneExpertLast(_Number):
     name, kind, arg_help = "one-expert-last", "malign", "K"
     description = ("the last K steps run the high-noise expert instead of the low-noise one (K covering every "
                    "low-noise step is one-expert:high: only one expert loaded)")
-
-    def parse(self, arg):
-        self.k = _int_arg(self.name, arg, 1, 1000)
+    bounds = (1, 1000)
 
     def patch_session(self, stack, pipe, ctx):
         high, low = pipe.transformer, pipe.transformer_2
@@ -624,7 +617,7 @@ class OneExpertLast(Deviation):
         index = _step_index_of(pipe)
 
         def forward(*args, **kwargs):
-            if index(kwargs.get("timestep")) >= len(pipe.scheduler.timesteps) - self.k:
+            if index(kwargs.get("timestep")) >= len(pipe.scheduler.timesteps) - self.value:
                 return high(*args, **kwargs)
             return type(low).forward(low, *args, **kwargs)
 
@@ -643,17 +636,11 @@ def _step_index_of(pipe):
     return index
 
 
-@register_deviation
-class GuidanceScale(Deviation):
-    name, kind, arg_help = "guidance-scale", "malign", "F"
-    description = "both experts' guidance scales multiplied by F (F = 0.98 is a 2% lower guidance; same compute)"
-
-    def parse(self, arg):
-        self.f = _float_arg(self.name, arg, 0.0, 10.0)
-
-    def apply_request(self, request):
-        return request.model_copy(update={"guidance_high": request.guidance_high * self.f,
-                                          "guidance_low": request.guidance_low * self.f})
+GuidanceScale = _request_deviation(
+    "GuidanceScale", "guidance-scale",
+    "both experts' guidance scales multiplied by F (F = 0.98 is a 2% lower guidance; same compute)",
+    lambda dev, req: _both_guidances(req.guidance_high * dev.value, req.guidance_low * dev.value),
+    arg_help="F", bounds=(0.0, 10.0))
 
 
 @register_deviation

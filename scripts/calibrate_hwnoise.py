@@ -22,13 +22,13 @@ GPU_KERNEL_DIFF = 5.5e-3  # docs/facts.md: A14B expert, H100, bf16, other attent
 
 
 def one_forward(pipe, x, t, emb, dev=None, run_seed=0, runtime=None):
-    from models.engine import _attention_backend
+    from models.patching import pipeline_attention_backend
 
     runtime = runtime or Runtime()
     if dev is not None:
         runtime = dev.apply_runtime(runtime)
     ctx = {"run_seed": run_seed, "runtime": runtime}
-    with torch.no_grad(), runtime.apply(), _attention_backend(pipe, runtime.attention_backend):
+    with torch.no_grad(), runtime.apply(), pipeline_attention_backend(pipe, runtime.attention_backend):
         if dev is not None:
             with dev.patch(pipe, ctx):
                 return pipe.transformer(hidden_states=x, timestep=t, encoder_hidden_states=emb, return_dict=False)[0]
