@@ -4,6 +4,7 @@ commands, so `t2vsim --help` stays fast."""
 from __future__ import annotations
 
 import os
+from typing import Annotated
 
 import typer
 
@@ -12,7 +13,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 from flows.cli_common import OUTPUT, Group
-from flows.cli_generate import register as _register_generate
+from flows.cli_generate import register as register_generate
 
 app = typer.Typer(
     cls=Group,
@@ -25,14 +26,13 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
-def _options(json_output: bool = typer.Option(False, "--json", help="print tables as JSON lines "
-                                              "({title, rows}) instead of text, e.g. into a pipe")) -> None:
+def options(json_output: Annotated[bool, typer.Option("--json", help="print tables as JSON lines ({title, rows}) "
+                                                      "instead of text, e.g. into a pipe")] = False) -> None:
     OUTPUT["json"] = json_output
 
 
-_register_generate(app)
+register_generate(app)
 
 
 def _add_subapps() -> None:
@@ -42,7 +42,9 @@ def _add_subapps() -> None:
     for module, name in (
         ("flows.cli_experiment", "experiment"),
         ("flows.cli_network", "network"),
+        ("flows.cli_pricing", "pricing"),
         ("flows.cli_poc", "poc"),
+        ("flows.cli_regression", "regression"),
         ("flows.cli_engines", "engines"),
         ("flows.cli_plan", "plan"),
         ("flows.cli_shapes", "shapes"),

@@ -57,7 +57,7 @@ def domain_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean the input cannot be used (t2vsim's own errors derive from ValueError)."""
     errors: list[type[BaseException]] = [ValueError, OSError]
     for module, name in (("sim.chain", "ChainDatabaseError"), ("sim.network", "RunDirError"),
-                         ("flows.regression", "RegressionDetected"), ("models.engines.vllm_omni", "EngineError")):
+                         ("sim.regression", "RegressionDetected"), ("models.engines.vllm_omni", "EngineError")):
         mod = sys.modules.get(module)  # only what a command has imported can have been raised
         cls = getattr(mod, name, None) if mod else None
         if isinstance(cls, type) and issubclass(cls, BaseException):
@@ -88,8 +88,27 @@ def quiet_prefect_tracebacks() -> None:
             logger.addFilter(_FILTER)
 
 
+def choice_message(err) -> str | None:
+    """`option: Input should be 'a' or 'b'` for a value outside an option's choices (the
+    literal_choices enums), as pydantic words it for the field; None for other usage errors."""
+    import enum
+    import typing
+
+    param = getattr(err, "param", None)
+    descriptor = getattr(param, "type_descriptor", None)
+    annotation = getattr(descriptor, "annotation", None)
+    if typing.get_origin(annotation) in (list, typing.List):
+        annotation = typing.get_args(annotation)[0]
+    if not (isinstance(annotation, type) and issubclass(annotation, enum.Enum)):
+        return None
+    choices = [repr(c.value) for c in annotation]
+    listed = choices[0] if len(choices) == 1 else f"{', '.join(choices[:-1])} or {choices[-1]}"
+    return f"{param.name}: Input should be {listed}"
+
+
 class Group(TyperGroup):
-    """The top-level command group: domain errors from any command become one line and status 1."""
+    """The top-level command group: domain errors from any command, and a value outside an
+    option's choices, become one line and status 1."""
 
     def invoke(self, ctx):
         quiet_prefect_tracebacks()
@@ -99,6 +118,11 @@ class Group(TyperGroup):
             raise
         except KeyboardInterrupt:
             fail("interrupted", 130)
+        except typer.BadParameter as err:
+            message = choice_message(err)
+            if message is None:
+                raise
+            fail(message)
         except Exception as err:
             if os.environ.get(DEBUG_ENV) or not isinstance(err, domain_errors()):
                 raise
@@ -160,3 +184,71 @@ def read_config(config) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"config: {config} must hold a JSON object of fields, got {type(data).__name__}")
     return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Options every command spells the same way
+
+
+# Every command's outputs go under this directory by default.
+RUNS = Path("runs")
+
+
+def literal_choices(name: str, literal) -> type:
+    """A str Enum of a pydantic field's Literal values: typer offers and checks the choices, and
+    the field's type stays the one list of them."""
+    import enum
+    import typing
+
+    return enum.Enum(name, {v: v for v in typing.get_args(literal)}, type=str)
+
+
+def value(choice):
+    """The plain value of an option built by literal_choices (None stays None)."""
+    return getattr(choice, "value", choice)
+
+
+def given(**options) -> dict[str, Any]:
+    """The options given on the command line (None: left out)."""
+    return {k: value(v) for k, v in options.items() if v is not None}
+
+
+def merge_config(config, **overrides) -> dict[str, Any]:
+    """The fields of a --config file with the options given on the command line over them: the one
+    rule of every command that takes --config (an option left out keeps the file's value, else the
+    field's default)."""
+    data = read_config(config)
+    data.update(given(**overrides))
+    return data
+
+
+def each(values, what: str) -> tuple[str, ...]:
+    """A repeatable option's values, blanks removed; an option given only blank values is refused."""
+    if values is None:
+        return ()
+    out = tuple(v.strip() for v in values if v.strip())
+    if not out:
+        raise ValueError(f"{what}: give at least one value (repeat the option for more)")
+    return out
+
+
+def rich_table(title: str, rows: list[dict], columns: list[str] | None = None, *, header=str,
+               justify: str | None = None, **column_options):
+    """A rich Table of dict rows (`columns`, default those of the first row; `header(column)` the
+    column's heading)."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    cols = list(columns if columns is not None else (rows[0] if rows else []))
+    for c in cols:
+        t.add_column(header(c), **({"justify": justify} if justify else {}), **column_options)
+    for row in rows:
+        t.add_row(*(str(row.get(c, "")) for c in cols))
+    return t
+
+
+def df_table(df, title: str, columns: list[str] | None = None):
+    """A rich Table of a DataFrame (floats to 4 significant digits)."""
+    cols = [c for c in (columns or list(df.columns)) if c in df.columns]
+    rows = [{c: (f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])) for c in cols} for _, r in df.iterrows()]
+    return rich_table(title, rows, cols, header=lambda c: c.replace("_", " "), justify="right")

@@ -3,95 +3,102 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
-from flows.cli_common import read_config, show
-from flows.cli_generate import ALLOW_PLUGIN_HELP
+from flows.cli_common import merge_config, rich_table, show, value
+from flows.cli_generate import AllowPlugin, OptionalDType
 
 
-def rows_table(title: str, rows: list[dict]):
-    """A rich Table of dict rows (the columns of the first)."""
-    from rich.table import Table
+def experiment_params(config, sweep: bool, request: dict, runtime: dict, **fields):
+    """ExperimentParams from --config with the options given over it (a request or runtime option
+    changes that one field of the file's request or validator_runtime)."""
+    from sim.experiment import ExperimentParams
 
-    t = Table(title=title)
-    cols = list(rows[0]) if rows else []
-    for c in cols:
-        t.add_column(c, overflow="fold")
-    for row in rows:
-        t.add_row(*(str(row.get(c, "")) for c in cols))
-    return t
+    data = merge_config(config, **fields)
+    data["request"] = {**(data.get("request") or {"steps": 8, "truncate_prompt": True}),
+                       **{k: v for k, v in request.items() if v is not None}}
+    runtime = {**(data.get("validator_runtime") or {}), **{k: v for k, v in runtime.items() if v is not None}}
+    if runtime:
+        data["validator_runtime"] = runtime
+    if sweep:
+        from models.deviations import SEVERITY_SWEEP
+
+        base = data.get("deviations", ExperimentParams.model_fields["deviations"].default)
+        data["deviations"] = [*base, *SEVERITY_SWEEP] if isinstance(base, (list, tuple)) else base
+    return ExperimentParams.model_validate(data)
+
+
+def repeated(values) -> tuple | None:
+    return tuple(values) if values else None
+
+
+def experiment(
+    preset: Annotated[Optional[str], typer.Option(help="model preset [default: tiny]")] = None,
+    prompts: Annotated[Optional[str], typer.Option(help="a count (seeded sample of the bundled VBench prompts), "
+                                                        "'vbench', or a file [default: 20]")] = None,
+    out: Annotated[Optional[str], typer.Option(help="run directory or URL, e.g. s3://bucket/run (resumes if it "
+                                                    "exists) [default: runs/experiment]")] = None,
+    deviation: Annotated[Optional[List[str]], typer.Option(help="deviation spec (repeat); default: the benign and "
+                                                                "malign sets")] = None,
+    hwnoise_eps: Annotated[Optional[List[float]], typer.Option(help="emulated hardware noise levels (repeat)")] = None,
+    hwnoise_headline: Annotated[Optional[float], typer.Option(help="hwnoise level counted as benign in the headline "
+                                                                   "table [default: 3e-3]")] = None,
+    metric: Annotated[Optional[List[str]], typer.Option(help="frame metric of the full policy (repeat)")] = None,
+    policy: Annotated[Optional[List[str]], typer.Option(help="full, checkpoint, fingerprint, segment (repeat)")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="denoising steps of every request [default: 8]")] = None,
+    truncate_prompt: Annotated[Optional[bool], typer.Option(
+        "--truncate-prompt/--no-truncate-prompt", help="truncate prompts over the text encoder's limit (recorded) "
+        "[default: truncate]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="run seed [default: 0]")] = None,
+    fingerprint_k: Annotated[Optional[int], typer.Option(help="fingerprint dimensions [default: 32]")] = None,
+    bootstrap: Annotated[Optional[int], typer.Option(help="bootstrap resamples [default: 1000]")] = None,
+    device: Annotated[Optional[str], typer.Option(help="validator device [default: cpu]")] = None,
+    dtype: OptionalDType = None,
+    sweep: Annotated[bool, typer.Option(help="add the severity sweep (models.deviations.SEVERITY_SWEEP) to the "
+                                             "deviations (those of --deviation or --config, else the default sets)")]
+    = False,
+    config: Annotated[Optional[Path], typer.Option(help="a JSON file of ExperimentParams fields; options given on "
+                                                        "the command line override it")] = None,
+    allow_plugin: AllowPlugin = None,
+    progress: Annotated[bool, typer.Option(help="log each generation (progress is also a Prefect artifact)")] = True,
+    workers: Annotated[int, typer.Option(help="Ray workers (0: every prompt in this process)")] = 0,
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster to join (default: start a local one)")]
+    = None,
+) -> None:
+    """Run (or resume) the validation experiment and write RUN/report.html; prints the verdict table."""
+    from models.deviations import allow_plugins
+    from sim.experiment import load_prompts, open_run
+
+    with allow_plugins(allow_plugin or ()):
+        params = experiment_params(
+            config, sweep, dict(steps=steps, truncate_prompt=truncate_prompt), dict(device=device, dtype=value(dtype)),
+            preset=preset, prompts=int(prompts) if prompts and prompts.strip().isdigit() else prompts, out=out,
+            seed=seed, fingerprint_k=fingerprint_k, bootstrap=bootstrap, hwnoise_headline=hwnoise_headline,
+            deviations=repeated(deviation), hwnoise_eps=repeated(hwnoise_eps), metrics=repeated(metric),
+            policies=repeated(policy))
+        params.validator_runtime.check_device()
+        from flows.fanout import FanOut
+
+        fanout = FanOut(workers=workers, address=ray_address)
+        load_prompts(params)  # a bad prompt file is refused before the run directory is touched
+        open_run(params)  # refuses a mismatched run directory before any work starts
+        from flows.experiment import experiment_flow
+        from flows.server import temporary_server
+
+        with temporary_server():
+            summary = experiment_flow(params, show_progress=progress, fanout=fanout)
+    show(*verdict_tables(summary, params.preset), f"report: {summary['report']}")
+
+
+def verdict_tables(summary: dict, preset: str) -> list:
+    tables = [rich_table("Deployable validator, one rule for every claim (held-out prompts; count, exact 95% bounds)",
+                         summary["deployable"], overflow="fold")] if summary.get("deployable") else []
+    tables.append(rich_table(f"Oracle view: best policy per malign deviation (held-out prompts), {preset}",
+                             summary["verdicts"], overflow="fold"))
+    return tables
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
-    def experiment(
-        preset: Optional[str] = typer.Option(None, help="model preset [default: tiny]"),
-        prompts: Optional[str] = typer.Option(None, help="a count (seeded sample of the bundled VBench prompts), "
-                                              "'vbench', or a file [default: 20]"),
-        out: Optional[str] = typer.Option(None, help="run directory or URL, e.g. s3://bucket/run (resumes if it exists) [default: runs/experiment]"),
-        deviation: Optional[List[str]] = typer.Option(None, help="deviation spec (repeat); default: the benign and malign sets"),
-        hwnoise_eps: Optional[List[float]] = typer.Option(None, help="emulated hardware noise levels (repeat)"),
-        hwnoise_headline: Optional[float] = typer.Option(None, help="hwnoise level counted as benign in the headline "
-                                                         "table [default: 3e-3]"),
-        metric: Optional[List[str]] = typer.Option(None, help="frame metric of the full policy (repeat)"),
-        policy: Optional[List[str]] = typer.Option(None, help="full, checkpoint, fingerprint, segment (repeat)"),
-        steps: Optional[int] = typer.Option(None, help="denoising steps of every request [default: 8]"),
-        truncate_prompt: Optional[bool] = typer.Option(None, "--truncate-prompt/--no-truncate-prompt",
-                                                       help="truncate prompts over the text encoder's limit "
-                                                       "(recorded) [default: truncate]"),
-        seed: Optional[int] = typer.Option(None, help="run seed [default: 0]"),
-        fingerprint_k: Optional[int] = typer.Option(None, help="fingerprint dimensions [default: 32]"),
-        bootstrap: Optional[int] = typer.Option(None, help="bootstrap resamples [default: 1000]"),
-        device: Optional[str] = typer.Option(None, help="validator device [default: cpu]"),
-        dtype: Optional[str] = typer.Option(None, help="validator dtype [default: bfloat16]"),
-        sweep: bool = typer.Option(False, help="add the severity sweep (models.deviations.SEVERITY_SWEEP) to the "
-                                   "deviations (those of --deviation or --config, else the default sets)"),
-        config: Optional[Path] = typer.Option(None, help="a JSON file of ExperimentParams fields; options given on "
-                                              "the command line override it"),
-        allow_plugin: Optional[List[str]] = typer.Option(None, help=ALLOW_PLUGIN_HELP),
-        progress: bool = typer.Option(True, help="log each generation (progress is also a Prefect artifact)"),
-        workers: int = typer.Option(0, help="Ray workers (0: every prompt in this process)"),
-        ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join (default: start a local one)"),
-    ) -> None:
-        """Run (or resume) the validation experiment and write RUN/report.html; prints the verdict table."""
-        from models.deviations import allow_plugins
-        from sim.experiment import ExperimentParams, load_prompts, open_run
-
-        data = read_config(config)
-        request = dict(data.get("request") or {"steps": 8, "truncate_prompt": True})
-        request.update({k: v for k, v in (("steps", steps), ("truncate_prompt", truncate_prompt)) if v is not None})
-        runtime = dict(data.get("validator_runtime") or {})
-        runtime.update({k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
-        cli = dict(preset=preset, prompts=int(prompts) if prompts and prompts.strip().isdigit() else prompts,
-                   out=None if out is None else str(out), seed=seed, fingerprint_k=fingerprint_k, bootstrap=bootstrap,
-                   hwnoise_headline=hwnoise_headline, deviations=tuple(deviation) if deviation else None,
-                   hwnoise_eps=tuple(hwnoise_eps) if hwnoise_eps else None, metrics=tuple(metric) if metric else None,
-                   policies=tuple(policy) if policy else None)
-        data.update({k: v for k, v in cli.items() if v is not None}, request=request)
-        if sweep:
-            from models.deviations import SEVERITY_SWEEP
-
-            base = data.get("deviations", ExperimentParams.model_fields["deviations"].default)
-            data["deviations"] = [*base, *SEVERITY_SWEEP] if isinstance(base, (list, tuple)) else base
-        if runtime:
-            data["validator_runtime"] = runtime
-        with allow_plugins(allow_plugin or ()):
-            params = ExperimentParams.model_validate(data)
-            params.validator_runtime.check_device()
-            from flows.fanout import FanOut
-
-            fanout = FanOut(workers=workers, address=ray_address)
-            load_prompts(params)  # a bad prompt file is refused before the run directory is touched
-            open_run(params)  # refuses a mismatched run directory before any work starts
-            from flows.experiment import experiment_flow
-            from flows.server import temporary_server
-
-            with temporary_server():
-                summary = experiment_flow(params, show_progress=progress, fanout=fanout)
-        tables = [rows_table("Deployable validator, one rule for every claim (held-out prompts; count, exact 95% bounds)",
-                             summary["deployable"])] if summary.get("deployable") else []
-        tables.append(rows_table(f"Oracle view: best policy per malign deviation (held-out prompts), {params.preset}",
-                                 summary["verdicts"]))
-        show(*tables, f"report: {summary['report']}")
+    app.command()(experiment)

@@ -5,20 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-
-def _write_parquet(df, path: Path) -> Path:
-    import io
-
-    from models.io import write_atomic
-
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    return write_atomic(path, buf.getvalue())
+from models.io import write_parquet_atomic
+from sim.network.params import NetworkParams
+from sim.pricing import CalibrationParams
 
 
 def _records(df) -> list[dict]:
@@ -41,12 +34,11 @@ def simulate(params_json: str, db_url: str, work_dir: str | None = None) -> dict
 
 
 @flow(name="network-epochs")
-def network_flow(params: dict[str, Any], out: str, db_url: str | None = None) -> dict:
+def network_flow(params: NetworkParams, out: str, db_url: str | None = None) -> dict:
     """Run the network simulation, write epochs/hosts Parquet (and poc.parquet when the weights
     come from a PoC stage) and params.json under `out`, and publish the per-epoch table as Prefect
     artifacts."""
     from models.io import staged_dir, write_json_atomic
-    from sim.network import NetworkParams
 
     p = NetworkParams.model_validate(params)
     out_dir = Path(out)
@@ -58,10 +50,10 @@ def network_flow(params: dict[str, Any], out: str, db_url: str | None = None) ->
         db_url = db_url or f"sqlite:///{(tmp / 'chain.db').resolve()}"
         write_json_atomic(tmp / "params.json", json.loads(p.model_dump_json()))
         res = simulate(p.model_dump_json(), db_url, str(tmp))
-        _write_parquet(res["epochs"], tmp / "epochs.parquet")
-        _write_parquet(res["hosts"], tmp / "hosts.parquet")
+        write_parquet_atomic(tmp / "epochs.parquet", res["epochs"])
+        write_parquet_atomic(tmp / "hosts.parquet", res["hosts"])
         if res.get("poc") is not None:
-            _write_parquet(res["poc"], tmp / "poc.parquet")
+            write_parquet_atomic(tmp / "poc.parquet", res["poc"])
     if res.get("poc") is not None:
         create_table_artifact(key="network-poc", table=_records(res["poc"]),
                               description="per epoch and host: PoC strategy, claimed count, mismatches, verdict, weight")
@@ -85,30 +77,29 @@ def epochs_markdown(epochs, res: dict, db_url: str) -> str:
 
 
 @flow(name="pricing-calibration")
-def calibration_flow(preset: str = "tiny", device: str = "cpu", dtype: str = "float32", repeats: int = 3,
-                     out: str = "runs/calibration.json") -> dict:
-    """Time forward passes over a grid of latent sizes and fit alpha, beta (stored with R^2)."""
+def calibration_flow(params: CalibrationParams = CalibrationParams(), out: str = "runs/calibration.json") -> dict:
+    """Time forward passes over a grid of latent sizes and fit alpha, beta (stored with R^2 and the
+    parameters in `out`)."""
     from models.request import Runtime
     from sim.pricing import calibrate
 
-    cal = calibrate(preset, Runtime(device=device, dtype=dtype), repeats=repeats)
+    cal = calibrate(params.preset, Runtime(device=params.device, dtype=params.dtype), repeats=params.repeats)
     cal.save(out)
     create_markdown_artifact(key="pricing-calibration", markdown=(
-        f"# Calibration {preset} on {device}\n\nseconds = {cal.alpha_seconds:.4g} N^2 + {cal.beta_seconds:.4g} N + "
-        f"{cal.gamma_seconds:.4g}, R^2 = {cal.r2:.5f}, {len(cal.points)} sizes"))
+        f"# Calibration {params.preset} on {params.device}\n\nseconds = {cal.alpha_seconds:.4g} N^2 + "
+        f"{cal.beta_seconds:.4g} N + {cal.gamma_seconds:.4g}, R^2 = {cal.r2:.5f}, {len(cal.points)} sizes"))
     return json.loads(cal.model_dump_json())
 
 
 @flow(name="network-sweep")
-def sweep_flow(params: dict[str, Any], out: str) -> str:
+def sweep_flow(params: NetworkParams, out: str) -> str:
     """Where does cheating stop paying? Sampling rate x threshold x slash fraction (tidy Parquet)."""
-    from sim.network import NetworkParams
     from sim.network.economics import setting_from, sweep
 
     p = NetworkParams.model_validate(params)
     backend = p.surrogate_backend()
     rows = sweep(backend, p.chain, setting_from(p), seed=p.seed)
-    path = _write_parquet(rows, Path(out))
+    path = write_parquet_atomic(Path(out), rows)
     summary = rows.groupby(["strategy", "reward_share"])["pays"].mean().reset_index()
     create_table_artifact(key="network-sweep", table=_records(summary),
                           description="share of the grid where each strategy pays")

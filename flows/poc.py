@@ -11,43 +11,43 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from sim.poc import PocParams, participants_from_mix, run_poc_stage
-from sim.poc.measure import write_measurement as write_json
+from sim.poc import POC_FILES, PocStageParams, participants_from_mix, run_poc_stage
+from models.io import write_json_atomic
 
 
-POC_FILES = ("poc_stage.json", "poc_stage.md")
-
-
-def write_stage(result: dict[str, Any], markdown: str, out: Path) -> Path:
-    """poc_stage.json and poc_stage.md into a fresh directory renamed to `out` (models.io policy)."""
+def write_stage(params: PocStageParams, result: dict[str, Any], markdown: str, out: Path) -> Path:
+    """params.json, poc_stage.json and poc_stage.md into a fresh directory renamed to `out`
+    (models.io policy)."""
     from models.io import staged_dir
 
     with staged_dir(out, POC_FILES) as tmp:
-        write_json(result, tmp / "poc_stage.json")
+        write_json_atomic(tmp / "params.json", params.model_dump(mode="json"))
+        write_json_atomic(tmp / "poc_stage.json", result, allow_nan=True)
         (tmp / "poc_stage.md").write_text(markdown)
     return out
 
 
-@task(name="poc-stage")
-def poc_stage_task(mix: str, capacity: int, block_hash: str, params: PocParams, fidelity: str, preset: str,
-                   seed: int, device: str, dtype: str) -> dict[str, Any]:
+def run_stage(params: PocStageParams):
+    """The stage of `params` (sim.poc.run_poc_stage), a PocStageResult."""
     from models.request import Runtime
 
-    participants = participants_from_mix(mix, capacity, seed=seed)
-    runtime = Runtime(device=device, dtype=dtype) if fidelity == "real" else None
-    result = run_poc_stage(participants, block_hash=block_hash, params=params, fidelity=fidelity,
-                           preset=preset, runtime=runtime, seed=seed)
+    runtime = Runtime(device=params.device, dtype=params.dtype) if params.fidelity == "real" else None
+    return run_poc_stage(participants_from_mix(params.mix, params.capacity, seed=params.seed),
+                         block_hash=params.block_hash, params=params.validation, fidelity=params.fidelity,
+                         preset=params.preset, runtime=runtime, seed=params.seed)
+
+
+@task(name="poc-stage")
+def poc_stage_task(params: PocStageParams) -> dict[str, Any]:
+    result = run_stage(params)
     return {"result": result.to_dict(), "markdown": result.to_markdown()}
 
 
 @flow(name="poc-stage")
-def poc_stage_flow(mix: str = "honest=8,fp8=1,one-expert:high=1,fabricate:0.5=1,copy=1,inflate:2=1",
-                   capacity: int = 1000, block_hash: str = "block-0", params: PocParams = PocParams(),
-                   fidelity: str = "surrogate", preset: str = "tiny", seed: int = 0, device: str = "cpu",
-                   dtype: str = "float32", out: str | None = None) -> dict[str, Any]:
-    """Run one PoC stage; write `poc_stage.json` and `poc_stage.md` under `out` if given."""
-    res = poc_stage_task(mix, capacity, block_hash, params, fidelity, preset, seed, device, dtype)
+def poc_stage_flow(params: PocStageParams = PocStageParams(), out: str | None = None) -> dict[str, Any]:
+    """Run one PoC stage; write `params.json`, `poc_stage.json` and `poc_stage.md` under `out` if given."""
+    res = poc_stage_task(params)
     if out:
-        write_stage(res["result"], res["markdown"], Path(out))
+        write_stage(params, res["result"], res["markdown"], Path(out))
     create_markdown_artifact(res["markdown"], key="poc-stage", description="PoC stage verdicts and weights")
     return res["result"]

@@ -1,7 +1,7 @@
 """Calibrate the emulated-hardware noise (hwnoise:EPS) against the GPU measurement.
 
 On an H100 at A14B scale one forward pass of one expert differs by ~5.5e-3 (relative L2) between
-attention kernels (facts.md). This script measures, on a preset here, the per-forward-pass
+attention kernels (docs/facts.md). This script measures, on a preset here, the per-forward-pass
 relative difference that each real benign change and each hwnoise EPS produces, and prints the EPS
 whose per-forward difference matches the GPU figure. Results: benchmarks/results/hwnoise_calibration.*
 """
@@ -18,7 +18,7 @@ from models.deviations import parse_deviation
 from models.presets import build_pipeline, preset_spec
 from models.request import GenerationRequest, Runtime
 
-GPU_KERNEL_DIFF = 5.5e-3  # facts.md: A14B expert, H100, bf16, other attention kernels
+GPU_KERNEL_DIFF = 5.5e-3  # docs/facts.md: A14B expert, H100, bf16, other attention kernels
 
 
 def one_forward(pipe, x, t, emb, dev=None, run_seed=0, runtime=None):

@@ -114,19 +114,15 @@ def measure(blocks: Iterable[Block], *, device: str = "cuda", attention: str = "
     import torch
 
     from models.deviations import parse_deviation
-    from models.engine import Checkpoint, generate
     from models.request import GenerationRequest, Runtime
     from models.video import decode_mp4
     from sim.experiment import ExperimentParams, load_prompts
-    from sim.metrics import per_frame_distances, rel_l2
 
     t_start = time.perf_counter()
     cuda = device.startswith("cuda")
     card = torch.cuda.get_device_name(0) if cuda else "cpu"
 
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     for block in blocks:
         runtime = Runtime(device=device, attention_backend=attention, offload=block.offload)
@@ -151,55 +147,12 @@ def measure(blocks: Iterable[Block], *, device: str = "cuda", attention: str = "
                 if config != "canonical" and config not in pending:
                     continue
                 dev = None if config == "canonical" else parse_deviation(config)
-                last = (dev.apply_request(req).steps if dev else block.steps) - 1
-                capture = ["switch", "final", *(f"step:{k}" for k in sorted(every) if k < last)]
-                if cuda:
-                    torch.cuda.reset_peak_memory_stats()
-                sync()
-                t0 = time.perf_counter()
-                g = generate(req, runtime, dev, capture=capture, run_seed=pi)
-                sync()
-                rec: dict[str, Any] = {
-                    "preset": block.preset, "width": req.width, "height": req.height, "frames": req.frames,
-                    "steps": block.steps, "prompt_id": pi, "config": config,
-                    "kind": "canonical" if dev is None else dev.kind, "gen_s": round(time.perf_counter() - t0, 2),
-                    "peak_gb": round(torch.cuda.max_memory_allocated() / 1e9, 1) if cuda else None,
-                    "mp4_bytes": len(g.mp4), "sha256": g.sha256, "compute_share": g.cost.compute_share, "card": card,
-                }
+                g, rec = _generation(block, req, runtime, dev, config, every, card, sync)
                 frames = decode_mp4(g.mp4)
                 if canon is None:
                     canon = (g, frames)
-                cg, cframes = canon
-                rec["latent_rel_l2"] = {
-                    name: rel_l2(cg.checkpoints[name].latents.numpy(), ck.latents.numpy())
-                    for name, ck in g.checkpoints.items()
-                    if name in cg.checkpoints and cg.checkpoints[name].latents.shape == ck.latents.shape
-                }
-                if frames.shape == cframes.shape:
-                    d = per_frame_distances(cframes, frames, ("psnr", "ssim"), threads=8)
-                    rec["video_psnr_db"] = float(min(-d["psnr"].mean(), 100.0))
-                    rec["video_1mssim"] = float(d["ssim"].mean())
-                local = []
-                for k in block.challenge:
-                    a, b = g.checkpoints.get(f"step:{k}"), g.checkpoints.get(f"step:{k + 1}")
-                    if a is None or b is None:  # the executor has no such step (fewer steps than claimed)
-                        local.append({"k": k, "missing": True})
-                        continue
-                    start = Checkpoint(step=k, latents=a.latents, solver=a.solver)
-                    t1 = time.perf_counter()
-                    val = _step_replay(generate, req, runtime, None, start, k)
-                    sync()
-                    item = {"k": k, "local_err": rel_l2(val.numpy(), b.latents.numpy()),
-                            "replay_s": round(time.perf_counter() - t1, 2)}
-                    if block.selfnorm:
-                        alt = _step_replay(generate, req, other_kernel, None, start, k)
-                        item["local_benign"] = rel_l2(val.numpy(), alt.numpy())
-                        if cheat is not None:
-                            ch = _step_replay(generate, req, runtime, cheat, start, k)
-                            item["cheat_cos"] = _cosine(b.latents - val, ch - val)
-                            item["cheat_err"] = rel_l2(val.numpy(), ch.numpy())
-                    local.append(item)
-                rec["local"] = local
+                rec.update(_distances(canon, g, frames))
+                rec["local"] = _local_replays(block, g, req, runtime, other_kernel, cheat, sync)
                 if config in pending:
                     yield rec
                 del g
@@ -207,6 +160,79 @@ def measure(blocks: Iterable[Block], *, device: str = "cuda", attention: str = "
             per_prompt = time.perf_counter() - t_prompt
             if cuda:
                 torch.cuda.empty_cache()
+
+
+def _generation(block: Block, req, runtime, dev, config: str, every: set[int], card: str,
+                sync: Callable[[], None]):
+    """One generation of a block's prompt under `config`, and its record: time, peak memory, MP4."""
+    import torch
+
+    from models.engine import generate
+
+    cuda = runtime.device.startswith("cuda")
+    last = (dev.apply_request(req).steps if dev else block.steps) - 1
+    capture = ["switch", "final", *(f"step:{k}" for k in sorted(every) if k < last)]
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    sync()
+    t0 = time.perf_counter()
+    g = generate(req, runtime, dev, capture=capture, run_seed=req.seed)
+    sync()
+    rec: dict[str, Any] = {
+        "preset": block.preset, "width": req.width, "height": req.height, "frames": req.frames,
+        "steps": block.steps, "prompt_id": req.seed, "config": config,
+        "kind": "canonical" if dev is None else dev.kind, "gen_s": round(time.perf_counter() - t0, 2),
+        "peak_gb": round(torch.cuda.max_memory_allocated() / 1e9, 1) if cuda else None,
+        "mp4_bytes": len(g.mp4), "sha256": g.sha256, "compute_share": g.cost.compute_share, "card": card,
+    }
+    return g, rec
+
+
+def _distances(canon, g, frames) -> dict[str, Any]:
+    """Latent rel-L2 at every shared checkpoint, and the video's PSNR and 1-SSIM, against the
+    canonical generation `canon` (its Generation and frames)."""
+    from sim.metrics import per_frame_distances, rel_l2
+
+    cg, cframes = canon
+    rec: dict[str, Any] = {"latent_rel_l2": {
+        name: rel_l2(cg.checkpoints[name].latents.numpy(), ck.latents.numpy())
+        for name, ck in g.checkpoints.items()
+        if name in cg.checkpoints and cg.checkpoints[name].latents.shape == ck.latents.shape
+    }}
+    if frames.shape == cframes.shape:
+        d = per_frame_distances(cframes, frames, ("psnr", "ssim"), threads=8)
+        rec["video_psnr_db"] = float(min(-d["psnr"].mean(), 100.0))
+        rec["video_1mssim"] = float(d["ssim"].mean())
+    return rec
+
+
+def _local_replays(block: Block, g, req, runtime, other_kernel, cheat, sync: Callable[[], None]) -> list[dict]:
+    """Per challenged step k: a canonical validator replays step k from the executor's state and
+    compares with the executor's step k+1 (and, self-normalised, with another kernel and the cheat)."""
+    from models.engine import Checkpoint, generate
+    from sim.metrics import rel_l2
+
+    local = []
+    for k in block.challenge:
+        a, b = g.checkpoints.get(f"step:{k}"), g.checkpoints.get(f"step:{k + 1}")
+        if a is None or b is None:  # the executor has no such step (fewer steps than claimed)
+            local.append({"k": k, "missing": True})
+            continue
+        start = Checkpoint(step=k, latents=a.latents, solver=a.solver)
+        t1 = time.perf_counter()
+        val = _step_replay(generate, req, runtime, None, start, k)
+        sync()
+        item = {"k": k, "local_err": rel_l2(val.numpy(), b.latents.numpy()),
+                "replay_s": round(time.perf_counter() - t1, 2)}
+        if block.selfnorm:
+            alt = _step_replay(generate, req, other_kernel, None, start, k)
+            item["local_benign"] = rel_l2(val.numpy(), alt.numpy())
+            if cheat is not None:
+                ch = _step_replay(generate, req, runtime, cheat, start, k)
+                item["cheat_cos"] = _cosine(b.latents - val, ch - val)
+                item["cheat_err"] = rel_l2(val.numpy(), ch.numpy())
+        local.append(item)
+    return local
 
 
 # ---------------------------------------------------------------------------------------------

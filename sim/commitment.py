@@ -39,6 +39,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from models import seeds
 from sim.poc.merkle import HASH_BYTES, MerkleTree, verify_proof
 
 STEP_BYTES = 8
@@ -203,13 +204,13 @@ def challenge(root: bytes, beacon: bytes, segments: int, m: int) -> list[int]:
     if not isinstance(beacon, (bytes, bytearray)) or len(beacon) < 16:
         raise CommitmentError("beacon must be at least 16 bytes of randomness fixed after the commitment")
     m = max(0, min(int(m), int(segments)))
-    seed = int.from_bytes(hashlib.sha256(b"t2vsim/challenge/" + bytes(beacon) + bytes(root)).digest(), "big")
+    seed = seeds.challenge_seed(beacon, root)
     return sorted(int(i) for i in np.random.default_rng(seed).choice(segments, size=m, replace=False))
 
 
 def validator_beacon(secret_seed: int, inference_key: str) -> bytes:
     """The validator's secret randomness for one inference (kept until it has the commitment)."""
-    return hashlib.sha256(f"t2vsim/validator/{secret_seed}/{inference_key}".encode()).digest()
+    return seeds.validator_beacon(secret_seed, inference_key)
 
 
 def verify_openings(commitment: Commitment, schedule: CommitSchedule, openings: Sequence[Opening],

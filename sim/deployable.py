@@ -18,7 +18,6 @@ are beside a bootstrap that resamples prompts and refits the thresholds inside e
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -29,12 +28,13 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from models import seeds
 from sim.stats import benign_mask, choose_threshold, clopper_pearson, zero_effect_deviations
 
 POLICY = "segment"
 SEGMENT_METRICS = ("cosine", "rel_l2")
 DETECTED_AT = 0.9  # a cheat counts as detected when the rule rejects at least this share of its test claims
-# facts.md: a 480p, 81-frame, 40-step video on one H100: 271 s of transformer, 2.07 s of VAE decode
+# docs/facts.md: a 480p, 81-frame, 40-step video on one H100: 271 s of transformer, 2.07 s of VAE decode
 A14B = {"latent_shape": (16, 21, 60, 104), "steps": 40, "transformer_s": 271.0, "vae_s": 2.07}
 
 
@@ -68,7 +68,7 @@ class ValidatorConfig:
         validator's secret beacon is hashed with the on-chain root)."""
         from sim.commitment import challenge, validator_beacon
 
-        root = hashlib.sha256(f"root/{key}".encode()).digest()  # stands in for the claim's root
+        root = seeds.standin_root(key)  # stands in for the claim's root
         return challenge(root, validator_beacon(self.secret_seed, key), self.segments, self.challenged)
 
 
@@ -265,7 +265,7 @@ def resplit(prompts: np.ndarray, seed: int, calib_fraction: float = 0.5) -> np.n
 
     ids = sorted(set(int(p) for p in prompts))
     order = ids[:]
-    random.Random(f"resplit/{seed}").shuffle(order)
+    random.Random(seeds.resplit_key(seed)).shuffle(order)
     n_cal = max(1, min(len(ids) - 1, round(len(ids) * calib_fraction)))
     cal = set(order[:n_cal])
     return np.array([int(p) in cal for p in prompts], bool)
@@ -326,7 +326,7 @@ def _bootstrap(c: Claims, benign, malign, cfg: ValidatorConfig, n_boot: int, see
     replicate's calibration prompts (so the interval includes the fitting's own variability)."""
     if n_boot <= 0:
         return {"frr": (math.nan, math.nan), "far": (math.nan, math.nan)}
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 10]))
+    rng = np.random.default_rng(seeds.bootstrap_seed_sequence(seed))
     draws = [cfg.draw(k) for k in keys_of(c)]
     cal_p, test_p = np.unique(c.prompt[c.calib]), np.unique(c.prompt[~c.calib])
     rows_of = {p: np.flatnonzero(c.prompt == p) for p in np.unique(c.prompt)}
@@ -379,7 +379,7 @@ def _vs_segments(c: Claims, cfg: ValidatorConfig, sel: np.ndarray, every: int) -
 
     rows = []
     n = cfg.segments
-    rng = np.random.default_rng(np.random.SeedSequence([cfg.secret_seed, 11]))
+    rng = np.random.default_rng(seeds.detection_seed_sequence(cfg.secret_seed))
     for dev in sorted(set(c.deviation[sel])):
         d = c.take(sel & (c.deviation == dev))
         seg = segment_flags(cfg, d)
@@ -477,7 +477,7 @@ def forged_openings(run_dir: Path, c: Claims, cfg: ValidatorConfig, limit: int =
     fail its Merkle proof. Reads the stored checkpoints (no model runs)."""
     from models.engine import ArtifactError, load_checkpoints
     from sim.commitment import CommitSchedule, Executor, Opening, verify_openings
-    from sim.experiment import slug
+    from sim.layout import slug
 
     tried = rejected = 0
     reasons: set[str] = set()

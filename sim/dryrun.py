@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from models.deviations import BENIGN_DEFAULT, MALIGN_DEFAULT
 from models.io import check_out_dir, write_atomic
 from models.request import Runtime
+from sim.experiment import RequestOverrides
 
 DEFAULT_CALIBRATION_SHAPES = ((1, 8, 8), (2, 8, 16), (3, 16, 16))
 # What a dry run writes into its output directory (a directory holding anything else is refused).
@@ -31,7 +33,7 @@ class DryRunParams(BaseModel):
     runtime: Runtime = Field(default_factory=Runtime, description="the asked device, dtype, attention backend, "
                                                                   "TF32 and determinism")
     expect_gpu: str | None = Field(None, description="text the device name must contain (e.g. 'H200'); None: any")
-    request: dict[str, Any] = Field(default_factory=lambda: {"steps": 8, "truncate_prompt": True},
+    request: RequestOverrides = Field(default_factory=lambda: RequestOverrides(steps=8, truncate_prompt=True),
                                     description="overrides of the preset's request defaults")
     deviations: tuple[str, ...] = Field(BENIGN_DEFAULT + MALIGN_DEFAULT, description="one generation of each")
     prompt: str = Field("a red fox trotting through fresh snow at dawn", description="the prompt")
@@ -56,9 +58,9 @@ def settings_in_force(runtime: Runtime, pipe) -> dict[str, Any]:
     import torch
     from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 
-    from models.engine import _attention_backend
+    from models.patching import pipeline_attention_backend
 
-    with runtime.apply(), _attention_backend(pipe, runtime.attention_backend):
+    with runtime.apply(), pipeline_attention_backend(pipe, runtime.attention_backend):
         return {
             "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
             "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
@@ -75,14 +77,9 @@ def _check(name: str, ok: bool, asked: Any, found: Any, note: str = "") -> dict[
 
 def run_dry_run(params: DryRunParams) -> dict[str, Any]:
     """Run every step and write RUN/verdict.md and RUN/verdict.json; returns the verdict."""
-    import numpy as np
     import torch
 
-    from models.engine import generate
-    from models.poc import poc_shape, poc_vectors
     from models.presets import build_pipeline
-    from sim import experiment as ex
-    from sim.pricing import calibrate
 
     rt = params.runtime
     out = check_out_dir(params.out, DRY_RUN_FILES)
@@ -94,8 +91,24 @@ def run_dry_run(params: DryRunParams) -> dict[str, Any]:
     t0 = time.perf_counter()
     pipe = build_pipeline(params.preset, rt)
     timing["build"] = time.perf_counter() - t0
-    found = settings_in_force(rt, pipe)
-    checks += [
+    checks += _settings_checks(rt, settings_in_force(rt, pipe))
+    eparams, stage = _experiment_check(params, out, checks, timing)
+    _rerun_check(out, rt, eparams, checks, timing)
+    _poc_check(params, pipe, checks, timing)
+    _calibration_check(params, out, checks, timing)
+    verdict = {
+        "passed": all(c["ok"] for c in checks), "device": name, "preset": params.preset,
+        "runtime": json.loads(rt.model_dump_json()), "checks": checks, "seconds": timing, "stage_seconds": stage,
+        "torch": torch.__version__, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_atomic(out / "verdict.json", json.dumps(verdict, indent=1, default=str))
+    write_atomic(out / "verdict.md", verdict_markdown(verdict))
+    return verdict
+
+
+def _settings_checks(rt: Runtime, found: dict[str, Any]) -> list[dict[str, Any]]:
+    """The attention backend, TF32 and determinism in force against those asked for."""
+    return [
         _check("attention backend", found["attention_backend"] == rt.attention_backend, rt.attention_backend,
                found["attention_backend"], "diffusers' active backend (the SDPA kernel under 'native' is PyTorch's choice)"),
         _check("TF32", found["tf32_matmul"] == rt.tf32 and found["tf32_cudnn"] == rt.tf32, rt.tf32,
@@ -105,10 +118,17 @@ def run_dry_run(params: DryRunParams) -> dict[str, Any]:
                rt.deterministic, {k: found[k] for k in ("deterministic_algorithms", "cudnn_deterministic", "cudnn_benchmark")}),
     ]
 
-    # one canonical + one of each deviation, scored by every policy: one prompt of an experiment
+
+def _experiment_check(params: DryRunParams, out: Path, checks: list, timing: dict):
+    """One canonical generation and one of each deviation, scored by every policy: one prompt of an
+    experiment. Returns its ExperimentParams and the prompt's stage timings."""
+    import numpy as np
+
+    from sim import experiment as ex
+
     eparams = ex.ExperimentParams(preset=params.preset, prompts=2, request=params.request,
                                   deviations=params.deviations, hwnoise_eps=(ex.HWNOISE_CALIBRATED_EPS,),
-                                  validator_runtime=rt, bootstrap=0, strips=0, out=str(out / "experiment"))
+                                  validator_runtime=params.runtime, bootstrap=0, strips=0, out=str(out / "experiment"))
     ex.open_run(eparams)
     t0 = time.perf_counter()
     rows = ex.run_prompt(eparams, 0, params.prompt, 2)
@@ -117,9 +137,14 @@ def run_dry_run(params: DryRunParams) -> dict[str, Any]:
     finite = bool(np.isfinite(rows["score"].to_numpy()[rows["kind"].to_numpy() == "benign"]).all())
     checks.append(_check("experiment prompt", len(rows) > 0 and finite, f"{1 + len(eparams.all_deviations())} generations",
                          f"{len(rows)} score rows", "every benign score finite"))
+    return eparams, stage
 
-    # a rerun of the canonical generation, from nothing stored: bit-identical video and latents
-    from models.engine import Generation
+
+def _rerun_check(out: Path, rt: Runtime, eparams, checks: list, timing: dict) -> None:
+    """A rerun of the canonical generation, from nothing stored: bit-identical video and latents."""
+    import torch
+
+    from models.engine import Generation, generate
 
     canonical = Generation.load(out / "experiment" / "gens" / "p0000" / "canonical")
     t0 = time.perf_counter()
@@ -130,7 +155,14 @@ def run_dry_run(params: DryRunParams) -> dict[str, Any]:
                          "same MP4 and latents", f"MP4 {'same' if again.sha256 == canonical.sha256 else 'differs'}, "
                          f"latents {'same' if same_latents else 'differ'}"))
 
-    # a PoC batch, twice
+
+def _poc_check(params: DryRunParams, pipe, checks: list, timing: dict) -> None:
+    """A PoC batch, twice: finite vectors, identical on the rerun."""
+    import numpy as np
+
+    from models.poc import poc_shape, poc_vectors
+
+    rt = params.runtime
     shape = poc_shape(params.preset)
     t0 = time.perf_counter()
     v1 = poc_vectors(pipe, "dryrun-block", "dryrun-key", list(range(params.poc_nonces)), shape=shape, runtime=rt)
@@ -140,24 +172,19 @@ def run_dry_run(params: DryRunParams) -> dict[str, Any]:
                          f"{params.poc_nonces} nonces, finite, rerun identical",
                          f"{v1.shape[0]} vectors, rerun {'identical' if np.array_equal(v1, v2) else 'differs'}"))
 
-    # a calibration point of the DiT price (alpha, beta fitted over a few small shapes)
+
+def _calibration_check(params: DryRunParams, out: Path, checks: list, timing: dict) -> None:
+    """A calibration point of the DiT price (alpha, beta fitted over a few small shapes)."""
+    from sim.pricing import calibrate
+
     t0 = time.perf_counter()
     # calibrate() feeds inputs in its first parameter's dtype, so it runs float32 (its default)
-    cal = calibrate(params.preset, rt.model_copy(update={"dtype": "float32"}), grid=params.calibration_shapes,
-                    repeats=1, warmup=1)
+    cal = calibrate(params.preset, params.runtime.model_copy(update={"dtype": "float32"}),
+                    grid=params.calibration_shapes, repeats=1, warmup=1)
     timing["calibration"] = time.perf_counter() - t0
     cal.save(out / "calibration.json")
     checks.append(_check("calibration point", cal.r2 >= 0.0 and cal.alpha_seconds >= 0, "a fit of pass seconds",
                          f"alpha {cal.alpha_seconds:.3g}, beta {cal.beta_seconds:.3g}, R^2 {cal.r2:.3f}"))
-
-    verdict = {
-        "passed": all(c["ok"] for c in checks), "device": name, "preset": params.preset,
-        "runtime": json.loads(rt.model_dump_json()), "checks": checks, "seconds": timing, "stage_seconds": stage,
-        "torch": torch.__version__, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    write_atomic(out / "verdict.json", json.dumps(verdict, indent=1, default=str))
-    write_atomic(out / "verdict.md", verdict_markdown(verdict))
-    return verdict
 
 
 def verdict_markdown(v: dict[str, Any]) -> str:

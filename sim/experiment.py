@@ -28,17 +28,20 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
 
 from models.deviations import ADAPTIVE_DEFAULT, BENIGN_DEFAULT, MALIGN_DEFAULT
-from models.io import check_out_dir, write_atomic as _atomic_write
+from models.io import check_out_dir, write_atomic
 from models.request import MAX_STEPS, GenerationRequest, Runtime, no_bool
+from models import seeds
+from sim.layout import slug
+from sim.parquet import parquet_bytes
 
 PROMPT_SET = Path(__file__).parent / "data" / "vbench_all_dimension.txt"
 DEFAULT_FRAME_METRICS = ("ssim", "psnr", "gmsd", "haarpsi")
 # Emulated GPU rounding (hwnoise:EPS), relative noise per transformer block. scripts/calibrate_hwnoise.py
 # measured on the tiny preset in bf16 that EPS = 2.7e-3 makes one expert forward pass differ by the
-# 5.5e-3 measured between attention kernels on an H100 at A14B scale (facts.md); the headline
+# 5.5e-3 measured between attention kernels on an H100 at A14B scale (docs/facts.md); the headline
 # benign class uses 3e-3 and the sweep brackets it.
 HWNOISE_CALIBRATED_EPS = 3e-3
 DEFAULT_HWNOISE_EPS = (1e-3, 3e-3, 1e-2, 3e-2)
@@ -70,6 +73,41 @@ def numerics_fingerprint(preset: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+class RequestOverrides(BaseModel):
+    """What an experiment changes in its preset's request defaults: GenerationRequest's fields but
+    the model and the prompt (None keeps the preset's value). Checked by GenerationRequest itself
+    (`ExperimentParams` does it with the run's preset), saved with only the fields that are set."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    negative_prompt: str | None = None
+    width: int | None = None
+    height: int | None = None
+    frames: int | None = None
+    fps: int | None = None
+    steps: int | None = None
+    guidance_high: float | None = None
+    guidance_low: float | None = None
+    shift: float | None = None
+    seed: int | None = None
+    truncate_prompt: bool | None = None
+
+    @model_serializer(mode="wrap")
+    def _set_fields_only(self, handler):
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+    def fields(self) -> dict[str, Any]:
+        """The fields that are set, as GenerationRequest keyword arguments."""
+        return self.model_dump()
+
+
+def request_error(err) -> str:
+    """A GenerationRequest's ValidationError as `request: field: message; ...`."""
+    detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'model'}: {e['msg'].removeprefix('Value error, ')}"
+                       for e in err.errors())
+    return f"request: {detail}"
+
+
 class ExperimentParams(BaseModel):
     """Every setting of one experiment run; saved as RUN/params.json."""
 
@@ -78,7 +116,7 @@ class ExperimentParams(BaseModel):
     preset: str = Field("tiny", description="model preset of every generation")
     prompts: int | str = Field(20, description="a count (a seeded sample of the bundled VBench set), "
                                                "'vbench' (all 946), or a path to a file with one prompt a line")
-    request: dict[str, Any] = Field(default_factory=lambda: {"steps": 8, "truncate_prompt": True},
+    request: RequestOverrides = Field(default_factory=lambda: RequestOverrides(steps=8, truncate_prompt=True),
                                     description="overrides of the preset's request defaults (e.g. steps, width); "
                                                 "prompts over the text encoder's limit (tiny: 64 byte tokens) are "
                                                 "truncated and each generation records it")
@@ -157,11 +195,30 @@ class ExperimentParams(BaseModel):
                 raise ValueError(f"hwnoise_eps: each level must be in (0, 1], got {e}")
         return tuple(v)
 
-    @model_validator(mode="after")
-    def _fill_numerics(self):
-        if not self.numerics:
-            object.__setattr__(self, "numerics", numerics_fingerprint(self.preset))
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_numerics(cls, data):
+        if isinstance(data, dict) and not data.get("numerics"):
+            preset = data.get("preset", cls.model_fields["preset"].default)
+            if isinstance(preset, str):
+                data = {**data, "numerics": numerics_fingerprint(preset)}
+        return data
+
+    @field_validator("request", mode="before")
+    @classmethod
+    def _check_request_fields(cls, v, info: ValidationInfo):
+        """Each override checked by GenerationRequest with the run's preset, so that its own
+        messages (bounds, booleans, finiteness) are the ones a user sees."""
+        from pydantic import ValidationError
+
+        if isinstance(v, RequestOverrides):
+            v = v.fields()
+        if isinstance(v, dict) and isinstance(info.data.get("preset"), str):
+            try:
+                GenerationRequest(**{"model": info.data["preset"], **v, "prompt": "p"})
+            except ValidationError as err:
+                raise ValueError(request_error(err)) from None
+        return v
 
     @model_validator(mode="after")
     def _check_headline(self):
@@ -193,9 +250,7 @@ class ExperimentParams(BaseModel):
         try:
             self.base_request("p", 0)
         except ValidationError as err:
-            detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'model'}: {e['msg'].removeprefix('Value error, ')}"
-                               for e in err.errors())
-            raise ValueError(f"request: {detail}") from None
+            raise ValueError(request_error(err)) from None
         if isinstance(self.prompts, int) and self.prompts < 2:
             raise ValueError(f"prompts: a count must be >= 2 (one calibration and one test prompt), got {self.prompts}")
         from models.engine import check_captures
@@ -216,8 +271,8 @@ class ExperimentParams(BaseModel):
         return tuple(self.deviations) + tuple(f"hwnoise:{e:g}" for e in self.hwnoise_eps)
 
     def base_request(self, prompt: str, prompt_id: int) -> GenerationRequest:
-        fields = {"model": self.preset, **self.request, "prompt": prompt}
-        fields.setdefault("seed", self.seed * 1_000_003 + prompt_id)
+        fields = {"model": self.preset, **self.request.fields(), "prompt": prompt}
+        fields.setdefault("seed", seeds.experiment_request_seed(self.seed, prompt_id))
         return GenerationRequest(**fields)
 
     def result_fields(self) -> dict[str, Any]:
@@ -235,7 +290,7 @@ def load_prompts(params: ExperimentParams) -> list[str]:
         allp = _read_prompt_file(PROMPT_SET)
         if n > len(allp):
             raise ExperimentError(f"prompts: {n} asked for but the bundled set has {len(allp)}")
-        rng = random.Random(params.seed)
+        rng = random.Random(seeds.prompt_sample_key(params.seed))
         return rng.sample(allp, n)
     if src == "vbench":
         return _read_prompt_file(PROMPT_SET)
@@ -256,20 +311,13 @@ def _read_prompt_file(path: Path) -> list[str]:
 def split_of(prompt_id: int, n: int, params: ExperimentParams) -> str:
     """Calibration/test split by a seeded permutation of prompt ids (thresholds never see 'test')."""
     order = list(range(n))
-    random.Random(f"split/{params.seed}").shuffle(order)
+    random.Random(seeds.split_key(params.seed)).shuffle(order)
     n_cal = max(1, min(n - 1, round(n * params.calib_fraction)))
     return "calib" if prompt_id in set(order[:n_cal]) else "test"
 
 
-def slug(spec: str | None) -> str:
-    if spec is None:
-        return "canonical"
-    return "".join(c if c.isalnum() or c in "-+" else "_" for c in spec)
-
-
 def run_seed_of(prompt_id: int, spec: str, params: ExperimentParams) -> int:
-    h = hashlib.sha256(f"hardware/{params.seed}/{prompt_id}/{spec}".encode()).digest()
-    return int.from_bytes(h[:8], "little") & (2**63 - 1)
+    return seeds.hardware_run_seed(params.seed, prompt_id, spec)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,99 +456,114 @@ def kind_of(spec: str) -> str:
 def run_prompt(params: ExperimentParams, prompt_id: int, prompt: str, n_prompts: int,
                on_generation: Callable[[str], None] | None = None):
     """Generate and score one prompt; returns its rows (a DataFrame). Skips work already on disk."""
+    import pandas as pd
+
+    store = store_of(params)
+    score_rel = f"scores/p{prompt_id:04d}.parquet"
+    done = _stored_scores(store, score_rel)
+    if done is not None:
+        return done
+    scoring = _PromptScoring(params, store, prompt_id, prompt, on_generation)
+    scoring.run()
+    df = pd.DataFrame(scoring.rows(split_of(prompt_id, n_prompts, params)))
+    store.write_bytes(f"scores/p{prompt_id:04d}.timing.json", json.dumps(scoring.timing))
+    store.write_bytes(score_rel, parquet_bytes(df))  # last: the prompt is complete when this exists
+    return df
+
+
+def _stored_scores(store, score_rel: str):
+    """The prompt's finished score rows, or None (a file truncated by a kill is removed: redo)."""
     import io
 
     import pandas as pd
 
-    from sim.policies import Claim, ValidationContext, get_policy
-
-    store = store_of(params)
-    score_rel = f"scores/p{prompt_id:04d}.parquet"
     if store.exists(score_rel):
         try:
             return pd.read_parquet(io.BytesIO(store.read_bytes(score_rel)))
         except Exception:
-            store.remove(score_rel)  # truncated by a kill: redo
-    import time
+            store.remove(score_rel)
+    return None
 
-    request = params.base_request(prompt, prompt_id)
-    grel = f"gens/p{prompt_id:04d}"
-    rt = params.validator_runtime
 
-    capture = params.executor_capture()
+class _PromptScoring:
+    """One prompt's generations (the canonical one, then one per deviation) and every policy's
+    score of every claim, with the time spent on each."""
 
-    def load_or_generate_at(name: str, spec: str | None, rseed: int):
-        rel = f"{grel}/{name}"
-        return load_or_generate(store.fetch_dir(rel), request, rt, spec, rseed, capture,
-                                on_saved=lambda d: store.publish_dir(rel, d))
+    def __init__(self, params: ExperimentParams, store, prompt_id: int, prompt: str,
+                 on_generation: Callable[[str], None] | None):
+        self.params, self.store, self.prompt_id, self.prompt = params, store, prompt_id, prompt
+        self.on_generation = on_generation
+        self.request = params.base_request(prompt, prompt_id)
+        self.grel = f"gens/p{prompt_id:04d}"
+        self.capture = params.executor_capture()
+        self.timing = {"generation": 0.0, "validator_replay": 0.0, "scoring": 0.0}
 
-    timing = {"generation": 0.0, "validator_replay": 0.0, "scoring": 0.0}
-    t0 = time.perf_counter()
-    canonical = load_or_generate_at("canonical", None, 0)
-    timing["generation"] += time.perf_counter() - t0
-    if on_generation:
-        on_generation("canonical")
-    ctx = ValidationContext(runtime=rt, fingerprint_k=params.fingerprint_k, fingerprint_seed=params.seed,
-                            metrics=params.metrics, aggregations=params.aggregations, weights_dir=params.weights_dir,
-                            capture=params.capture, commit_every=params.commit_every)
-    ctx.replays[request.key()] = canonical
-    policies = [get_policy(p) for p in params.policies]
-    split = split_of(prompt_id, n_prompts, params)
+    def generation(self, name: str, spec: str | None, rseed: int):
+        import time
 
-    def timed(score, *args):
-        t0, r0 = time.perf_counter(), ctx.replay_seconds
+        rel = f"{self.grel}/{name}"
+        t0 = time.perf_counter()
+        gen = load_or_generate(self.store.fetch_dir(rel), self.request, self.params.validator_runtime, spec, rseed,
+                               self.capture, on_saved=lambda d: self.store.publish_dir(rel, d))
+        self.timing["generation"] += time.perf_counter() - t0
+        if self.on_generation:
+            self.on_generation(spec if spec is not None else name)
+        return gen
+
+    def timed(self, score, *args):
+        import time
+
+        t0, r0 = time.perf_counter(), self.ctx.replay_seconds
         out = score(*args)
-        timing["validator_replay"] += ctx.replay_seconds - r0
-        timing["scoring"] += time.perf_counter() - t0 - (ctx.replay_seconds - r0)
+        self.timing["validator_replay"] += self.ctx.replay_seconds - r0
+        self.timing["scoring"] += time.perf_counter() - t0 - (self.ctx.replay_seconds - r0)
         return out
 
-    specs = params.all_deviations()
-    claims, executor = [], []  # per deviation: the claim, and (executor compute share, deviation size)
-    results: dict[tuple[int, int], Any] = {}  # (deviation index, policy index) -> PolicyResult
-    for i, spec in enumerate(specs):
-        rseed = run_seed_of(prompt_id, spec, params)
-        t0 = time.perf_counter()
-        gen = load_or_generate_at(slug(spec), spec, rseed)
-        timing["generation"] += time.perf_counter() - t0
-        if on_generation:
-            on_generation(spec)
-        claims.append(Claim(request=request, sha256=gen.sha256, directory=store.local(f"{grel}/{slug(spec)}")))
-        executor.append((float(gen.cost.compute_share), _final_rel_l2(canonical, gen)))
-        for j, policy in enumerate(policies):
-            if not policy.batched:  # these regenerate per claim: scored as each generation lands
-                results[(i, j)] = timed(policy.score, claims[i], ctx)
-    for j, policy in enumerate(policies):
-        if policy.batched:  # no regeneration per claim: all of the prompt's claims at once
-            for i, res in enumerate(timed(policy.score_many, claims, ctx)):
-                results[(i, j)] = res
-    rows = []
-    for i, spec in enumerate(specs):
-        eps = float(spec.split(":", 1)[1]) if spec.startswith("hwnoise:") else 0.0
-        share, size = executor[i]
-        kind = kind_of(spec)
-        for j, policy in enumerate(policies):
-            res = results[(i, j)]
-            for metric, score in res.scores.items():
-                rows.append({
-                    "run_id": store.name, "preset": params.preset, "prompt_id": prompt_id, "prompt": prompt,
-                    "split": split, "deviation": spec, "kind": kind, "policy": policy.name,
-                    "metric": metric, "score": float(score),
-                    "executor_compute_share": share,
-                    "validator_compute_share": float(res.validator_compute_share),
-                    "bytes_kept": int(res.bytes_kept), "hwnoise_eps": eps, "deviation_size": size,
-                })
-    df = pd.DataFrame(rows)
-    store.write_bytes(f"scores/p{prompt_id:04d}.timing.json", json.dumps(timing))
-    store.write_bytes(score_rel, _parquet_bytes(df))  # last: the prompt is complete when this exists
-    return df
+    def run(self) -> None:
+        from sim.policies import Claim, ValidationContext, get_policy
 
+        p = self.params
+        canonical = self.generation("canonical", None, 0)
+        self.ctx = ValidationContext(runtime=p.validator_runtime, fingerprint_k=p.fingerprint_k,
+                                     fingerprint_seed=p.seed, metrics=p.metrics, aggregations=p.aggregations,
+                                     weights_dir=p.weights_dir, capture=p.capture, commit_every=p.commit_every)
+        self.ctx.replays[self.request.key()] = canonical
+        self.policies = [get_policy(name) for name in p.policies]
+        self.specs = p.all_deviations()
+        claims = []
+        self.executor = []  # per deviation: (executor compute share, deviation size)
+        self.results: dict[tuple[int, int], Any] = {}  # (deviation index, policy index) -> PolicyResult
+        for i, spec in enumerate(self.specs):
+            gen = self.generation(slug(spec), spec, run_seed_of(self.prompt_id, spec, p))
+            claims.append(Claim(request=self.request, sha256=gen.sha256,
+                                directory=self.store.local(f"{self.grel}/{slug(spec)}")))
+            self.executor.append((float(gen.cost.compute_share), _final_rel_l2(canonical, gen)))
+            for j, policy in enumerate(self.policies):
+                if not policy.batched:  # these regenerate per claim: scored as each generation lands
+                    self.results[(i, j)] = self.timed(policy.score, claims[i], self.ctx)
+        for j, policy in enumerate(self.policies):
+            if policy.batched:  # no regeneration per claim: all of the prompt's claims at once
+                for i, res in enumerate(self.timed(policy.score_many, claims, self.ctx)):
+                    self.results[(i, j)] = res
 
-def _parquet_bytes(df) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    return buf.getvalue()
+    def rows(self, split: str) -> list[dict[str, Any]]:
+        rows = []
+        for i, spec in enumerate(self.specs):
+            eps = float(spec.split(":", 1)[1]) if spec.startswith("hwnoise:") else 0.0
+            share, size = self.executor[i]
+            kind = kind_of(spec)
+            for j, policy in enumerate(self.policies):
+                res = self.results[(i, j)]
+                for metric, score in res.scores.items():
+                    rows.append({
+                        "run_id": self.store.name, "preset": self.params.preset, "prompt_id": self.prompt_id,
+                        "prompt": self.prompt, "split": split, "deviation": spec, "kind": kind,
+                        "policy": policy.name, "metric": metric, "score": float(score),
+                        "executor_compute_share": share,
+                        "validator_compute_share": float(res.validator_compute_share),
+                        "bytes_kept": int(res.bytes_kept), "hwnoise_eps": eps, "deviation_size": size,
+                    })
+        return rows
 
 
 def _final_rel_l2(canonical, gen) -> float:
@@ -518,10 +581,10 @@ def collect_scores(params: ExperimentParams, n_prompts: int):
     store = store_of(params)
     frames = [pd.read_parquet(io.BytesIO(store.read_bytes(f"scores/p{i:04d}.parquet"))) for i in range(n_prompts)]
     df = pd.concat(frames, ignore_index=True)
-    data = _parquet_bytes(df)
+    data = parquet_bytes(df)
     store.write_bytes("scores.parquet", data)
     if not store.is_local:
-        _atomic_write(store.local("scores.parquet"), data)
+        write_atomic(store.local("scores.parquet"), data)
     return df
 
 
@@ -606,7 +669,7 @@ def _fetch_strip_videos(store, df, params: ExperimentParams) -> None:
         for name in ["canonical"] + [slug(d) for d in params.all_deviations()]:
             rel = f"gens/p{int(pid):04d}/{name}/video.mp4"
             if store.exists(rel):
-                _atomic_write(store.local(rel), store.read_bytes(rel))
+                write_atomic(store.local(rel), store.read_bytes(rel))
 
 
 def _fetch_commitment_files(store, df, params: ExperimentParams) -> None:
@@ -618,7 +681,7 @@ def _fetch_commitment_files(store, df, params: ExperimentParams) -> None:
                  for name in ["canonical"] + [slug(d) for d in params.all_deviations()]]
         for rel in rels:
             if store.exists(rel):
-                _atomic_write(store.local(rel), store.read_bytes(rel))
+                write_atomic(store.local(rel), store.read_bytes(rel))
 
 
 def stage_seconds(params: ExperimentParams, n_prompts: int) -> dict[str, float]:

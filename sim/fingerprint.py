@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from models import seeds
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -50,8 +52,7 @@ _MATRICES_MAX = 8
 
 
 def _block_seed(seed: int, block: int) -> int:
-    state = np.random.SeedSequence([seed, block]).generate_state(2, np.uint32)
-    return int(state[0]) | (int(state[1] & 0x7FFFFFFF) << 32)
+    return seeds.fingerprint_block_seed(seed, block)
 
 
 class Fingerprinter:

@@ -5,7 +5,7 @@ the proposal's own figures.
 
 The cost model:
 - a transformer pass over N latent tokens takes `PricingParams.true_pass_seconds(N)` (the DiT
-  pricing fit: facts.md's H100 calibration, or a `t2vsim network calibrate` file), scaled on the
+  pricing fit: docs/facts.md's H100 calibration, or a `t2vsim network calibrate` file), scaled on the
   `h200` profile so that it gives the 3.46 s per pass this project measured at 480p/81 frames
   (277.1 s for 80 passes);
 - per generation the passes come from the effective request (a deviation's steps, size, CFG),
@@ -62,13 +62,13 @@ PROFILES = {
                "text encoder 0.61 s, 3.46 s per pass, VAE 10.2 s (float32), build 90 s, MP4 31 MB"),
     "h100": GpuProfile(
         name="h100", text_encoder_seconds=0.035, vae_seconds_480p=2.07, build_seconds=93.5,
-        source="facts.md: A14B on one H100 (pass fit; encoder 0.035 s; VAE 2.07 s in bf16, where this "
+        source="docs/facts.md: A14B on one H100 (pass fit; encoder 0.035 s; VAE 2.07 s in bf16, where this "
                "project decodes in float32); MP4 size as measured on the H200"),
 }
 
 # The proposal's STAGE 1: 1 canonical + 3 benign + 6 malign configurations, ~1,000 prompts, the
 # minimum A14B format (832x480, 81 frames, 40 steps). The benign three are the GPU differences
-# measured on the H200 (facts.md); the malign six the proposal's kinds of cheat.
+# measured on the H200 (docs/facts.md); the malign six the proposal's kinds of cheat.
 STAGE1_PARAMS = ExperimentParams(
     preset="a14b-random", prompts=1000, request={},
     deviations=("attention:_native_flash", "batch:2", "tf32",
@@ -113,11 +113,14 @@ def _segment_share(request, spec, capture) -> float:
     return sum(lengths) / len(lengths) / max(1, forward_passes(request))
 
 
+# The pixels of a 480p, 81-frame video: the size the profiles' VAE time and MP4 bytes are given for.
+PIXELS_480P = 832 * 480 * 81
+
+
 def plan(params: ExperimentParams, *, gpus: int = 8, gpu: str = "h200", calibration: str | None = None) -> dict[str, Any]:
     """The plan of `params` on `gpus` GPUs of profile `gpu` (see the module docstring)."""
-    from models.deviations import parse_deviation
     from models.engine import forward_passes
-    from models.presets import SCHEDULER_CONFIG, preset_spec
+    from models.presets import preset_spec
 
     if gpu not in PROFILES:
         raise PlanError(f"gpu: unknown profile {gpu!r}; allowed: {', '.join(PROFILES)}")
@@ -130,13 +133,12 @@ def plan(params: ExperimentParams, *, gpus: int = 8, gpu: str = "h200", calibrat
     claimed_tokens = base.latent_tokens(spec.vae_stride, spec.patch_size)
     claimed_passes = forward_passes(base)
     pass_s = prof.pass_scale * pricing.true_pass_seconds(claimed_tokens)
-    pixels_480p = 832 * 480 * 81
 
     def video_seconds(req, batch: int) -> float:
         tok = req.latent_tokens(spec.vae_stride, spec.patch_size)
         px = req.width * req.height * req.frames
         return (forward_passes(req) * prof.pass_scale * pricing.true_pass_seconds(tok) * batch
-                + prof.text_encoder_seconds + prof.vae_seconds_480p * px / pixels_480p * batch)
+                + prof.text_encoder_seconds + prof.vae_seconds_480p * px / PIXELS_480P * batch)
 
     # validator replays per claim: checkpoint (all passes, no VAE), segment (its mean share)
     replay_passes = 0.0
@@ -145,6 +147,35 @@ def plan(params: ExperimentParams, *, gpus: int = 8, gpu: str = "h200", calibrat
     if "segment" in params.policies:
         replay_passes += claimed_passes * _segment_share(base, spec, params.capture)
     replay_s = replay_passes * pass_s + (prof.text_encoder_seconds if replay_passes else 0.0)
+
+    rows = _config_rows(params, base, spec, n, video_seconds, replay_s)
+    configs = len(rows)
+    generations = n * configs
+    gen_h = sum(r["gpu_hours"] for r in rows)
+    val_h = sum(r["validator_gpu_hours"] for r in rows)
+    # wall time: prompts spread over the GPUs, each GPU pays one pipeline build
+    per_prompt_s = sum(r["seconds_per_video"] + r["validator_seconds_per_claim"] for r in rows)
+    wall_h = (math.ceil(n / gpus) * per_prompt_s + prof.build_seconds) / 3600
+
+    storage, latent_elems = _storage(params, spec, base, prof, generations)
+    names = list(params.capture)
+    return {
+        "preset": params.preset, "prompts": n, "configurations": configs, "generations": generations,
+        "request": {"width": base.width, "height": base.height, "frames": base.frames, "steps": base.steps},
+        "gpu": prof.name, "gpus": gpus, "profile_source": prof.source, "pass_seconds": pass_s,
+        "pricing_source": pricing.source, "rows": rows,
+        "generation_gpu_hours": gen_h, "validator_gpu_hours": val_h, "total_gpu_hours": gen_h + val_h,
+        "wall_hours": wall_h, "storage_bytes": storage,
+        "video_hours": generations * base.frames / base.fps / 3600,
+        "latent_elements": latent_elems, "policies": list(params.policies), "capture": names,
+    }
+
+
+def _config_rows(params: ExperimentParams, base, spec, n: int, video_seconds, replay_s: float) -> list[dict]:
+    """One row per configuration (canonical, then each deviation): passes, tokens, seconds and GPU-hours
+    of its generations and of the validator's replays of them."""
+    from models.deviations import parse_deviation
+    from models.engine import forward_passes
 
     rows = []
     for dev_spec in (None,) + params.all_deviations():
@@ -160,13 +191,12 @@ def plan(params: ExperimentParams, *, gpus: int = 8, gpu: str = "h200", calibrat
             "seconds_per_video": gen_s, "validator_seconds_per_claim": val_s,
             "gpu_hours": n * gen_s / 3600, "validator_gpu_hours": n * val_s / 3600,
         })
-    configs = len(rows)
-    generations = n * configs
-    gen_h = sum(r["gpu_hours"] for r in rows)
-    val_h = sum(r["validator_gpu_hours"] for r in rows)
-    # wall time: prompts spread over the GPUs, each GPU pays one pipeline build
-    per_prompt_s = sum(r["seconds_per_video"] + r["validator_seconds_per_claim"] for r in rows)
-    wall_h = (math.ceil(n / gpus) * per_prompt_s + prof.build_seconds) / 3600
+    return rows
+
+
+def _storage(params: ExperimentParams, spec, base, prof, generations: int) -> tuple[dict[str, float], int]:
+    """Bytes of everything the run keeps (and what the chain would), and the latent's element count."""
+    from models.presets import SCHEDULER_CONFIG
 
     z = int(spec.transformer_config.get("in_channels", spec.z_dim))
     _, _, t, h, w = base.latent_shape(spec.vae_stride, z)
@@ -177,7 +207,7 @@ def plan(params: ExperimentParams, *, gpus: int = 8, gpu: str = "h200", calibrat
     # UniPC's state: `order` model outputs and the last sample (latent-sized, float32) and `order`
     # timesteps (one 8-byte scalar each)
     solver_bytes = (order + 1) * latent_elems * 4 + order * 8
-    video_b = prof.mp4_bytes_480p * base.width * base.height * base.frames / pixels_480p
+    video_b = prof.mp4_bytes_480p * base.width * base.height * base.frames / PIXELS_480P
     storage = {
         "videos": generations * video_b,
         "latents_bf16": generations * len(names) * latent_elems * 2,
@@ -187,16 +217,7 @@ def plan(params: ExperimentParams, *, gpus: int = 8, gpu: str = "h200", calibrat
         "commitments": generations * 32,  # the SHA-256 of each video on the chain
     }
     storage["as_stored_here"] = storage["videos"] + storage["latents_fp32"] + storage["solver_states_fp32"]
-    return {
-        "preset": params.preset, "prompts": n, "configurations": configs, "generations": generations,
-        "request": {"width": base.width, "height": base.height, "frames": base.frames, "steps": base.steps},
-        "gpu": prof.name, "gpus": gpus, "profile_source": prof.source, "pass_seconds": pass_s,
-        "pricing_source": pricing.source, "rows": rows,
-        "generation_gpu_hours": gen_h, "validator_gpu_hours": val_h, "total_gpu_hours": gen_h + val_h,
-        "wall_hours": wall_h, "storage_bytes": storage,
-        "video_hours": generations * base.frames / base.fps / 3600,
-        "latent_elements": latent_elems, "policies": list(params.policies), "capture": names,
-    }
+    return storage, latent_elems
 
 
 def compare_with_proposal(p: dict[str, Any]) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ The model (the proposal, `seed/000_*.txt`, "Separate pricing model for DiTs"):
 - unit_seconds = alpha x P0^2 + beta x P0, one forward pass at the smallest supported setting (P0).
 - alpha, beta (seconds per pass per patch^2 and per patch) come from a calibration per model and GPU
   type: `calibrate()` times forward passes over a grid of sizes and fits them by least squares.
-  The default (A14B on one H100, bf16) is facts.md section 1:
+  The default (A14B on one H100, bf16) is docs/facts.md section 1:
   seconds = 1.454e-9 N^2 + 5.557e-5 N + 0.020. The proposal's formula has no constant; the
   fit's constant (`gamma_seconds`, fixed per-pass overhead) is kept for the true GPU time in the
   fairness report and can be charged with `charge_constant=True`.
@@ -29,14 +29,12 @@ units are known when the request is made.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from decimal import ROUND_CEILING, ROUND_DOWN, Decimal
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Optional, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -44,13 +42,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 if TYPE_CHECKING:  # pragma: no cover
     from models.request import GenerationRequest, Runtime
 
-# facts.md section 1: one A14B expert forward pass on one H100 80GB, bf16, batch 1, text length 512.
+# docs/facts.md section 1: one A14B expert forward pass on one H100 80GB, bf16, batch 1, text length 512.
 A14B_H100_ALPHA_SECONDS = 1.454e-9
 A14B_H100_BETA_SECONDS = 5.557e-5
 A14B_H100_GAMMA_SECONDS = 0.020
 A14B_H100_R2 = 0.99999
 
-# Wan2.2-T2V-A14B supported sizes (facts.md section 1: 1280x720, 720x1280, 832x480, 480x832).
+# Wan2.2-T2V-A14B supported sizes (docs/facts.md section 1: 1280x720, 720x1280, 832x480, 480x832).
 A14B_SIZES: tuple[tuple[int, int], ...] = ((832, 480), (480, 832), (1280, 720), (720, 1280))
 
 # UniPC flow scheduler constants as shipped with Wan2.2 (models.presets.SCHEDULER_CONFIG).
@@ -93,26 +91,26 @@ def latent_patches(width: int, height: int, frames: int, vae_stride=(4, 8, 8), p
 
 
 class PricingParams(BaseModel):
-    """The DiT pricing model of one model on one GPU type (defaults: A14B on an H100, facts.md)."""
+    """The DiT pricing model of one model on one GPU type (defaults: A14B on an H100, docs/facts.md)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     alpha_seconds: float = Field(A14B_H100_ALPHA_SECONDS, ge=0,
-                                 description="seconds per forward pass per patch^2 (facts.md H100 fit)")
+                                 description="seconds per forward pass per patch^2 (docs/facts.md H100 fit)")
     beta_seconds: float = Field(A14B_H100_BETA_SECONDS, ge=0,
-                                description="seconds per forward pass per patch (facts.md H100 fit)")
+                                description="seconds per forward pass per patch (docs/facts.md H100 fit)")
     gamma_seconds: float = Field(A14B_H100_GAMMA_SECONDS, ge=0,
-                                 description="fixed seconds per forward pass (facts.md H100 fit); "
+                                 description="fixed seconds per forward pass (docs/facts.md H100 fit); "
                                  "charged only with charge_constant")
     charge_constant: bool = Field(False, description="add gamma_seconds to the priced pass cost "
                                   "(the proposal's formula has no constant: False)")
     fit_r2: float | None = Field(A14B_H100_R2, description="R^2 of the calibration these come from")
-    source: str = Field("facts.md section 1: A14B expert, one H100, bf16", description="where alpha/beta come from")
-    vae_stride: tuple[int, int, int] = Field((4, 8, 8), description="Wan2.2 VAE stride (facts.md)")
-    patch_size: tuple[int, int, int] = Field((1, 2, 2), description="Wan2.2 transformer patch size (facts.md)")
-    boundary_ratio: float = Field(BOUNDARY_RATIO, gt=0, lt=1, description="A14B expert switch (facts.md)")
-    min_width: int = Field(480, ge=16, description="smallest supported width (A14B sizes, facts.md)")
-    min_height: int = Field(480, ge=16, description="smallest supported height (A14B sizes, facts.md)")
+    source: str = Field("docs/facts.md section 1: A14B expert, one H100, bf16", description="where alpha/beta come from")
+    vae_stride: tuple[int, int, int] = Field((4, 8, 8), description="Wan2.2 VAE stride (docs/facts.md)")
+    patch_size: tuple[int, int, int] = Field((1, 2, 2), description="Wan2.2 transformer patch size (docs/facts.md)")
+    boundary_ratio: float = Field(BOUNDARY_RATIO, gt=0, lt=1, description="A14B expert switch (docs/facts.md)")
+    min_width: int = Field(480, ge=16, description="smallest supported width (A14B sizes, docs/facts.md)")
+    min_height: int = Field(480, ge=16, description="smallest supported height (A14B sizes, docs/facts.md)")
     min_frames: int = Field(5, ge=1, description="smallest supported frame count (4k+1); project choice")
 
     @model_validator(mode="after")
@@ -272,6 +270,20 @@ class CalibrationPoint(BaseModel):
     seconds: float
 
 
+class CalibrationParams(BaseModel):
+    """One calibration run (`t2vsim pricing calibrate`, the `pricing-calibration` flow); its result,
+    Calibration, records them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    preset: str = Field("tiny", description="model preset whose transformer is timed")
+    device: str = Field("cpu", description="torch device")
+    dtype: Literal["bfloat16", "float32", "float16"] = Field(
+        "float32", description="dtype of the timed transformer (calibrate() feeds inputs in its first "
+        "parameter's dtype)")
+    repeats: int = Field(3, ge=1, le=1000, description="timings per size (median)")
+
+
 class Calibration(BaseModel):
     """alpha, beta (and the constant gamma) fitted to measured forward-pass times, with R^2."""
 
@@ -290,13 +302,9 @@ class Calibration(BaseModel):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".calibration-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            f.write(self.model_dump_json(indent=2))
-        os.replace(tmp, path)
-        return path
+        from models.io import write_atomic
+
+        return write_atomic(path, self.model_dump_json(indent=2))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Calibration":
@@ -406,7 +414,7 @@ class FairnessGrid(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    sizes: tuple[tuple[int, int], ...] = Field(A14B_SIZES, description="(width, height), A14B sizes (facts.md)")
+    sizes: tuple[tuple[int, int], ...] = Field(A14B_SIZES, description="(width, height), A14B sizes (docs/facts.md)")
     frames: tuple[int, ...] = Field((17, 33, 49, 65, 81), description="frame counts (4k+1), up to the official 81")
     steps: tuple[int, ...] = Field((10, 20, 30, 40, 50), description="denoising steps around the official 40")
     guidance: tuple[tuple[float, float], ...] = Field(((4.0, 3.0), (4.0, 1.0), (1.0, 1.0)),
@@ -470,11 +478,4 @@ def fairness_summary(table: "Any") -> "Any":
     return summary.reset_index()[["scheme", "max_over_min", "cv", "min", "median", "max"]]
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
-    return path
+

@@ -18,15 +18,14 @@ import datetime as _dt
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from sim.stats import ALL_MALIGN, Stats, best_metric_per_policy, compute_stats
+from models.io import write_atomic
+from sim.stats import ALL_MALIGN, RATE_COLUMNS, Stats, best_metric_per_policy, compute_stats
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 FILES_DIR = "report_files"
@@ -84,11 +83,12 @@ def fmt_rate(rate: Any, k: Any, n: Any, lo: Any, hi: Any, boot: tuple | None = N
 
 
 def _rate_of(r, name: str, boot: bool = True) -> str:
-    """`fmt_rate` of a stats row's rate column `name` (with `_k`, `_n`, `_cp_lo`, `_cp_hi`, and `_lo`,
-    `_hi` bootstrap columns where present)."""
+    """`fmt_rate` of a stats row's rate `name` (a key of sim.stats.RATE_COLUMNS: its counts, exact
+    bounds and, where present, bootstrap bounds)."""
     get = (lambda c: r.get(c)) if hasattr(r, "get") else (lambda c: r[c])
-    b = (get(f"{name}_lo"), get(f"{name}_hi")) if boot and get(f"{name}_lo") is not None else None
-    return fmt_rate(get(name), get(f"{name}_k"), get(f"{name}_n"), get(f"{name}_cp_lo"), get(f"{name}_cp_hi"), b)
+    c = RATE_COLUMNS[name]
+    b = (get(c.lo), get(c.hi)) if boot and c.lo is not None and get(c.lo) is not None else None
+    return fmt_rate(get(c.rate), get(c.k), get(c.n), get(c.cp_lo), get(c.cp_hi), b)
 
 
 def fmt_bytes(b: Any) -> str:
@@ -278,7 +278,7 @@ def eps_figure(eps: pd.DataFrame, best: dict[str, str], cfg) -> bytes | None:
 
 
 def _slug(spec: str) -> str:
-    from sim.experiment import slug
+    from sim.layout import slug
 
     return slug(spec)
 
@@ -415,10 +415,19 @@ def deployable_blocks(dep) -> list[dict]:
     stability, severity per family, cheats that know the rule."""
     if dep is None:
         return []
+    blocks = [_rule_block(dep), _per_deviation_block(dep)]
+    for block in (_vs_segments_block(dep), _stability_block(dep), _severity_block(dep)):
+        if block is not None:
+            blocks.append(block)
+    blocks.append(_adaptive_block(dep))
+    return blocks
+
+
+def _rule_block(dep) -> dict:
     cfg, t = dep.config, dep.table
     a = t["a14b"]
     boot = lambda key: t[key]  # noqa: E731
-    blocks = [{
+    return {
         "title": "Deployable validator: one rule for every claim (held-out prompts)",
         "text": (f"Commit-then-challenge, fitted on the calibration prompts only (benign calibration FRR <= "
                  f"{cfg.frr_target:.0%}, split over the checks): the opened noise must equal the seeded draw; "
@@ -432,8 +441,8 @@ def deployable_blocks(dep) -> list[dict]:
                  f"deviations (bit-identical to the canonical run here), not in the benign class: "
                  f"{', '.join(dep.zero_effect) or 'none'}."),
         "header": ["FRR (honest rejected)", "FAR (cheats accepted)", "FAR expected over challenges",
-                   "validator compute (segments + decode)", "bytes on chain", "bytes kept per video",
-                   "at A14B: kept / opened per validation"],
+            "validator compute (segments + decode)", "bytes on chain", "bytes kept per video",
+            "at A14B: kept / opened per validation"],
         "rows": [[fmt_rate(t["frr"]["rate"], t["frr"]["k"], t["frr"]["n"], t["frr"]["cp_lo"], t["frr"]["cp_hi"], boot("frr_boot")),
                   fmt_rate(t["far"]["rate"], t["far"]["k"], t["far"]["n"], t["far"]["cp_lo"], t["far"]["cp_hi"], boot("far_boot")),
                   fmt_pct(t["expected_far_over_challenges"]),
@@ -441,52 +450,72 @@ def deployable_blocks(dep) -> list[dict]:
                   f"{t['chain_bytes']} B ({t['chain_bytes_with_video_hash']} B with the MP4 hash)",
                   fmt_bytes(t["kept_bytes"]),
                   f"{fmt_bytes(a['kept_bytes'])} / {fmt_bytes(a['opened_bytes'])} ({a['segments']} segments of "
-                  f"{a['every']} of 40 steps; compute {fmt_num(a['validator_share'])}x)"]]}]
+                  f"{a['every']} of 40 steps; compute {fmt_num(a['validator_share'])}x)"]]}
+
+
+def _per_deviation_block(dep) -> dict:
     pd_rows = [[f"`{r['deviation']}`", r["class"], fmt_rate(r["reject_rate"], r["rejected"], r["n"], r["cp_lo"], r["cp_hi"]),
                 fmt_pct(r["expected_reject"]), fmt_pct(r["reject_all_segments"]), fmt_num(r["saving"]), fmt_num(r["size"])]
                for r in dep.per_deviation.to_dict("records")]
-    blocks.append({"title": "The one rule, per deviation (held-out claims)",
-                   "text": "Share of each deviation's claims the deployed rule rejects (for benign ones: its FRR), "
-                           "expected over the challenge draw, and with every segment challenged.",
-                   "header": ["deviation", "class", "rejected", "expected over challenges", "all segments challenged",
-                              "compute saved", "final-latent change"], "rows": pd_rows})
+    return {"title": "The one rule, per deviation (held-out claims)",
+            "text": "Share of each deviation's claims the deployed rule rejects (for benign ones: its FRR), "
+            "expected over the challenge draw, and with every segment challenged.",
+            "header": ["deviation", "class", "rejected", "expected over challenges", "all segments challenged",
+             "compute saved", "final-latent change"], "rows": pd_rows}
+
+
+def _vs_segments_block(dep) -> dict | None:
+    cfg = dep.config
     v = dep.vs_segments
-    if len(v):
-        ms = sorted(set(v["m"]))
-        rows = []
-        for dev, g in v.groupby("deviation", sort=True):
-            g = g.set_index("m")
-            rows.append([f"`{dev}`", str(int(g["cheated_segments"].iloc[0]))] +
-                        [f"{fmt_pct(g.loc[m, 'measured'])} / {fmt_pct(g.loc[m, 'derived'])}" for m in ms])
-        blocks.append({"title": "Detection per validation against segments challenged (measured / derived)",
-                       "text": ("Measured: 200 challenge draws per held-out claim on its actual per-segment outcomes; "
-                                "derived: 1 - (1 - P(noise or decode check)) x (1 - hypergeometric P(a cheated segment is "
-                                "drawn) x per-segment detection), from the number of segments the cheat touches by design "
-                                f"(`reuse:STEPS` cheats only there: the cheat that hopes its segment is not challenged). "
-                                f"Compute: m/{cfg.segments} of the transformer work plus the decode."),
-                       "header": ["malign deviation", "cheated segments"] + [f"m = {m}" for m in ms], "rows": rows})
+    if not len(v):
+        return None
+    ms = sorted(set(v["m"]))
+    rows = []
+    for dev, g in v.groupby("deviation", sort=True):
+        g = g.set_index("m")
+        rows.append([f"`{dev}`", str(int(g["cheated_segments"].iloc[0]))] +
+                    [f"{fmt_pct(g.loc[m, 'measured'])} / {fmt_pct(g.loc[m, 'derived'])}" for m in ms])
+    return {"title": "Detection per validation against segments challenged (measured / derived)",
+            "text": ("Measured: 200 challenge draws per held-out claim on its actual per-segment outcomes; "
+                     "derived: 1 - (1 - P(noise or decode check)) x (1 - hypergeometric P(a cheated segment is "
+                     "drawn) x per-segment detection), from the number of segments the cheat touches by design "
+                     f"(`reuse:STEPS` cheats only there: the cheat that hopes its segment is not challenged). "
+                     f"Compute: m/{cfg.segments} of the transformer work plus the decode."),
+            "header": ["malign deviation", "cheated segments"] + [f"m = {m}" for m in ms], "rows": rows}
+
+
+def _stability_block(dep) -> dict | None:
     st = dep.stability
-    if len(st):
-        rows = [[str(r["hwnoise_eps"]), str(r["split_seed"]), r["metric"],
-                 fmt_rate(r["frr"], r["frr_k"], r["frr_n"], 0.0 if r["frr_k"] == 0 else math.nan, r["frr_cp_hi"]),
-                 fmt_rate(r["far"], r["far_k"], r["far_n"], r["far_cp_lo"], r["far_cp_hi"]), r["missed"] or "-"]
-                for r in st.to_dict("records")]
-        blocks.append({"title": "Stability: the rule refitted on 5 other splits and with each hwnoise level as benign",
-                       "text": "Each row refits the thresholds on that split's calibration prompts and evaluates on its "
-                               "test prompts; hwnoise is an emulation. Missed: detected on fewer than 90% of test claims.",
-                       "header": ["benign hwnoise EPS", "split seed", "metric", "FRR", "FAR", "cheats missed"], "rows": rows})
+    if not len(st):
+        return None
+    rows = [[str(r["hwnoise_eps"]), str(r["split_seed"]), r["metric"],
+             fmt_rate(r["frr"], r["frr_k"], r["frr_n"], 0.0 if r["frr_k"] == 0 else math.nan, r["frr_cp_hi"]),
+             fmt_rate(r["far"], r["far_k"], r["far_n"], r["far_cp_lo"], r["far_cp_hi"]), r["missed"] or "-"]
+            for r in st.to_dict("records")]
+    return {"title": "Stability: the rule refitted on 5 other splits and with each hwnoise level as benign",
+            "text": "Each row refits the thresholds on that split's calibration prompts and evaluates on its "
+            "test prompts; hwnoise is an emulation. Missed: detected on fewer than 90% of test claims.",
+            "header": ["benign hwnoise EPS", "split seed", "metric", "FRR", "FAR", "cheats missed"], "rows": rows}
+
+
+def _severity_block(dep) -> dict | None:
     sv = dep.severity
-    if len(sv):
-        rows = [[r["family"], f"`{r['deviation']}`", fmt_num(r["size"]), fmt_num(r["saving"]),
-                 fmt_rate(r["reject_rate"], r["rejected"], r["n"], r["cp_lo"], r["cp_hi"]), fmt_pct(r["reject_all_segments"]),
-                 "**mildest detected**" if r["mildest_detected"] else ("detected" if r["detected"] else "not detected")]
-                for r in sv.to_dict("records")]
-        blocks.append({"title": "Severity per family (mildest first) under the one rule",
-                       "text": "Detected: rejected on at least 90% of the held-out claims by the deployed rule (calibration "
-                               "FRR <= 1%). Compute saved: 1 - the executor's measured compute share (nominal for "
-                               "quantised weights).",
-                       "header": ["family", "deviation", "final-latent change", "compute saved", "rejected",
-                                  "all segments challenged", "verdict"], "rows": rows})
+    if not len(sv):
+        return None
+    rows = [[r["family"], f"`{r['deviation']}`", fmt_num(r["size"]), fmt_num(r["saving"]),
+             fmt_rate(r["reject_rate"], r["rejected"], r["n"], r["cp_lo"], r["cp_hi"]), fmt_pct(r["reject_all_segments"]),
+             "**mildest detected**" if r["mildest_detected"] else ("detected" if r["detected"] else "not detected")]
+            for r in sv.to_dict("records")]
+    return {"title": "Severity per family (mildest first) under the one rule",
+            "text": "Detected: rejected on at least 90% of the held-out claims by the deployed rule (calibration "
+            "FRR <= 1%). Compute saved: 1 - the executor's measured compute share (nominal for "
+            "quantised weights).",
+            "header": ["family", "deviation", "final-latent change", "compute saved", "rejected",
+             "all segments challenged", "verdict"], "rows": rows}
+
+
+def _adaptive_block(dep) -> dict:
+    cfg = dep.config
     ad = dep.adaptive
     rows = []
     fo = ad.get("forged_openings")
@@ -502,10 +531,9 @@ def deployable_blocks(dep) -> list[dict]:
         if f["m"] == cfg.challenged:
             rows.append([f"cheat on {f['cheat_rate']:.0%} of requests with `{f['deviation']}` (the least detected cheat)",
                          fmt_pct(f["p_detect_per_validation"]), f"derived: r x measured P(detect), m = {f['m']}"])
-    blocks.append({"title": "Cheats that know the rule", "text": "Also in the tables above: `reuse:STEPS` (cheat on one "
-                   "segment only) and `mp4-from:SPEC` (an honest trajectory delivered with another run's video).",
-                   "header": ["cheat", "detected per validation", "how"], "rows": rows})
-    return blocks
+    return {"title": "Cheats that know the rule", "text": "Also in the tables above: `reuse:STEPS` (cheat on one "
+            "segment only) and `mp4-from:SPEC` (an honest trajectory delivered with another run's video).",
+            "header": ["cheat", "detected per validation", "how"], "rows": rows}
 
 
 def build_context(run_dir: Path, df: pd.DataFrame, params: dict, stats: Stats, deployment=None) -> tuple[dict, dict[str, bytes]]:
@@ -516,78 +544,20 @@ def build_context(run_dir: Path, df: pd.DataFrame, params: dict, stats: Stats, d
     pngs: dict[str, bytes] = {}
     split = df.drop_duplicates("prompt_id").set_index("prompt_id")["split"]
     malign_set = sorted(df.loc[df["kind"] == "malign", "deviation"].astype(str).unique())
-
-    far_tables = []
-    for policy, metric in best.items():
-        t = table[(table["policy"] == policy) & (table["metric"] == metric)]
-        t = pd.concat([t[t["deviation"] == ALL_MALIGN], t[t["deviation"] != ALL_MALIGN]])
-        far_tables.append({"policy": policy, "metric": metric, "rows": [_table_row(r) for _, r in t.iterrows()]})
-    all_rows = [_table_row(r) for _, r in table[table["deviation"] == ALL_MALIGN].iterrows()]
-
-    noise_policies = list(best)
-    bn = stats.benign_noise
-    noise_rows = []
-    for dev in sorted(bn["deviation"].astype(str).unique()) if len(bn) else []:
-        cells = []
-        for policy in noise_policies:
-            r = bn[(bn["deviation"] == dev) & (bn["policy"] == policy) & (bn["metric"] == best[policy])]
-            cells.append(f"{fmt_num(r['median'].iloc[0])} / {fmt_num(r['p99'].iloc[0])}" if len(r) else "n/a")
-        noise_rows.append({"deviation": dev, "emulation": dev.startswith("hwnoise"), "cells": cells})
-
+    far_tables, all_rows = _far_tables(table, best)
+    noise_rows = _noise_rows(stats.benign_noise, best)
     pngs["roc"] = roc_figure(stats, best)
-    thresholds = {}
-    for policy, metric in best.items():
-        r = table[(table["policy"] == policy) & (table["metric"] == metric) & (table["deviation"] == ALL_MALIGN)]
-        thresholds[policy] = float(r["threshold_at_far"].iloc[0]) if len(r) else None
-    pngs["hist"] = hist_figure(df, best, thresholds, stats.benign_set)
-
-    cost_rows, cost_recs = [], []
-    for policy in sorted(df["policy"].unique()):
-        g = df[(df["policy"] == policy) & (df["kind"] == "benign")]
-        b = pd.to_numeric(g.get("bytes_kept"), errors="coerce").dropna() if "bytes_kept" in g else pd.Series(dtype=float)
-        c = pd.to_numeric(g.get("validator_compute_share"), errors="coerce").dropna() if "validator_compute_share" in g else pd.Series(dtype=float)
-        metric = best.get(policy)
-        r = table[(table["policy"] == policy) & (table["metric"] == metric) & (table["deviation"] == ALL_MALIGN)]
-        rec = {"policy": policy, "bytes": float(b.median()) if len(b) else math.nan,
-               "compute": float(c.median()) if len(c) else math.nan, "metric": metric or "n/a",
-               "frr": float(r["frr_at_far"].iloc[0]) if len(r) else math.nan,
-               "far": float(r["far_at_frr"].iloc[0]) if len(r) else math.nan}
-        cost_recs.append(rec)
-        cost_rows.append({**rec, "bytes": fmt_bytes(rec["bytes"]), "compute": fmt_share(rec["compute"]),
-                          "frr": _rate_of(r.iloc[0], "frr_at_far") if len(r) else "n/a",
-                          "far": _rate_of(r.iloc[0], "far_at_frr") if len(r) else "n/a"})
+    pngs["hist"] = hist_figure(df, best, _thresholds(table, best), stats.benign_set)
+    cost_rows, cost_recs = _cost_rows(df, table, best)
     cost_png = cost_figure(pd.DataFrame(cost_recs))
     if cost_png:
         pngs["cost"] = cost_png
-
     eps_png = eps_figure(stats.eps_curve, best, cfg)
-    eps_rows, eps_policies = [], list(best)
+    eps_rows = []
     if eps_png:
         pngs["eps"] = eps_png
-        e = stats.eps_curve[stats.eps_curve["deviation"] == ALL_MALIGN]
-        for eps in sorted(e["eps"].unique()):
-            cells = []
-            for policy in eps_policies:
-                r = e[(e["eps"] == eps) & (e["policy"] == policy) & (e["metric"] == best[policy])]
-                cells.append(" / ".join([_rate_of(r.iloc[0], "far_at_frr", boot=False),
-                                         _rate_of(r.iloc[0], "frr_at_far", boot=False),
-                                         fmt_num(r["benign_median"].iloc[0])]) if len(r) else "n/a")
-            eps_rows.append({"eps": fmt_num(eps), "cells": cells})
-
-    strips = []
-    n_strips = int(params.get("strips", 3)) if isinstance(params, dict) else 3
-    prompts = df.drop_duplicates("prompt_id").sort_values("prompt_id")
-    order = pd.concat([prompts[prompts["split"] == "test"], prompts[prompts["split"] != "test"]])
-    devs = list(stats.benign_set) + [d for d in malign_set if d not in stats.benign_set]
-    for _, pr in order.head(n_strips).iterrows():
-        pid = int(pr["prompt_id"])
-        png, missing = strip_figure(Path(run_dir), pid, devs)
-        key = f"frames_p{pid:04d}"
-        if png:
-            pngs[key] = png
-        strips.append({"prompt_id": pid, "prompt": str(pr.get("prompt", "")), "png": _b64(png), "file": f"{key}.png",
-                       "missing": ", ".join(missing)})
-
+        eps_rows = _eps_rows(stats.eps_curve, best)
+    strips = _strips(Path(run_dir), df, params, list(stats.benign_set), malign_set, pngs)
     ctx = {
         "run_id": str(df["run_id"].iloc[0]) if "run_id" in df and len(df) else Path(run_dir).name,
         "preset": str(df["preset"].iloc[0]) if "preset" in df and len(df) else str(params.get("preset", "?")),
@@ -600,8 +570,8 @@ def build_context(run_dir: Path, df: pd.DataFrame, params: dict, stats: Stats, d
         "verdicts": _verdict_rows(stats.verdicts, True) if len(stats.verdicts) else [],
         "verdicts_all": _verdict_rows(stats.verdicts, False) if len(stats.verdicts) else [],
         "far_tables": far_tables, "all_rows": all_rows,
-        "noise_policies": noise_policies, "noise_rows": noise_rows,
-        "cost_rows": cost_rows, "eps_rows": eps_rows, "eps_policies": eps_policies,
+        "noise_policies": list(best), "noise_rows": noise_rows,
+        "cost_rows": cost_rows, "eps_rows": eps_rows, "eps_policies": list(best),
         "strips": strips, "deploy_blocks": deployable_blocks(deployment), "zero_effect": list(stats.zero_effect),
         "img": {k: _b64(pngs.get(k)) for k in ("roc", "hist", "cost", "eps")},
         "params_json": json.dumps(params, indent=2, default=str, sort_keys=True),
@@ -610,17 +580,91 @@ def build_context(run_dir: Path, df: pd.DataFrame, params: dict, stats: Stats, d
     return ctx, pngs
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _best_row(table: pd.DataFrame, policy: str, metric: str | None) -> pd.DataFrame:
+    """The all-malign comparison of one policy under one metric (0 or 1 rows)."""
+    return table[(table["policy"] == policy) & (table["metric"] == metric) & (table["deviation"] == ALL_MALIGN)]
+
+
+def _far_tables(table: pd.DataFrame, best: dict) -> tuple[list[dict], list[dict]]:
+    far_tables = []
+    for policy, metric in best.items():
+        t = table[(table["policy"] == policy) & (table["metric"] == metric)]
+        t = pd.concat([t[t["deviation"] == ALL_MALIGN], t[t["deviation"] != ALL_MALIGN]])
+        far_tables.append({"policy": policy, "metric": metric, "rows": [_table_row(r) for _, r in t.iterrows()]})
+    return far_tables, [_table_row(r) for _, r in table[table["deviation"] == ALL_MALIGN].iterrows()]
+
+
+def _noise_rows(bn: pd.DataFrame, best: dict) -> list[dict]:
+    noise_rows = []
+    for dev in sorted(bn["deviation"].astype(str).unique()) if len(bn) else []:
+        cells = []
+        for policy in best:
+            r = bn[(bn["deviation"] == dev) & (bn["policy"] == policy) & (bn["metric"] == best[policy])]
+            cells.append(f"{fmt_num(r['median'].iloc[0])} / {fmt_num(r['p99'].iloc[0])}" if len(r) else "n/a")
+        noise_rows.append({"deviation": dev, "emulation": dev.startswith("hwnoise"), "cells": cells})
+    return noise_rows
+
+
+def _thresholds(table: pd.DataFrame, best: dict) -> dict[str, float | None]:
+    thresholds = {}
+    for policy, metric in best.items():
+        r = _best_row(table, policy, metric)
+        thresholds[policy] = float(r["threshold_at_far"].iloc[0]) if len(r) else None
+    return thresholds
+
+
+def _cost_rows(df: pd.DataFrame, table: pd.DataFrame, best: dict) -> tuple[list[dict], list[dict]]:
+    """Per policy: median bytes kept and validator compute of the benign rows, with its FRR and FAR
+    (formatted for the template, and as numbers for the figure)."""
+    cost_rows, cost_recs = [], []
+    for policy in sorted(df["policy"].unique()):
+        g = df[(df["policy"] == policy) & (df["kind"] == "benign")]
+        b = pd.to_numeric(g.get("bytes_kept"), errors="coerce").dropna() if "bytes_kept" in g else pd.Series(dtype=float)
+        c = pd.to_numeric(g.get("validator_compute_share"), errors="coerce").dropna() if "validator_compute_share" in g else pd.Series(dtype=float)
+        metric = best.get(policy)
+        r = _best_row(table, policy, metric)
+        rec = {"policy": policy, "bytes": float(b.median()) if len(b) else math.nan,
+               "compute": float(c.median()) if len(c) else math.nan, "metric": metric or "n/a",
+               "frr": float(r["frr_at_far"].iloc[0]) if len(r) else math.nan,
+               "far": float(r["far_at_frr"].iloc[0]) if len(r) else math.nan}
+        cost_recs.append(rec)
+        cost_rows.append({**rec, "bytes": fmt_bytes(rec["bytes"]), "compute": fmt_share(rec["compute"]),
+                          "frr": _rate_of(r.iloc[0], "frr_at_far") if len(r) else "n/a",
+                          "far": _rate_of(r.iloc[0], "far_at_frr") if len(r) else "n/a"})
+    return cost_rows, cost_recs
+
+
+def _eps_rows(eps_curve: pd.DataFrame, best: dict) -> list[dict]:
+    rows = []
+    e = eps_curve[eps_curve["deviation"] == ALL_MALIGN]
+    for eps in sorted(e["eps"].unique()):
+        cells = []
+        for policy in best:
+            r = e[(e["eps"] == eps) & (e["policy"] == policy) & (e["metric"] == best[policy])]
+            cells.append(" / ".join([_rate_of(r.iloc[0], "far_at_frr", boot=False),
+                                     _rate_of(r.iloc[0], "frr_at_far", boot=False),
+                                     fmt_num(r["benign_median"].iloc[0])]) if len(r) else "n/a")
+        rows.append({"eps": fmt_num(eps), "cells": cells})
+    return rows
+
+
+def _strips(run_dir: Path, df: pd.DataFrame, params: dict, benign_set: list[str], malign_set: list[str],
+            pngs: dict[str, bytes]) -> list[dict]:
+    """Frame strips of the first test prompts (their PNGs added to `pngs`)."""
+    strips = []
+    n_strips = int(params.get("strips", 3)) if isinstance(params, dict) else 3
+    prompts = df.drop_duplicates("prompt_id").sort_values("prompt_id")
+    order = pd.concat([prompts[prompts["split"] == "test"], prompts[prompts["split"] != "test"]])
+    devs = benign_set + [d for d in malign_set if d not in benign_set]
+    for _, pr in order.head(n_strips).iterrows():
+        pid = int(pr["prompt_id"])
+        png, missing = strip_figure(run_dir, pid, devs)
+        key = f"frames_p{pid:04d}"
+        if png:
+            pngs[key] = png
+        strips.append({"prompt_id": pid, "prompt": str(pr.get("prompt", "")), "png": _b64(png), "file": f"{key}.png",
+                       "missing": ", ".join(missing)})
+    return strips
 
 
 def render_markdown(ctx: dict) -> str:
@@ -709,8 +753,8 @@ def write_report(run_dir: str | Path, scores_df: pd.DataFrame, params: dict, sta
     env.filters["md"] = _inline_markdown
     html = env.get_template("report.html.j2").render(**ctx)
     for name, png in pngs.items():
-        _atomic_write(run_dir / FILES_DIR / f"{name}.png", png)
+        write_atomic(run_dir / FILES_DIR / f"{name}.png", png)
     html_path, md_path = run_dir / "report.html", run_dir / "report.md"
-    _atomic_write(md_path, render_markdown(ctx).encode("utf-8"))
-    _atomic_write(html_path, html.encode("utf-8"))
+    write_atomic(md_path, render_markdown(ctx).encode("utf-8"))
+    write_atomic(html_path, html.encode("utf-8"))
     return html_path, md_path

@@ -45,6 +45,55 @@ ALL_MALIGN = "all malign"
 ALL_BENIGN = "all benign"
 BIG = 1e300  # stand-in for +-inf scores (keeps the ranking; scikit-learn rejects inf)
 
+# ---------------------------------------------------------------------------------------------
+# The columns of a comparison row (Stats.table) that hold rates. An operating point is a threshold
+# chosen on the calib split by one rule and rates measured on the test split at it: `frr_at_far` is
+# the test FRR at the calib threshold with FAR <= far_target (`test_far_at_far` the test FAR there),
+# `far_at_frr` the test FAR at the calib threshold with FRR <= frr_target. Each rate has its counts
+# (`_k` of `_n` rows) and exact Clopper-Pearson bounds (`_cp_lo`, `_cp_hi`); the main rate of a rule
+# also a bootstrap interval over test prompts (`_lo`, `_hi`).
+
+
+@dataclass(frozen=True)
+class RateColumns:
+    """The column names of one rate."""
+
+    rate: str
+    k: str
+    n: str
+    cp_lo: str
+    cp_hi: str
+    lo: str | None = None  # bootstrap bounds, main rates only
+    hi: str | None = None
+
+
+@dataclass(frozen=True)
+class OperatingPointColumns:
+    """The column names of one operating point (`rule`: the rate held at its target on calib)."""
+
+    rule: str
+    threshold: str
+    calib_frr: str
+    calib_far: str
+    main: RateColumns  # the other rate, on test
+    held: RateColumns  # the held rate, on test
+
+
+FRR_AT_FAR = RateColumns("frr_at_far", "frr_at_far_k", "frr_at_far_n", "frr_at_far_cp_lo", "frr_at_far_cp_hi",
+                         "frr_at_far_lo", "frr_at_far_hi")
+TEST_FAR_AT_FAR = RateColumns("test_far_at_far", "test_far_at_far_k", "test_far_at_far_n", "test_far_at_far_cp_lo",
+                              "test_far_at_far_cp_hi")
+FAR_AT_FRR = RateColumns("far_at_frr", "far_at_frr_k", "far_at_frr_n", "far_at_frr_cp_lo", "far_at_frr_cp_hi",
+                         "far_at_frr_lo", "far_at_frr_hi")
+TEST_FRR_AT_FRR = RateColumns("test_frr_at_frr", "test_frr_at_frr_k", "test_frr_at_frr_n", "test_frr_at_frr_cp_lo",
+                              "test_frr_at_frr_cp_hi")
+AT_FAR = OperatingPointColumns("far", "threshold_at_far", "calib_frr_at_far", "calib_far_at_far", FRR_AT_FAR,
+                               TEST_FAR_AT_FAR)
+AT_FRR = OperatingPointColumns("frr", "threshold_at_frr", "calib_frr_at_frr", "calib_far_at_frr", FAR_AT_FRR,
+                               TEST_FRR_AT_FRR)
+RATE_COLUMNS = {c.rate: c for c in (FRR_AT_FAR, TEST_FAR_AT_FAR, FAR_AT_FRR, TEST_FRR_AT_FRR)}
+AUC_COLUMNS = ("auc", "auc_lo", "auc_hi", "pauc", "pauc_lo", "pauc_hi")
+
 
 class StatsError(ValueError):
     """The scores table cannot be analysed (missing columns, unknown labels)."""
@@ -382,94 +431,117 @@ def compare(benign: pd.DataFrame, malign: pd.DataFrame, cfg: StatsConfig, rng: n
 
 def _compare(b: _Side, m: _Side, cfg: StatsConfig, rng: np.random.Generator,
              *, auc_ci: bool = True, pauc_ci: bool = True, roc_out: dict | None = None) -> dict[str, Any]:
+    reasons: list[str] = []
+    row = _distribution_columns(b, m)
+    row.update(_auc_columns(b, m, cfg, rng, reasons, auc_ci=auc_ci, pauc_ci=pauc_ci, roc_out=roc_out))
+    row.update(_operating_point_columns(b, m, cfg, rng, reasons))
+    row["reason"] = "; ".join(dict.fromkeys(reasons))
+    return row
+
+
+def _distribution_columns(b: _Side, m: _Side) -> dict[str, Any]:
+    """Row counts per split, the score distributions' landmarks and the median costs."""
+    bc, mc = b.calib, m.calib
+    raw_b, raw_m = b.raw, m.raw
+    return dict(n_benign_calib=int(bc.sum()), n_malign_calib=int(mc.sum()),
+                n_benign_test=int((~bc).sum()), n_malign_test=int((~mc).sum()),
+                n_prompts_calib=int(np.unique(np.r_[b.prompt[bc], m.prompt[mc]]).size),
+                n_prompts_test=int(np.unique(np.r_[b.prompt[~bc], m.prompt[~mc]]).size),
+                benign_median=float(np.median(raw_b)) if raw_b.size else math.nan,
+                benign_p99=float(np.quantile(raw_b, 0.99, method="higher")) if raw_b.size else math.nan,
+                benign_max=float(np.max(raw_b)) if raw_b.size else math.nan,
+                malign_median=float(np.median(raw_m)) if raw_m.size else math.nan,
+                malign_min=float(np.min(raw_m)) if raw_m.size else math.nan,
+                validator_compute_share=_median(b.compute), bytes_kept=_median(b.bytes),
+                executor_compute_share=_median(m.executor))
+
+
+def _auc_columns(b: _Side, m: _Side, cfg: StatsConfig, rng: np.random.Generator, reasons: list[str], *,
+                 auc_ci: bool, pauc_ci: bool, roc_out: dict | None) -> dict[str, Any]:
+    """AUC and partial AUC on all prompts (no tuning involved), CIs resampling all prompts."""
     from sklearn.metrics import auc
 
-    reasons: list[str] = []
-    row: dict[str, Any] = {}
     b_all, m_all = b.score, m.score
-    bc, mc = b.calib, m.calib
-    row.update(n_benign_calib=int(bc.sum()), n_malign_calib=int(mc.sum()),
-               n_benign_test=int((~bc).sum()), n_malign_test=int((~mc).sum()),
-               n_prompts_calib=int(np.unique(np.r_[b.prompt[bc], m.prompt[mc]]).size),
-               n_prompts_test=int(np.unique(np.r_[b.prompt[~bc], m.prompt[~mc]]).size))
-    raw_b, raw_m = b.raw, m.raw
-    row["benign_median"] = float(np.median(raw_b)) if raw_b.size else math.nan
-    row["benign_p99"] = float(np.quantile(raw_b, 0.99, method="higher")) if raw_b.size else math.nan
-    row["benign_max"] = float(np.max(raw_b)) if raw_b.size else math.nan
-    row["malign_median"] = float(np.median(raw_m)) if raw_m.size else math.nan
-    row["malign_min"] = float(np.min(raw_m)) if raw_m.size else math.nan
-    row["validator_compute_share"] = _median(b.compute)
-    row["bytes_kept"] = _median(b.bytes)
-    row["executor_compute_share"] = _median(m.executor)
-
-    # AUC and partial AUC on all prompts (no tuning involved), CIs resampling all prompts.
+    if b_all.size == 0 or m_all.size == 0:
+        reasons.append("no benign rows" if b_all.size == 0 else "no malign rows")
+        return dict.fromkeys(AUC_COLUMNS, math.nan)
     universe = np.union1d(b.prompt, m.prompt)
     b_idx = _prompt_index(b.prompt, universe)
     m_idx = _prompt_index(m.prompt, universe)
-    auc_cols = ("auc", "auc_lo", "auc_hi", "pauc", "pauc_lo", "pauc_hi")
-    if b_all.size == 0 or m_all.size == 0:
-        row.update(dict.fromkeys(auc_cols, math.nan))
-        reasons.append("no benign rows" if b_all.size == 0 else "no malign rows")
+    # one scikit-learn ROC gives the curve, the AUC (`roc_auc_score`'s own steps) and the pAUC
+    fpr, tpr = _roc(b_all, m_all)
+    row: dict[str, Any] = {"auc": float(auc(fpr, tpr)), "pauc": _pauc_from_roc(fpr, tpr, cfg.max_fpr)}
+    if roc_out is not None:
+        roc_out["fpr"], roc_out["tpr"] = fpr, tpr
+    if auc_ci and cfg.n_boot_auc and universe.size > 1:
+        row["auc_lo"], row["auc_hi"] = _ci(_auc_boot(b_all, b_idx, m_all, m_idx, universe.size, cfg.n_boot_auc, rng),
+                                           cfg.ci_level)
     else:
-        # one scikit-learn ROC gives the curve, the AUC (`roc_auc_score`'s own steps) and the pAUC
-        fpr, tpr = _roc(b_all, m_all)
-        row["auc"] = float(auc(fpr, tpr))
-        row["pauc"] = _pauc_from_roc(fpr, tpr, cfg.max_fpr)
-        if roc_out is not None:
-            roc_out["fpr"], roc_out["tpr"] = fpr, tpr
-        if auc_ci and cfg.n_boot_auc and universe.size > 1:
-            row["auc_lo"], row["auc_hi"] = _ci(_auc_boot(b_all, b_idx, m_all, m_idx, universe.size, cfg.n_boot_auc, rng), cfg.ci_level)
-        else:
-            row["auc_lo"] = row["auc_hi"] = math.nan
-        if pauc_ci and cfg.n_boot_pauc and universe.size > 1:
-            row["pauc_lo"], row["pauc_hi"] = _ci(
-                _pauc_boot(b_all, b_idx, m_all, m_idx, universe.size, cfg.n_boot_pauc, cfg.max_fpr, rng), cfg.ci_level)
-        else:
-            row["pauc_lo"] = row["pauc_hi"] = math.nan
+        row["auc_lo"] = row["auc_hi"] = math.nan
+    if pauc_ci and cfg.n_boot_pauc and universe.size > 1:
+        row["pauc_lo"], row["pauc_hi"] = _ci(
+            _pauc_boot(b_all, b_idx, m_all, m_idx, universe.size, cfg.n_boot_pauc, cfg.max_fpr, rng), cfg.ci_level)
+    else:
+        row["pauc_lo"] = row["pauc_hi"] = math.nan
+    return row
 
-    # Operating points: thresholds on calib, rates on test, CIs resampling test prompts.
-    bt, mt = b_all[~bc], m_all[~mc]
+
+def _operating_point_columns(b: _Side, m: _Side, cfg: StatsConfig, rng: np.random.Generator,
+                             reasons: list[str]) -> dict[str, Any]:
+    """Operating points: thresholds on calib, rates on test, CIs resampling test prompts."""
+    bc, mc = b.calib, m.calib
     test_universe = np.union1d(b.prompt[~bc], m.prompt[~mc])
     weights = _boot_weights(test_universe.size, cfg.n_boot, rng) if (cfg.n_boot and test_universe.size > 1) else np.empty((0, 0))
-    bt_idx = _prompt_index(b.prompt[~bc], test_universe)
-    mt_idx = _prompt_index(m.prompt[~mc], test_universe)
-    b_cal, m_cal = b_all[bc], m_all[mc]
+    test = dict(bt=b.score[~bc], mt=m.score[~mc], bt_idx=_prompt_index(b.prompt[~bc], test_universe),
+                mt_idx=_prompt_index(m.prompt[~mc], test_universe), weights=weights)
+    b_cal, m_cal = b.score[bc], m.score[mc]
     curve = _calib_roc(b_cal, m_cal) if (b_cal.size and m_cal.size) else None
     # the partial AUC of the calib prompts alone: the tie-break of metric and policy selection
-    row["calib_pauc"] = _pauc_from_roc(curve[0], curve[1], cfg.max_fpr) if curve is not None else math.nan
-    for rule, target, main, other in (("far", cfg.far_target, "frr", "far"), ("frr", cfg.frr_target, "far", "frr")):
+    row: dict[str, Any] = {"calib_pauc": _pauc_from_roc(curve[0], curve[1], cfg.max_fpr) if curve is not None else math.nan}
+    for cols, target in ((AT_FAR, cfg.far_target), (AT_FRR, cfg.frr_target)):
         if curve is None:
             op = _nan_point(f"no {'benign' if b_cal.size == 0 else 'malign'} rows in the calib split")
         else:
-            op = _pick_threshold(curve, b_cal, m_cal, rule, target)
-        p = f"at_{rule}"  # e.g. frr_at_far = test FRR at the calib threshold with FAR <= target
-        row[f"threshold_{p}"] = op.threshold
-        row[f"calib_frr_{p}"], row[f"calib_far_{p}"] = op.calib_frr, op.calib_far
+            op = _pick_threshold(curve, b_cal, m_cal, cols.rule, target)
+        row[cols.threshold] = op.threshold
+        row[cols.calib_frr], row[cols.calib_far] = op.calib_frr, op.calib_far
         if op.reason:
-            reasons.append(f"{rule} rule: {op.reason}")
-            row.update({f"{main}_{p}": math.nan, f"{main}_{p}_lo": math.nan, f"{main}_{p}_hi": math.nan,
-                        f"test_{other}_{p}": math.nan})
-            for name in (f"{main}_{p}", f"test_{other}_{p}"):
-                row.update({f"{name}_k": 0, f"{name}_n": 0, f"{name}_cp_lo": math.nan, f"{name}_cp_hi": math.nan})
-            continue
-        frr = float(np.mean(bt > op.threshold)) if bt.size else math.nan  # _rates on finite scores
-        far = float(np.mean(mt <= op.threshold)) if mt.size else math.nan
-        if bt.size == 0 or mt.size == 0:
-            reasons.append(f"{rule} rule: no {'benign' if bt.size == 0 else 'malign'} rows in the test split")
-        rates = {"frr": frr, "far": far}
-        row[f"{main}_{p}"] = rates[main]
-        row[f"test_{other}_{p}"] = rates[other]
-        flags = (bt > op.threshold) if main == "frr" else (mt <= op.threshold)
-        idx = bt_idx if main == "frr" else mt_idx
-        row[f"{main}_{p}_lo"], row[f"{main}_{p}_hi"] = (
-            _rate_ci(flags, idx, weights, cfg.ci_level) if weights.size and flags.size else (math.nan, math.nan))
-        # exact bounds from the counts (rows; those of one prompt are correlated: the bootstrap above
-        # resamples prompts)
-        for which, f in ((main, flags), (other, (bt > op.threshold) if other == "frr" else (mt <= op.threshold))):
-            name = f"{which}_{p}" if which == main else f"test_{which}_{p}"
-            row[f"{name}_k"], row[f"{name}_n"] = int(f.sum()), int(f.size)
-            row[f"{name}_cp_lo"], row[f"{name}_cp_hi"] = clopper_pearson(int(f.sum()), int(f.size), cfg.ci_level)
-    row["reason"] = "; ".join(dict.fromkeys(reasons))
+            reasons.append(f"{cols.rule} rule: {op.reason}")
+            row.update(_undetermined_point(cols))
+        else:
+            row.update(_test_rates(cols, op.threshold, cfg, reasons, **test))
+    return row
+
+
+def _undetermined_point(cols: OperatingPointColumns) -> dict[str, Any]:
+    row = {cols.main.rate: math.nan, cols.main.lo: math.nan, cols.main.hi: math.nan, cols.held.rate: math.nan}
+    for rc in (cols.main, cols.held):
+        row.update({rc.k: 0, rc.n: 0, rc.cp_lo: math.nan, rc.cp_hi: math.nan})
+    return row
+
+
+def _test_rates(cols: OperatingPointColumns, threshold: float, cfg: StatsConfig, reasons: list[str], *,
+                bt: np.ndarray, mt: np.ndarray, bt_idx: np.ndarray, mt_idx: np.ndarray,
+                weights: np.ndarray) -> dict[str, Any]:
+    """The test FRR and FAR at `threshold`: the main rate with its bootstrap interval, both with counts
+    and exact bounds."""
+    frr = float(np.mean(bt > threshold)) if bt.size else math.nan  # _rates on finite scores
+    far = float(np.mean(mt <= threshold)) if mt.size else math.nan
+    if bt.size == 0 or mt.size == 0:
+        reasons.append(f"{cols.rule} rule: no {'benign' if bt.size == 0 else 'malign'} rows in the test split")
+    rejected, accepted = bt > threshold, mt <= threshold
+    if cols.rule == "far":  # main rate FRR (benign rows rejected), held rate FAR
+        main, held, main_rate, held_rate, idx = rejected, accepted, frr, far, bt_idx
+    else:
+        main, held, main_rate, held_rate, idx = accepted, rejected, far, frr, mt_idx
+    row: dict[str, Any] = {cols.main.rate: main_rate, cols.held.rate: held_rate}
+    row[cols.main.lo], row[cols.main.hi] = (
+        _rate_ci(main, idx, weights, cfg.ci_level) if weights.size and main.size else (math.nan, math.nan))
+    # exact bounds from the counts (rows; those of one prompt are correlated: the bootstrap above
+    # resamples prompts)
+    for rc, f in ((cols.main, main), (cols.held, held)):
+        row[rc.k], row[rc.n] = int(f.sum()), int(f.size)
+        row[rc.cp_lo], row[rc.cp_hi] = clopper_pearson(int(f.sum()), int(f.size), cfg.ci_level)
     return row
 
 

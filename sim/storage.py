@@ -23,21 +23,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from models.io import write_atomic
+
 MARKER = "record.json"  # the file of a generation directory that is published last
 
 
 class StorageError(OSError):
     pass
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write a local file all at once (temporary file in the same directory, then a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
 
 
 def is_url(location: str | os.PathLike) -> bool:
@@ -112,7 +104,7 @@ class RunStore:
         """Write one file all at once: temporary file + rename locally, one object remotely."""
         data = data.encode() if isinstance(data, str) else data
         if self.is_local:
-            atomic_write(self.local(rel), data)
+            write_atomic(self.local(rel), data)
         else:
             self.fs.pipe_file(self.path(rel), data)
 

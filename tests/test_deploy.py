@@ -23,7 +23,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows import regression as rg
+from flows.regression import regression_flow
+from sim import regression as rg
 from sim import experiment as ex
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -485,7 +486,7 @@ def test_regression_flow_end_to_end(prefect_harness, tmp_path):
     kw = dict(params=params, runs_root=str(root), baseline=str(base), run_date="2026-03-01")
 
     # 1. no baseline yet: the run becomes it (analysis files only)
-    first = rg.regression_flow(**kw)
+    first = regression_flow(**kw)
     assert first["status"] == "baseline" and Path(first["baseline"]) == base
     assert (base / "summary.json").exists() and (base / "params.json").exists() and not (base / "gens").exists()
     run = root / "2026-03-01"
@@ -493,7 +494,7 @@ def test_regression_flow_end_to_end(prefect_harness, tmp_path):
     assert "BASELINE" in asyncio.run(_artifact_markdown("regression-comparison"))
 
     # 2. against itself (the run directory resumes): no regression
-    second = rg.regression_flow(**kw)
+    second = regression_flow(**kw)
     assert second["status"] == "passed" and second["comparison"]["passed"]
     devs = {r["deviation"] for r in second["comparison"]["rows"]}
     assert devs == {"steps:2", "seed:+1"}
@@ -503,7 +504,7 @@ def test_regression_flow_end_to_end(prefect_harness, tmp_path):
     s = json.loads((base / "summary.json").read_text())
     s["deviations"].append(vrow("guidance:3.5"))
     (base / "summary.json").write_text(json.dumps(s))
-    state = rg.regression_flow(**kw, return_state=True)
+    state = regression_flow(**kw, return_state=True)
     assert state.is_failed()
     with pytest.raises(rg.RegressionDetected, match="guidance:3.5"):
         state.result()
@@ -512,6 +513,6 @@ def test_regression_flow_end_to_end(prefect_harness, tmp_path):
 
     # 4. a baseline made with other parameters is refused before any generation
     with pytest.raises(rg.RegressionInputError, match="other parameters"):
-        rg.regression_flow(**{**kw, "params": params.model_copy(update={"seed": 1}),
+        regression_flow(**{**kw, "params": params.model_copy(update={"seed": 1}),
                               "run_date": "2026-03-02"})
     assert not (root / "2026-03-02").exists()

@@ -126,7 +126,7 @@ def test_network_flow_writes_tables_and_artifacts(run_dir, tmp_path, prefect_har
 
     from flows.network import network_flow
 
-    res = network_flow(_params(run_dir, epochs=1, requests_per_epoch=100).model_dump(mode="json"), str(tmp_path / "o"))
+    res = network_flow(_params(run_dir, epochs=1, requests_per_epoch=100), str(tmp_path / "o"))
     assert len(res["epochs"]) == 1
     assert len(pd.read_parquet(tmp_path / "o" / "epochs.parquet")) == 1
     assert (tmp_path / "o" / "params.json").is_file()

@@ -1,4 +1,4 @@
-"""The network's rules against facts.md section 2 (Gonka): the validators' sampling formula as
+"""The network's rules against docs/facts.md section 2 (Gonka): the validators' sampling formula as
 the agents apply it, and the surrogate's reading of an experiment run (which rows are honest
 work, how validators of one inference agree), with the economics model matching the simulation."""
 

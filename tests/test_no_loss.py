@@ -72,7 +72,7 @@ class Cheat(Deviation):
 
 
 def test_2_resume_and_regression_import_nothing_from_params_json(tmp_path, monkeypatch):
-    from flows import regression as rg
+    from sim import regression as rg
 
     marker = tmp_path / "imported.txt"
     (tmp_path / "evilpkg").mkdir()
@@ -176,7 +176,7 @@ def test_6_no_traceback_for_a_users_mistake(tmp_path, monkeypatch):
                  ["generate", "--prompt", "x", "--device", "cuda"],
                  ["network", "run", "--run-dir", "exp", "--db", "nowhere/x.db", "--out", "n"],
                  ["network", "run", "--run-dir", "exp", "--db", "mysql://h/db", "--out", "n"],
-                 ["experiment", "--config", "bin.json"], ["poc", "power", "--samples", ""],
+                 ["experiment", "--config", "bin.json"], ["poc", "power", "--sample-size", "0"],
                  ["generate", "--prompt", "x", "--deviation", "models.deviations:Deviation"]):
         res = runner.invoke(app, args)
         assert res.exit_code == 1 and res.output.startswith("error: ") and len(res.output.splitlines()) == 1, res.output
@@ -189,11 +189,10 @@ def test_6_no_traceback_for_a_users_mistake(tmp_path, monkeypatch):
 
 
 def test_6_domain_errors_in_a_subprocess_print_one_line():
-    res = subprocess.run([str(ROOT / ".venv/bin/t2vsim"), "poc", "power", "--samples", ""], capture_output=True,
+    res = subprocess.run([str(ROOT / ".venv/bin/t2vsim"), "poc", "power", "--sample-size", "0"], capture_output=True,
                          text=True, cwd=ROOT) if (ROOT / ".venv/bin/t2vsim").exists() else pytest.skip("no .venv")
     assert res.returncode == 1 and res.stdout == ""
-    assert res.stderr.splitlines() == ["error: samples: give at least one sample size, comma-separated (e.g. 10,20,50), "
-                                       "got ''"]
+    assert res.stderr.splitlines() == ["error: sample_size: each size must be an integer in 1..100000, got 0"]
 
 
 # 7. a failed run's params.json does not block the corrected command ---------------------------------

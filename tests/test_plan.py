@@ -65,7 +65,7 @@ def test_planned_bytes_match_a_real_generation(tmp_path):
 
 def test_cli_plan_prints_the_comparison_and_refuses_bad_input(tmp_path):
     runner = CliRunner()
-    res = runner.invoke(app, ["plan", "--gpus", "8", "--json", str(tmp_path / "plan.json")])
+    res = runner.invoke(app, ["plan", "--gpus", "8", "--out", str(tmp_path / "plan.json")])
     assert res.exit_code == 0, res.output
     assert "Beside the proposal's figures" in res.output and "1,200" in res.output
     data = json.loads((tmp_path / "plan.json").read_text())

@@ -47,9 +47,9 @@ def test_poc_run_refuses_bad_input(app, args, needle):
 def test_poc_strategies_and_power(app):
     res = runner.invoke(app, ["poc", "strategies"])
     assert res.exit_code == 0 and "one-expert" in res.output and "duplicate" in res.output
-    res = runner.invoke(app, ["poc", "power", "--samples", "10,200", "--cheats", "fp8,fabricate:0.2"])
+    res = runner.invoke(app, ["poc", "power", "--sample-size", "10", "--sample-size", "200", "--cheat", "fp8", "--cheat", "fabricate:0.2"])
     assert res.exit_code == 0 and "fabricate:0.2" in res.output and "n=200" in res.output
-    res = runner.invoke(app, ["poc", "power", "--cheats", "fabricate:7"])
+    res = runner.invoke(app, ["poc", "power", "--cheat", "fabricate:7"])
     assert res.exit_code == 1 and "fabricate" in res.output
 
 
@@ -58,31 +58,34 @@ def test_poc_power_honest_condition(app):
 
     m = Measurement.load()
     # honest nodes drawn from the fp8 distances: the honest row shows fp8's mismatch rate at the threshold
-    res = runner.invoke(app, ["poc", "power", "--cheats", "honest", "--honest", "fp8", "--threshold", "0.03"])
+    res = runner.invoke(app, ["poc", "power", "--cheat", "honest", "--honest-condition", "fp8", "--distance-threshold", "0.03"])
     assert res.exit_code == 0, res.output
     assert f"{m.rate('fp8', 0.03):.3f}" in res.output
-    res = runner.invoke(app, ["poc", "power", "--honest", "attention:_native_cudnn"])
+    res = runner.invoke(app, ["poc", "power", "--honest-condition", "attention:_native_cudnn"])
     assert res.exit_code == 1 and "attention:_native_cudnn" in res.output and "no distances" in res.output
 
 
 @pytest.mark.slow
 def test_poc_measure_small(app, tmp_path):
     out = tmp_path / "m.json"
-    res = runner.invoke(app, ["poc", "measure", "--nonces", "6", "--conditions", "batch:3,fp8,fabricated",
+    res = runner.invoke(app, ["poc", "measure", "--nonces", "6", "--condition", "batch:3", "--condition", "fp8", "--condition", "fabricated",
                               "--out", str(out)])
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
     assert set(data["conditions"]) == {"batch:3", "fp8", "fabricated"}
     assert max(data["conditions"]["batch:3"]["distances"]) < 1e-3
     assert min(data["conditions"]["fabricated"]["distances"]) > 0.1
-    res = runner.invoke(app, ["poc", "measure", "--conditions", "warp:9", "--out", str(out)])
+    res = runner.invoke(app, ["poc", "measure", "--condition", "warp:9", "--out", str(out)])
     assert res.exit_code == 1 and "warp:9" in res.output
 
 
 @pytest.mark.slow
 def test_poc_flow_runs_under_prefect(prefect_harness, tmp_path):
     from flows.poc import poc_stage_flow
+    from sim.poc import PocStageParams
 
-    result = poc_stage_flow(mix="honest=2,one-expert:low=1", capacity=100, out=str(tmp_path))
+    params = PocStageParams(mix="honest=2,one-expert:low=1", capacity=100)
+    result = poc_stage_flow(params, out=str(tmp_path))
     assert [r["accepted"] for r in result["participants"]] == [True, True, False]
     assert (tmp_path / "poc_stage.json").exists() and (tmp_path / "poc_stage.md").exists()
+    assert PocStageParams.model_validate_json((tmp_path / "params.json").read_text()) == params

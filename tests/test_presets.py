@@ -64,7 +64,7 @@ def test_a14b_configuration_has_the_published_size():
     with parameters_on_meta():
         expert = WanTransformer3DModel(**preset_spec("a14b-random").transformer_config)
     n = sum(p.numel() for p in expert.parameters())
-    assert abs(n - 14.29e9) < 0.01e9  # facts.md: 14.29 B parameters per expert
+    assert abs(n - 14.29e9) < 0.01e9  # docs/facts.md: 14.29 B parameters per expert
     assert all(p.device.type == "meta" for p in expert.parameters())
 
 

@@ -29,14 +29,14 @@ def test_forward_passes_count_cfg_per_expert(gh, gl):
     r = GenerationRequest(model="a14b-random", prompt="x", guidance_high=gh, guidance_low=gl)
     assert forward_passes_for(r.steps, r.shift, gh > 1, gl > 1) == forward_passes(r)
     if gh > 1 and gl > 1:
-        assert forward_passes(r) == 80  # facts.md: 80 passes per 40-step video
+        assert forward_passes(r) == 80  # docs/facts.md: 80 passes per 40-step video
 
 
 def test_latent_patches_match_request():
     from models.request import GenerationRequest
 
     r = GenerationRequest(model="a14b-random", prompt="x")
-    assert latent_patches(r.width, r.height, r.frames) == r.latent_tokens() == 32_760  # facts.md 480p
+    assert latent_patches(r.width, r.height, r.frames) == r.latent_tokens() == 32_760  # docs/facts.md 480p
 
 
 def test_units_defaults_and_scaling():
@@ -83,7 +83,7 @@ def test_fit_recovers_known_coefficients():
     a, b, c, r2 = fit_pass_seconds(n, y)
     assert a == pytest.approx(1.454e-9, rel=1e-6) and b == pytest.approx(5.557e-5, rel=1e-6)
     assert c == pytest.approx(0.020, rel=1e-4) and r2 == pytest.approx(1.0)
-    # the facts.md H100 measurements themselves give the facts.md fit
+    # the docs/facts.md H100 measurements themselves give the docs/facts.md fit
     secs = [0.125, 0.227, 0.341, 0.577, 1.573, 3.379, 12.53]
     a, b, c, r2 = fit_pass_seconds(n, secs)
     assert a == pytest.approx(1.454e-9, rel=0.02) and r2 > 0.9999

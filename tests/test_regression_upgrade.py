@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from flows import regression as rg
+from sim import regression as rg
 from sim import experiment as ex
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from models.video import encode_mp4
-from sim.experiment import slug
+from sim.layout import slug
 from sim.report import ReportError, write_report
 from sim.stats import compute_stats
 

@@ -5,19 +5,12 @@
     assert not check_invariants(engine)
 """
 
-from sim.chain.apply import BlockReport, ChainApplyError, apply_block
-from sim.chain.db import (ChainDatabaseError, SchemaVersionError, chain_params, create_chain, drop_chain,
-                          make_engine, open_chain, sqlite_url)
-from sim.chain.invariants import assert_invariants, check_invariants
-from sim.chain.messages import (CommitSeed, ConfirmationPoc, DepositCollateral, EndEpoch, FinishInference, Mint,
-                                PocCommitMsg, PocValidationMsg, RegisterParticipant, RequestParams, SetWeights,
-                                StartInference, SubmitValidation, SubmitVote, parse_message)
-from sim.chain.params import NGONKA_PER_GNK, ChainParams
+from sim.lazy import lazy_exports
 
-__all__ = [
-    "BlockReport", "ChainApplyError", "apply_block", "ChainDatabaseError", "SchemaVersionError", "chain_params",
-    "create_chain", "drop_chain", "make_engine", "open_chain", "sqlite_url", "assert_invariants",
-    "check_invariants", "CommitSeed", "ConfirmationPoc", "DepositCollateral", "EndEpoch", "FinishInference", "Mint", "PocCommitMsg",
-    "PocValidationMsg", "RegisterParticipant", "RequestParams", "SetWeights", "StartInference",
-    "SubmitValidation", "SubmitVote", "parse_message", "NGONKA_PER_GNK", "ChainParams",
-]
+__getattr__, __all__ = lazy_exports(__name__, {
+    "apply": ("BlockReport", "ChainApplyError", "apply_block",),
+    "db": ("ChainDatabaseError", "SchemaVersionError", "chain_params", "create_chain", "drop_chain", "make_engine", "open_chain", "sqlite_url",),
+    "invariants": ("assert_invariants", "check_invariants",),
+    "messages": ("CommitSeed", "ConfirmationPoc", "DepositCollateral", "EndEpoch", "FinishInference", "Mint", "PocCommitMsg", "PocValidationMsg", "RegisterParticipant", "RequestParams", "SetWeights", "StartInference", "SubmitValidation", "SubmitVote", "parse_message",),
+    "params": ("NGONKA_PER_GNK", "ChainParams",),
+})

@@ -1,6 +1,6 @@
 """The chain's rules as one frozen, documented parameter object.
 
-Every default mirrors Gonka (gonka-ai/gonka, mid-2026 main; facts.md section 2 and the chain's
+Every default mirrors Gonka (gonka-ai/gonka, mid-2026 main; docs/facts.md section 2 and the chain's
 `DefaultValidationParams`) unless its description says otherwise. Units are in the names:
 `_ngonka` (1 GNK = 1e9 ngonka), `_blocks`, `_seconds`, `_epochs`.
 """

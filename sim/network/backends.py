@@ -53,55 +53,11 @@ class SurrogateBackend:
     def __init__(self, run_dir: str | Path, policy: str = "full", metric: str | None = None,
                  threshold: float | None = None, split: str = "test", benign_eps: "float | str | None" = "run",
                  score_draw: str = "per_inference"):
-        import pandas as pd
-
         root = Path(run_dir).expanduser()
-        if not root.is_dir():
-            raise RunDirError(f"run_dir {str(root)!r} does not exist (an experiment run directory is needed: "
-                              "`t2vsim experiment ... --out DIR`)")
-        scores_path, thr_path = root / "scores.parquet", root / "thresholds.json"
-        for pth in (scores_path, thr_path):
-            if not pth.is_file():
-                raise RunDirError(f"run_dir {str(root)!r} has no {pth.name}; is it a finished experiment run?")
-        try:
-            df = pd.read_parquet(scores_path)
-        except Exception as err:  # pyarrow raises several types
-            raise RunDirError(f"{scores_path}: not a readable Parquet file ({err})") from None
-        missing = [c for c in SCORE_COLUMNS if c not in df.columns]
-        if missing:
-            raise RunDirError(f"{scores_path}: missing columns {missing}; expected {list(SCORE_COLUMNS)}")
-        try:
-            thresholds = json.loads(thr_path.read_text())
-        except json.JSONDecodeError as err:
-            raise RunDirError(f"{thr_path}: not valid JSON ({err})") from None
-        policies = sorted(df["policy"].unique())
-        if policy not in policies:
-            raise RunDirError(f"policy {policy!r} is not in {scores_path}; allowed: {policies}")
-        df = df[df["policy"] == policy]
-        metrics = sorted(df["metric"].unique())
-        if metric is None:
-            metric = metrics[0] if len(metrics) == 1 else _primary_metric(root, policy)
-            if metric not in metrics:
-                raise RunDirError(f"policy {policy!r} has metrics {metrics}; choose one with metric=")
-        if metric not in metrics:
-            raise RunDirError(f"metric {metric!r} is not measured for policy {policy!r}; allowed: {metrics}")
-        df = df[df["metric"] == metric]
+        df, thresholds, scores_path, thr_path = _read_run(root)
+        df, metric = _policy_rows(df, root, policy, metric, scores_path)
         key = f"{policy}/{metric}"
-        if threshold is not None:
-            from sim.metrics import IDENTITY
-
-            floor = IDENTITY.get(str(metric).split(".")[0], 0.0)
-            if not np.isfinite(threshold) or threshold < floor:
-                raise RunDirError(f"threshold: must be a finite distance >= {floor:g} for {key} (the distance of "
-                                  f"identical outputs), got {threshold}")
-        if threshold is None:
-            if key not in thresholds or "threshold" not in thresholds[key]:
-                raise RunDirError(f"{thr_path} has no threshold for {key!r}; keys: {sorted(thresholds)}")
-            if thresholds[key]["threshold"] is None:
-                usable = sorted(k for k, v in thresholds.items() if isinstance(v, dict) and v.get("threshold") is not None)
-                raise RunDirError(f"{thr_path}: the threshold of {key!r} is undetermined ({thresholds[key].get('rule')}); "
-                                  f"pass threshold= or choose one of {usable}")
-            threshold = float(thresholds[key]["threshold"])
+        threshold = _threshold_of(key, metric, threshold, thresholds, thr_path)
         if score_draw not in ("per_inference", "per_validation"):
             raise ValueError(f"score_draw must be 'per_inference' or 'per_validation', got {score_draw!r}")
         benign_eps = _resolve_benign_eps(root, benign_eps)
@@ -110,12 +66,7 @@ class SurrogateBackend:
             if part.empty:
                 raise RunDirError(f"{scores_path}: no rows with split {split!r} for {key}; use split='all'")
             df = part
-        benign = df[df["kind"] == "benign"]
-        if benign_eps != "all" and "hwnoise_eps" in benign.columns:
-            hw = benign["deviation"].astype(str).str.startswith("hwnoise:")
-            keep = ~hw if benign_eps is None else (~hw | np.isclose(benign["hwnoise_eps"].astype(float),
-                                                                   float(benign_eps), rtol=1e-9, atol=0.0))
-            benign = benign[keep]
+        benign = _benign_rows(df, benign_eps)
         if benign.empty:
             raise RunDirError(f"{scores_path}: no benign rows for {key} (benign_eps={benign_eps!r}): honest "
                               "executors need them")
@@ -174,6 +125,78 @@ class SurrogateBackend:
                 pick = rng.integers(0, len(pool), size=len(idx))
             scores[idx] = pool[pick]
         return scores, ~(scores > self.threshold)
+
+
+def _read_run(root: Path):
+    """scores.parquet (checked for its columns) and thresholds.json of an experiment run directory."""
+    import pandas as pd
+
+    if not root.is_dir():
+        raise RunDirError(f"run_dir {str(root)!r} does not exist (an experiment run directory is needed: "
+                          "`t2vsim experiment ... --out DIR`)")
+    scores_path, thr_path = root / "scores.parquet", root / "thresholds.json"
+    for pth in (scores_path, thr_path):
+        if not pth.is_file():
+            raise RunDirError(f"run_dir {str(root)!r} has no {pth.name}; is it a finished experiment run?")
+    try:
+        df = pd.read_parquet(scores_path)
+    except Exception as err:  # pyarrow raises several types
+        raise RunDirError(f"{scores_path}: not a readable Parquet file ({err})") from None
+    missing = [c for c in SCORE_COLUMNS if c not in df.columns]
+    if missing:
+        raise RunDirError(f"{scores_path}: missing columns {missing}; expected {list(SCORE_COLUMNS)}")
+    try:
+        thresholds = json.loads(thr_path.read_text())
+    except json.JSONDecodeError as err:
+        raise RunDirError(f"{thr_path}: not valid JSON ({err})") from None
+    return df, thresholds, scores_path, thr_path
+
+
+def _policy_rows(df, root: Path, policy: str, metric: str | None, scores_path: Path):
+    """The rows of `policy` under `metric` (None: the policy's only metric, or the run's primary one)."""
+    policies = sorted(df["policy"].unique())
+    if policy not in policies:
+        raise RunDirError(f"policy {policy!r} is not in {scores_path}; allowed: {policies}")
+    df = df[df["policy"] == policy]
+    metrics = sorted(df["metric"].unique())
+    if metric is None:
+        metric = metrics[0] if len(metrics) == 1 else _primary_metric(root, policy)
+        if metric not in metrics:
+            raise RunDirError(f"policy {policy!r} has metrics {metrics}; choose one with metric=")
+    if metric not in metrics:
+        raise RunDirError(f"metric {metric!r} is not measured for policy {policy!r}; allowed: {metrics}")
+    return df[df["metric"] == metric], metric
+
+
+def _threshold_of(key: str, metric: str, threshold: float | None, thresholds: dict, thr_path: Path) -> float:
+    """The given threshold (checked against the metric's distance of identical outputs), else the
+    run's calibrated one for `key`."""
+    if threshold is not None:
+        from sim.metrics import IDENTITY
+
+        floor = IDENTITY.get(str(metric).split(".")[0], 0.0)
+        if not np.isfinite(threshold) or threshold < floor:
+            raise RunDirError(f"threshold: must be a finite distance >= {floor:g} for {key} (the distance of "
+                              f"identical outputs), got {threshold}")
+        return threshold
+    if key not in thresholds or "threshold" not in thresholds[key]:
+        raise RunDirError(f"{thr_path} has no threshold for {key!r}; keys: {sorted(thresholds)}")
+    if thresholds[key]["threshold"] is None:
+        usable = sorted(k for k, v in thresholds.items() if isinstance(v, dict) and v.get("threshold") is not None)
+        raise RunDirError(f"{thr_path}: the threshold of {key!r} is undetermined ({thresholds[key].get('rule')}); "
+                          f"pass threshold= or choose one of {usable}")
+    return float(thresholds[key]["threshold"])
+
+
+def _benign_rows(df, benign_eps):
+    """The benign rows, hwnoise ones only at `benign_eps` (None: none; "all": every level)."""
+    benign = df[df["kind"] == "benign"]
+    if benign_eps != "all" and "hwnoise_eps" in benign.columns:
+        hw = benign["deviation"].astype(str).str.startswith("hwnoise:")
+        keep = ~hw if benign_eps is None else (~hw | np.isclose(benign["hwnoise_eps"].astype(float),
+                                                               float(benign_eps), rtol=1e-9, atol=0.0))
+        benign = benign[keep]
+    return benign
 
 
 def keyed_uniforms(salt: int, keys: Sequence[str]) -> np.ndarray:

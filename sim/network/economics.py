@@ -51,7 +51,7 @@ class Setting:
     traffic: int = 1_000  # requests on the network per epoch (sets MinAvg)
     reputation: int = 0
     revenue_per_request_ngonka: float = 258_000.0  # 2,582 units (480p, 81 f, 40 steps) x 100 ngonka
-    gpu_seconds_per_request: float = 270.0  # facts.md: 80 passes at 480p on an H100
+    gpu_seconds_per_request: float = 270.0  # docs/facts.md: 80 passes at 480p on an H100
     gpu_cost_ngonka_per_second: float = 478.0  # 50% of the revenue per GPU-second at the base price
     collateral_ngonka: float = 1e12
     reward_ngonka: float = 323_000e9 / 10  # the epoch reward split over `hosts` equal weights

@@ -22,7 +22,6 @@ settled, so the per-epoch table counts every request of the epoch.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -30,6 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from sqlalchemy import case, func, select
 
+from models.seeds import epoch_block_hash
 from sim.chain import (ChainParams, CommitSeed, EndEpoch, FinishInference, Mint, RegisterParticipant, RequestParams,
                        SetWeights, StartInference, SubmitValidation, SubmitVote, apply_block, create_chain)
 from sim.chain import rules
@@ -94,7 +94,7 @@ def poc_stage_weights(fidelity: str = "surrogate", preset: str = "tiny", nonces:
         strat = strategies or {}
         parts = [PocParticipant(h.id, public_key_for(h.id, seed), max(1, int(round(nonces * ref / h.seconds_per_unit))),
                                 strat.get(h.id, "honest")) for h in hosts]
-        block_hash = hashlib.sha256(f"t2vsim/network/{seed}/epoch{epoch}".encode()).hexdigest()
+        block_hash = epoch_block_hash(seed, epoch)
         res = run_poc_stage(parts, block_hash=block_hash, params=poc_params or PocParams(), fidelity=fidelity,
                             preset=preset, seed=seed + epoch)
         ids = [h.id for h in hosts]

@@ -1,7 +1,7 @@
 """Parameters of a network simulation: one frozen, documented object per run.
 
 Defaults: Gonka for protocol rules (sim/chain/params.py), the official Wan2.2-T2V-A14B settings
-for requests (facts.md section 1), and project assumptions where neither says (each marked).
+for requests (docs/facts.md section 1), and project assumptions where neither says (each marked).
 """
 
 from __future__ import annotations

@@ -4,18 +4,12 @@
 point the network epochs use; see docs/poc.md.
 """
 
-from sim.poc.merkle import MerkleError, MerkleTree, decode_leaf, encode_leaf, verify_proof
-from sim.poc.params import PocParams
-from sim.poc.stage import (
-    PocParticipant, PocStageError, PocStageResult, Submission, participants_from_mix, public_key_for,
-    run_poc_stage,
-)
-from sim.poc.strategies import PocStrategy, StrategyError, parse_strategy, register_strategy, strategy_table
-from sim.poc.validator import Commitment, Opening, Verdict, check_openings, validate
+from sim.lazy import lazy_exports
 
-__all__ = [
-    "Commitment", "MerkleError", "MerkleTree", "Opening", "PocParams", "PocParticipant", "PocStageError",
-    "PocStageResult", "PocStrategy", "StrategyError", "Submission", "Verdict", "check_openings",
-    "decode_leaf", "encode_leaf", "participants_from_mix", "parse_strategy", "public_key_for",
-    "register_strategy", "run_poc_stage", "strategy_table", "validate", "verify_proof",
-]
+__getattr__, __all__ = lazy_exports(__name__, {
+    "merkle": ("MerkleError", "MerkleTree", "decode_leaf", "encode_leaf", "verify_proof",),
+    "params": ("DEFAULT_STAGE_MIX", "POC_FILES", "PocParams", "PocStageParams",),
+    "stage": ("PocParticipant", "PocStageError", "PocStageResult", "Submission", "participants_from_mix", "public_key_for", "run_poc_stage",),
+    "strategies": ("PocStrategy", "StrategyError", "parse_strategy", "register_strategy", "strategy_table",),
+    "validator": ("Commitment", "Opening", "Verdict", "check_openings", "validate",),
+})

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +84,7 @@ def measure(preset: str = "tiny", *, nonces: int = 256, conditions: tuple[str, .
     """Distances of every condition against the reference, for `nonces` nonces (0..n-1)."""
     import torch
 
-    from models.poc import PocVariant, nonce_expert, poc_shape, poc_vectors
+    from models.poc import PocVariant, poc_shape, poc_vectors
     from models.presets import build_pipeline
     from models.request import Runtime
 
@@ -111,25 +110,13 @@ def measure(preset: str = "tiny", *, nonces: int = 256, conditions: tuple[str, .
         if progress:
             progress(cond)
         t0 = time.perf_counter()
-        if malign in ("fp8", "int4"):
-            vec, _ = run(runtime, PocVariant(weights=malign))
-        elif malign == "wrong-expert":
-            high, _ = run(runtime, PocVariant(held_expert="high"))
-            low, _ = run(runtime, PocVariant(held_expert="low"))
-            seeded = np.array([nonce_expert(block_hash, public_key, n) for n in ids])
-            vec = np.where((seeded == "high")[:, None], low, high)
-        elif malign == "fabricated":
-            g = np.random.default_rng(np.random.SeedSequence(12345))
-            z = g.standard_normal((nonces, dim))
-            vec = (z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float16)
-        elif malign == "copied":
-            vec, _ = run(runtime, key=public_key + "-other")
-        else:
-            try:
-                vec, _ = run(runtime)
-            except (RuntimeError, ValueError) as err:  # a backend this machine lacks
-                result[cond] = {"kind": "benign", "error": f"{type(err).__name__}: {err}"[:300]}
-                continue
+        try:
+            vec = _condition_vectors(run, runtime, malign, block_hash, public_key, ids, dim)
+        except (RuntimeError, ValueError) as err:  # a backend this machine lacks
+            if malign in _MALIGN_VARIANTS:
+                raise
+            result[cond] = {"kind": "benign", "error": f"{type(err).__name__}: {err}"[:300]}
+            continue
         d = np.linalg.norm(vec.astype(np.float32) - ref.astype(np.float32), axis=1)
         result[cond] = {"kind": "malign" if malign else "benign", "runtime": runtime.model_dump(),
                         "distances": [float(f"{x:.6g}") for x in d], "seconds": time.perf_counter() - t0}
@@ -144,6 +131,31 @@ def measure(preset: str = "tiny", *, nonces: int = 256, conditions: tuple[str, .
     data["rates"] = mismatch_rates(data, thresholds)
     data["recommended_threshold"] = recommend_threshold(data, thresholds)
     return data
+
+
+_MALIGN_VARIANTS = ("fp8", "int4", "wrong-expert", "fabricated", "copied")
+
+
+def _condition_vectors(run, runtime, malign: str | None, block_hash: str, public_key: str, ids: list[int],
+                       dim: int) -> np.ndarray:
+    """The PoC vectors of one condition: `run(runtime, variant, key)` with the malign change, or the
+    benign runtime as it is."""
+    from models.poc import PocVariant, nonce_expert
+
+    if malign in ("fp8", "int4"):
+        return run(runtime, PocVariant(weights=malign))[0]
+    if malign == "wrong-expert":
+        high, _ = run(runtime, PocVariant(held_expert="high"))
+        low, _ = run(runtime, PocVariant(held_expert="low"))
+        seeded = np.array([nonce_expert(block_hash, public_key, n) for n in ids])
+        return np.where((seeded == "high")[:, None], low, high)
+    if malign == "fabricated":
+        g = np.random.default_rng(np.random.SeedSequence(12345))
+        z = g.standard_normal((len(ids), dim))
+        return (z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float16)
+    if malign == "copied":
+        return run(runtime, key=public_key + "-other")[0]
+    return run(runtime)[0]
 
 
 def machine_description(device: str = "cpu") -> str:
@@ -192,17 +204,9 @@ def recommend_threshold(data: dict[str, Any], thresholds, honest_ceiling: float 
 
 def write_measurement(data: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write atomically (temp file + rename), so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from models.io import write_json_atomic
+
+    return write_json_atomic(path, data, indent=1, allow_nan=True)
     return path
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Chosen from the measurements in docs/poc.md. On the tiny preset (CPU) 0.02 was the smallest
@@ -48,3 +50,28 @@ class PocParams(BaseModel):
         if v is not None and v < 1:
             raise ValueError(f"{info.field_name} must be >= 1 or None, got {v}")
         return v
+
+
+# The participants of a stage by default: honest nodes and one of each cheat.
+DEFAULT_STAGE_MIX = "honest=8,fp8=1,int4=1,one-expert:high=1,fabricate:0.5=1,copy=1,inflate:2=1,duplicate:2=1"
+# What a stage run writes into its output directory (flows/poc.py).
+POC_FILES = ("params.json", "poc_stage.json", "poc_stage.md")
+
+
+class PocStageParams(BaseModel):
+    """One PoC stage run (`t2vsim poc run`, the `poc-stage` flow); saved as OUT/params.json."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    mix: str = Field(DEFAULT_STAGE_MIX, description="participants as STRATEGY=N,...; `copy` copies the first "
+                                                    "honest one")
+    capacity: int = Field(1000, description="nonces each participant computes in the stage")
+    block_hash: str = Field("block-0", description="the stage's block hash (seeds every nonce)")
+    validation: PocParams = Field(default_factory=PocParams, description="how the stage is validated")
+    fidelity: Literal["surrogate", "real"] = Field("surrogate", description="surrogate (measured distances) "
+                                                   "or real (run the model)")
+    preset: str = Field("tiny", description="model preset for real fidelity")
+    seed: int = Field(0, ge=0, description="stage seed (plans, sampling, surrogate draws)")
+    device: str = Field("cpu", description="validator device for real fidelity")
+    dtype: Literal["bfloat16", "float32", "float16"] = Field("float32", description="validator dtype for real "
+                                                             "fidelity (the reference's)")

@@ -1,6 +1,6 @@
 """A PoC stage: participants compute and commit, a validator samples, checks and decides.
 
-Order of events (Gonka PoC v2, facts.md section 2):
+Order of events (Gonka PoC v2, docs/facts.md section 2):
 
 1. every participant computes as many nonces as its hardware allows during the stage (its
    `capacity`), builds a Merkle tree over its (nonce, vector) leaves and commits (root, count);
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from models.seeds import poc_public_key
 from sim.poc.merkle import MerkleTree, encode_leaf
 from sim.poc.params import PocParams
 from sim.poc.strategies import (
@@ -156,9 +157,7 @@ class PocStageResult:
 
 def public_key_for(pid: str, seed: int) -> str:
     """A deterministic stand-in public key for a simulated participant."""
-    import hashlib
-
-    return hashlib.sha256(f"t2vsim/poc/key/{seed}/{pid}".encode()).hexdigest()[:40]
+    return poc_public_key(pid, seed)
 
 
 # Bounds of one stage (project choices: a Gonka PoC stage has hundreds of participants).
@@ -256,6 +255,47 @@ def run_poc_stage(participants: Iterable[PocParticipant], *, block_hash: str, pa
     t0 = time.perf_counter()
     params = params or PocParams()
     participants = list(participants)
+    _check_stage(participants, block_hash, fidelity, seed)
+    index = {p.id: k for k, p in enumerate(participants)}
+    plan_ss, sample_ss, draw_ss = np.random.SeedSequence(int(seed)).spawn(3)
+    rngs = [[np.random.default_rng(s) for s in ss.spawn(len(participants))] for ss in (plan_ss, sample_ss, draw_ss)]
+    model = measurement = None
+    if fidelity == "real":
+        from models.request import Runtime
+
+        runtime = runtime or Runtime(dtype="float32")
+        model = _RealModel(preset, params, block_hash, runtime)
+    else:
+        from sim.poc.measure import Measurement
+
+        measurement = Measurement.load(params.measurement)
+    plans: dict[str, LeafPlan] = {}
+    subs: dict[str, Submission] = {}
+    verdicts: dict[str, Verdict] = {}
+    computed: dict[str, int] = {}
+    for p in _ordered(participants):
+        plan_rng, sample_rng, draw_rng = (r[index[p.id]] for r in rngs)
+        plans[p.id] = plan = _plan_of(p, plans, plan_rng)
+        if fidelity == "real":
+            subs[p.id], verdicts[p.id], computed[p.id] = _real_submission(p, plan, subs, model, params, runtime,
+                                                                          plan_rng, sample_rng)
+        else:
+            computed[p.id] = 0 if plan.copied_from else int(len(np.unique(plan.nonces[~plan.fabricated])))
+            verdicts[p.id], subs[p.id] = _surrogate_verdict(p, plan, params, block_hash, measurement,  # type: ignore[assignment]
+                                                            sample_rng, draw_rng)
+    commitments = {pid: (s.commitment if isinstance(s, Submission) else s) for pid, s in subs.items()}
+    weights = {p.id: (commitments[p.id].count * params.weight_per_nonce if verdicts[p.id].accepted else 0.0)
+               for p in participants}
+    return PocStageResult(
+        block_hash=block_hash, fidelity=fidelity, preset=preset, seed=int(seed), params=params,
+        weights=weights, verdicts={p.id: verdicts[p.id] for p in participants},
+        commitments={p.id: commitments[p.id] for p in participants},
+        strategies={p.id: p.strategy.spec for p in participants},
+        nonces_computed={p.id: computed[p.id] for p in participants},
+        seconds=time.perf_counter() - t0, measurement=measurement.path if measurement else None)
+
+
+def _check_stage(participants: list, block_hash: str, fidelity: str, seed: int) -> None:
     if fidelity not in ("real", "surrogate"):
         raise PocStageError(f"fidelity must be 'real' or 'surrogate', got {fidelity!r}")
     if not isinstance(block_hash, str) or not block_hash:
@@ -270,68 +310,35 @@ def run_poc_stage(participants: Iterable[PocParticipant], *, block_hash: str, pa
         dup = {v for v in values if values.count(v) > 1}
         if dup:
             raise PocStageError(f"participant {field_name} must be unique; repeated: {', '.join(sorted(dup))}")
-    order = _ordered(participants)
-    index = {p.id: k for k, p in enumerate(participants)}
-    plan_ss, sample_ss, draw_ss = np.random.SeedSequence(int(seed)).spawn(3)
-    plan_rngs = [np.random.default_rng(s) for s in plan_ss.spawn(len(participants))]
-    sample_rngs = [np.random.default_rng(s) for s in sample_ss.spawn(len(participants))]
-    draw_rngs = [np.random.default_rng(s) for s in draw_ss.spawn(len(participants))]
 
-    model = measurement = None
-    if fidelity == "real":
-        from models.request import Runtime
 
-        runtime = runtime or Runtime(dtype="float32")
-        model = _RealModel(preset, params, block_hash, runtime)
+def _plan_of(p: PocParticipant, plans: dict[str, LeafPlan], rng: np.random.Generator) -> LeafPlan:
+    """The leaves `p` commits to (a copier's are its source's, planned before it)."""
+    s = p.strategy
+    if isinstance(s, CopyFrom):
+        src = plans[s.source]
+        return LeafPlan(src.nonces, src.fabricated, src.count, copied_from=s.source)
+    return s.plan(int(p.capacity), rng)
+
+
+def _real_submission(p: PocParticipant, plan: LeafPlan, subs: dict, model, params: PocParams, runtime,
+                     plan_rng: np.random.Generator, sample_rng: np.random.Generator):
+    """Real fidelity: the participant's vectors computed by the model, its submission, the
+    validator's verdict (recomputing sampled leaves) and how many nonces it computed."""
+    if plan.copied_from is not None:
+        vectors = subs[plan.copied_from].vectors.copy()
+        computed = 0
     else:
-        from sim.poc.measure import Measurement
-
-        measurement = Measurement.load(params.measurement)
-
-    plans: dict[str, LeafPlan] = {}
-    subs: dict[str, Submission] = {}
-    verdicts: dict[str, Verdict] = {}
-    computed: dict[str, int] = {}
-    for p in order:
-        k = index[p.id]
-        s = p.strategy
-        if isinstance(s, CopyFrom):
-            src = plans[s.source]
-            plan = LeafPlan(src.nonces, src.fabricated, src.count, copied_from=s.source)
-        else:
-            plan = s.plan(int(p.capacity), plan_rngs[k])
-        plans[p.id] = plan
-        if fidelity == "real":
-            if plan.copied_from is not None:
-                vectors = subs[plan.copied_from].vectors.copy()
-                computed[p.id] = 0
-            else:
-                vectors = np.zeros((len(plan.nonces), params.vector_dim), dtype=np.float16)
-                real = ~plan.fabricated
-                uniq, inverse = np.unique(plan.nonces[real], return_inverse=True)
-                vectors[real] = model.vectors(p.public_key, uniq.tolist(), s, p.runtime)[inverse]
-                vectors[plan.fabricated] = _unit_vectors(int(plan.fabricated.sum()), params.vector_dim, plan_rngs[k])
-                computed[p.id] = int(len(uniq))
-            subs[p.id] = sub = Submission.build(plan, vectors)
-            verdicts[p.id] = validate(
-                sub.commitment, sub.answer,
-                lambda nonces, key=p.public_key: model.vectors(key, nonces, None, runtime),
-                params, sample_rngs[k])
-        else:
-            computed[p.id] = 0 if plan.copied_from else int(len(np.unique(plan.nonces[~plan.fabricated])))
-            verdicts[p.id], commitment = _surrogate_verdict(p, plan, params, block_hash, measurement,
-                                                            sample_rngs[k], draw_rngs[k])
-            subs[p.id] = commitment  # type: ignore[assignment]
-    commitments = {pid: (s.commitment if isinstance(s, Submission) else s) for pid, s in subs.items()}
-    weights = {p.id: (commitments[p.id].count * params.weight_per_nonce if verdicts[p.id].accepted else 0.0)
-               for p in participants}
-    return PocStageResult(
-        block_hash=block_hash, fidelity=fidelity, preset=preset, seed=int(seed), params=params,
-        weights=weights, verdicts={p.id: verdicts[p.id] for p in participants},
-        commitments={p.id: commitments[p.id] for p in participants},
-        strategies={p.id: p.strategy.spec for p in participants},
-        nonces_computed={p.id: computed[p.id] for p in participants},
-        seconds=time.perf_counter() - t0, measurement=measurement.path if measurement else None)
+        vectors = np.zeros((len(plan.nonces), params.vector_dim), dtype=np.float16)
+        real = ~plan.fabricated
+        uniq, inverse = np.unique(plan.nonces[real], return_inverse=True)
+        vectors[real] = model.vectors(p.public_key, uniq.tolist(), p.strategy, p.runtime)[inverse]
+        vectors[plan.fabricated] = _unit_vectors(int(plan.fabricated.sum()), params.vector_dim, plan_rng)
+        computed = int(len(uniq))
+    sub = Submission.build(plan, vectors)
+    verdict = validate(sub.commitment, sub.answer,
+                       lambda nonces, key=p.public_key: model.vectors(key, nonces, None, runtime), params, sample_rng)
+    return sub, verdict, computed
 
 
 def _surrogate_verdict(p: PocParticipant, plan: LeafPlan, params: PocParams, block_hash: str, measurement,
