@@ -33,6 +33,7 @@ from sqlalchemy import case, func, select
 from sim.chain import (ChainParams, CommitSeed, EndEpoch, FinishInference, Mint, RegisterParticipant, RequestParams,
                        SetWeights, StartInference, SubmitValidation, SubmitVote, apply_block, create_chain)
 from sim.chain import rules
+from sim.chain.batched import BatchedChain
 from sim.chain.rules import splitmix_draws  # noqa: F401  (re-exported)
 from sim.chain import tables as T
 from sim.chain.params import NGONKA_PER_GNK
@@ -191,10 +192,11 @@ class NetworkSimulation:
         self.finish_info: dict[str, tuple[int, int]] = {}
         self.poc_rows: list[dict] = []
         self._counter = 0
+        self.chain: BatchedChain | None = None
 
     # ---- chain helpers ---------------------------------------------------------------------
     def _apply(self, msgs: list) -> Any:
-        rep = apply_block(self.engine, msgs)
+        rep = self.chain.apply_block(msgs) if self.chain is not None else apply_block(self.engine, msgs)
         self.n_messages += len(msgs)
         self.n_blocks += 1
         for pid in rep.new_invalid:
@@ -208,12 +210,19 @@ class NetworkSimulation:
         self.finish_info.update(rep.finished)
         return rep
 
+    def _sync(self) -> None:
+        """Batched chain writes: flush, so that the database holds every block applied so far."""
+        if self.chain is not None:
+            self.chain.flush()
+
     def _participants(self) -> dict[str, dict]:
+        self._sync()
         t = T.Participant.__table__
         with self.engine.connect() as c:
             return {r["id"]: dict(r) for r in c.execute(select(t)).mappings()}
 
     def _meta(self) -> dict:
+        self._sync()
         t = T.ChainMeta.__table__
         with self.engine.connect() as c:
             return dict(c.execute(select(t)).mappings().one())
@@ -406,9 +415,14 @@ class NetworkSimulation:
         """The committees of newly opened votes re-validate and vote."""
         if not inference_ids:
             return []
-        t = T.Inference.__table__
-        with self.engine.connect() as c:
-            rows = c.execute(select(t.c.id, t.c.committee, t.c.truth_deviation).where(t.c.id.in_(inference_ids))).all()
+        if self.chain is not None:
+            rows = [(r["id"], r["committee"], r["truth_deviation"]) for r in map(self.chain.inference, inference_ids)
+                    if r is not None]
+        else:
+            t = T.Inference.__table__
+            with self.engine.connect() as c:
+                rows = c.execute(select(t.c.id, t.c.committee, t.c.truth_deviation)
+                                 .where(t.c.id.in_(inference_ids))).all()
         ids, devs, voters = [], [], []
         for iid, committee, truth in rows:
             for v in filter(None, committee.split(",")):
@@ -427,6 +441,7 @@ class NetworkSimulation:
     def run(self, progress: Callable[[dict], None] | None = None) -> NetworkResult:
         t0 = time.perf_counter()
         self.engine = create_chain(self.db_url, self.p.chain_params)
+        self.chain = BatchedChain(self.engine, self.p.flush_blocks) if self.p.chain_writes == "batched" else None
         try:
             return self._run(progress, t0)
         finally:
@@ -481,7 +496,7 @@ class NetworkSimulation:
             rep = self._apply(msgs)
             to_validate = [m for m in finished if m.id not in rep.rejected]
             to_vote = list(rep.voting_opened)
-        final = self._participants()
+        final = self._participants()  # (flushes a batched chain)
         epochs = self._epoch_table(snapshots)
         hosts = self._host_table(final)
         import pandas as pd
