@@ -30,6 +30,7 @@ and the chain refuses further blocks (the database keeps the last flushed state)
 from __future__ import annotations
 
 from collections import deque
+from operator import itemgetter
 from typing import Any, Iterable, Sequence
 
 from sqlalchemy import select
@@ -320,14 +321,14 @@ def _insert_many(cur, ph: str, table: str, cols: Sequence[str], rows: Sequence[d
     if not rows:
         return
     sql = f'INSERT INTO {table} ({", ".join(_q(c) for c in cols)}) VALUES ({", ".join([ph] * len(cols))})'
-    cur.executemany(sql, [tuple(r[c] for c in cols) for r in rows])
+    cur.executemany(sql, list(map(itemgetter(*cols), rows)) if len(cols) > 1 else [(r[cols[0]],) for r in rows])
 
 
 def _update_many(cur, ph: str, table: str, cols: Sequence[str], key: str, rows: Sequence[dict]) -> None:
     if not rows:
         return
     sql = f'UPDATE {table} SET {", ".join(f"{_q(c)} = {ph}" for c in cols)} WHERE {_q(key)} = {ph}'
-    cur.executemany(sql, [tuple(r[c] for c in cols) + (r[key],) for r in rows])
+    cur.executemany(sql, list(map(itemgetter(*cols, key), rows)))
 
 
 def _q(name: str) -> str:
@@ -344,6 +345,8 @@ def _write(conn, chain: BatchedChain) -> None:
     ph = _placeholder(conn)
     cur = conn.connection.cursor()
     try:
+        if conn.dialect.name == "sqlite":  # a page cache that holds the indices being appended to (256 MiB)
+            cur.execute("PRAGMA cache_size = -262144")
         parts = chain.parts
         _insert_many(cur, ph, "participant", _COLS["participant"], [parts[p] for p in sorted(chain.new_parts)])
         _update_many(cur, ph, "participant", list(_PART_MUTABLE), "id",

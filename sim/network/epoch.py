@@ -593,11 +593,14 @@ def _construct(cls, fields: dict):
     """`cls.model_construct(**fields)` for a message whose every field is given (no defaults to fill),
     without its per-call overhead: the agents build millions of messages from checked parts."""
     m = cls.__new__(cls)
-    object.__setattr__(m, "__dict__", fields)
-    object.__setattr__(m, "__pydantic_fields_set__", set(fields))
-    object.__setattr__(m, "__pydantic_extra__", None)
-    object.__setattr__(m, "__pydantic_private__", None)
+    _setattr(m, "__dict__", fields)
+    _setattr(m, "__pydantic_fields_set__", set(fields))
+    _setattr(m, "__pydantic_extra__", None)
+    _setattr(m, "__pydantic_private__", None)
     return m
+
+
+_setattr = object.__setattr__
 
 
 def _count(items) -> dict:
