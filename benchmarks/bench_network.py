@@ -169,11 +169,15 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--baseline", metavar="REV", help="time this tree against git revision REV instead")
     ap.add_argument("--repeats", type=int, default=2, help="alternating runs per size with --baseline")
+    ap.add_argument("--render", action="store_true", help="only rewrite network.md from network.json")
     args = ap.parse_args()
     if args.baseline:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         compare(args.baseline, args.sizes, args.repeats, args.hash, out)
+        return
+    if args.render:
+        render(json.loads((Path(args.out) / "network.json").read_text()), Path(args.out))
         return
     if args.economics:
         out = Path(args.out)
@@ -212,15 +216,21 @@ def main() -> None:
         print(json.dumps(row))
         results["runs"] = [r for r in results["runs"] if not (
             r["requests"] == n and r["sampling_hash"] == args.hash and r["hosts"] == args.hosts
+            and r.get("blocks_per_epoch", 100) == args.blocks
             and r.get("chain_writes", "per_block") == args.writes)] + [row]
-    results["runs"].sort(key=lambda r: (r.get("chain_writes", "per_block"), r["sampling_hash"], r["requests"]))
-    path.write_text(json.dumps(results, indent=2))
-    lines = ["| requests | hosts | hash | chain writes | seconds | CPU s | us/request | messages | validations | "
-             "load avg | measured |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    render(results, out)
+
+
+def render(results: dict, out: Path) -> None:
+    results["runs"].sort(key=lambda r: (r.get("chain_writes", "per_block"), r["sampling_hash"], r["requests"],
+                                        r.get("blocks_per_epoch", 100)))
+    (out / "network.json").write_text(json.dumps(results, indent=2))
+    lines = ["| requests | hosts | blocks | hash | chain writes | seconds | CPU s | us/request | messages | validations | "
+             "load avg | measured |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["runs"]:
         w = r.get("chain_writes", "per_block")
         w = f"batched (flush every {r['flush_blocks']} blocks)" if w == "batched" else "per block (reference)"
-        lines.append(f"| {r['requests']:,} | {r['hosts']} | {r['sampling_hash']} | {w} | {r['seconds']} | "
+        lines.append(f"| {r['requests']:,} | {r['hosts']} | {r.get('blocks_per_epoch', 100)} | {r['sampling_hash']} | {w} | {r['seconds']} | "
                      f"{r.get('cpu_seconds', '')} | {r['us_per_request']} | {r['messages']:,} | {r['validations']:,} | "
                      f"{r.get('load_average', '')} | {r['measured_at']} |")
     (out / "network.md").write_text(
