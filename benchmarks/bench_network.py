@@ -1,8 +1,12 @@
 """Surrogate network epochs on SQLite: 100 hosts, one epoch, 10k / 100k (/ 1M) requests.
 
     .venv/bin/python benchmarks/bench_network.py [--sizes 10000 100000] [--hash sha256|splitmix64]
+        [--writes batched|per_block] [--flush-blocks 10]
 
-Prints seconds per size and writes benchmarks/results/network.json and network.md. The run
+Prints seconds (wall and CPU) per size and writes benchmarks/results/network.json and network.md,
+one row per (requests, hosts, hash, chain writes). `--writes per_block` times the reference path
+(apply_block, one transaction per block); rows measured before the batched path existed are the
+per-block path too. The run
 directory is synthetic (scores drawn in tests/network_fixtures.py), which does not change the cost.
 
     .venv/bin/python benchmarks/bench_network.py --baseline REV [--repeats 2]
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -158,15 +163,21 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--hash", default="sha256", choices=["sha256", "splitmix64"])
     ap.add_argument("--hosts", type=int, default=100)
+    ap.add_argument("--writes", default="batched", choices=["batched", "per_block"], help="chain write path")
+    ap.add_argument("--flush-blocks", type=int, default=10, help="blocks per flush of the batched path")
     ap.add_argument("--blocks", type=int, default=100)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--baseline", metavar="REV", help="time this tree against git revision REV instead")
     ap.add_argument("--repeats", type=int, default=2, help="alternating runs per size with --baseline")
+    ap.add_argument("--render", action="store_true", help="only rewrite network.md from network.json")
     args = ap.parse_args()
     if args.baseline:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         compare(args.baseline, args.sizes, args.repeats, args.hash, out)
+        return
+    if args.render:
+        render(json.loads((Path(args.out) / "network.json").read_text()), Path(args.out))
         return
     if args.economics:
         out = Path(args.out)
@@ -185,29 +196,47 @@ def main() -> None:
     results = json.loads(path.read_text()) if path.exists() else {"runs": []}
     for n in args.sizes:
         p = NetworkParams(run_dir=str(run), epochs=1, requests_per_epoch=n, blocks_per_epoch=args.blocks,
-                          sampling_hash=args.hash,
+                          sampling_hash=args.hash, chain_writes=args.writes, flush_blocks=args.flush_blocks,
                           hosts=(ExecutorGroup(count=args.hosts - 10),
                                  ExecutorGroup(count=10, strategy="malicious", deviation="steps:2", cheat_rate=0.2)))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = run_network(p, f"sqlite:///{tmp / f'chain-{n}-{args.hash}.db'}")
-        secs = time.perf_counter() - t0
+        secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+        import resource
+
+        rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         ep = res.epochs.iloc[0]
         row = dict(requests=n, hosts=args.hosts, blocks_per_epoch=args.blocks, sampling_hash=args.hash,
-                   seconds=round(secs, 2), us_per_request=round(secs / n * 1e6, 1), messages=res.messages,
+                   chain_writes=args.writes, flush_blocks=args.flush_blocks if args.writes == "batched" else None,
+                   seconds=round(secs, 2), cpu_seconds=round(cpu, 2), max_rss_mib=round(rss_mib),
+                   load_average=round(os.getloadavg()[0], 2), us_per_request=round(secs / n * 1e6, 1), messages=res.messages,
                    validations=int(ep["validations"]), cheats_caught=int(ep["cheats_caught"]),
                    machine=f"{platform.node()} ({platform.processor() or platform.machine()}), 2 cores, shared",
                    measured_at=time.strftime("%Y-%m-%d %H:%M"))
         print(json.dumps(row))
-        results["runs"] = [r for r in results["runs"] if not (r["requests"] == n and r["sampling_hash"] == args.hash
-                                                             and r["hosts"] == args.hosts)] + [row]
-    results["runs"].sort(key=lambda r: (r["sampling_hash"], r["requests"]))
-    path.write_text(json.dumps(results, indent=2))
-    lines = ["| requests | hosts | hash | seconds | us/request | messages | validations | measured |", "|---|---|---|---|---|---|---|---|"]
+        results["runs"] = [r for r in results["runs"] if not (
+            r["requests"] == n and r["sampling_hash"] == args.hash and r["hosts"] == args.hosts
+            and r.get("blocks_per_epoch", 100) == args.blocks
+            and r.get("chain_writes", "per_block") == args.writes)] + [row]
+    render(results, out)
+
+
+def render(results: dict, out: Path) -> None:
+    results["runs"].sort(key=lambda r: (r.get("chain_writes", "per_block"), r["sampling_hash"], r["requests"],
+                                        r.get("blocks_per_epoch", 100)))
+    (out / "network.json").write_text(json.dumps(results, indent=2))
+    lines = ["| requests | hosts | blocks | hash | chain writes | seconds | CPU s | us/request | messages | validations | "
+             "load avg | measured |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["runs"]:
-        lines.append(f"| {r['requests']:,} | {r['hosts']} | {r['sampling_hash']} | {r['seconds']} | "
-                     f"{r['us_per_request']} | {r['messages']:,} | {r['validations']:,} | {r['measured_at']} |")
-    (out / "network.md").write_text("Surrogate network, one epoch, SQLite (benchmarks/bench_network.py)\n\n"
-                                    + "\n".join(lines) + "\n")
+        w = r.get("chain_writes", "per_block")
+        w = f"batched (flush every {r['flush_blocks']} blocks)" if w == "batched" else "per block (reference)"
+        lines.append(f"| {r['requests']:,} | {r['hosts']} | {r.get('blocks_per_epoch', 100)} | {r['sampling_hash']} | {w} | {r['seconds']} | "
+                     f"{r.get('cpu_seconds', '')} | {r['us_per_request']} | {r['messages']:,} | {r['validations']:,} | "
+                     f"{r.get('load_average', '')} | {r['measured_at']} |")
+    (out / "network.md").write_text(
+        "Surrogate network, one epoch, SQLite (benchmarks/bench_network.py). Machine: 2 cores shared with other "
+        "users (load average at the end of each run given); wall seconds include chain creation and the result "
+        "tables.\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ def _add_subapps() -> None:
         ("flows.cli_engines", "engines"),
         ("flows.cli_plan", "plan"),
         ("flows.cli_shapes", "shapes"),
+        ("flows.cli_study", "study"),
     ):
         try:
             mod = importlib.import_module(module)

@@ -104,6 +104,28 @@ def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterable[Sequence[Any]]:
         yield seq[i:i + n]
 
 
+_UNITS: dict[tuple, tuple[Any, float]] = {}
+
+
+def request_units(pricing, r) -> float:
+    """`pricing.units` of a request, memoised per (pricing object, request shape): a sweep prices
+    millions of requests of a few shapes. The entry keeps its pricing object, so an id is never reused."""
+    key = (id(pricing), r.width, r.height, r.frames, r.steps, r.guidance_high, r.guidance_low, r.shift)
+    hit = _UNITS.get(key)
+    if hit is not None and hit[0] is pricing:
+        return hit[1]
+    units = pricing.units(width=r.width, height=r.height, frames=r.frames, steps=r.steps,
+                          guidance_high=r.guidance_high, guidance_low=r.guidance_low, shift=r.shift)
+    if len(_UNITS) > 10_000:
+        _UNITS.clear()
+    _UNITS[key] = (pricing, units)
+    return units
+
+
+def _by_id(row: dict) -> str:
+    return row["id"]
+
+
 def _csv(s: str) -> list[str]:
     return [x for x in s.split(",") if x] if s else []
 
@@ -113,7 +135,7 @@ class _State:
 
     def __init__(self, conn: Connection, meta: dict, params: ChainParams, height: int):
         self.conn, self.meta, self.p, self.height = conn, meta, params, height
-        self.parts: dict[str, dict] = {r["id"]: dict(r) for r in conn.execute(select(_PART)).mappings()}
+        self.parts: dict[str, dict] = self._load_parts()
         self.parts_dirty: set[str] = set()
         self.parts_new: set[str] = set()
         self.infs: dict[str, dict] = {}
@@ -132,9 +154,54 @@ class _State:
         self._total_power: int | None = None
         self.votes_loaded: dict[str, list[dict]] = {}
         self.block_units = 0.0
+        self.capacity = 0.0
         self.report = BlockReport(height=height, epoch=meta["epoch"], unit_price_ngonka=meta["unit_price_ngonka"])
 
-    # ---- loading ------------------------------------------------------------------------
+    # ---- loading (sim/chain/batched.py overrides these with its in-memory working set) ------------
+    def _load_parts(self) -> dict[str, dict]:
+        return {r["id"]: dict(r) for r in self.conn.execute(select(_PART)).mappings()}
+
+    def seen_ids(self, ids: list[str]) -> set[str]:
+        """The ids among `ids` already on chain (accepted or rejected)."""
+        applied_t = T.AppliedMessage.__table__
+        seen: set[str] = set()
+        for chunk in _chunks(list(set(ids))):
+            seen.update(r[0] for r in self.conn.execute(select(applied_t.c.id).where(applied_t.c.id.in_(chunk))))
+        return seen
+
+    # The three end-of-block queries return rows in id order, so that which message of a phase
+    # causes a status change (and names its slash) does not depend on the database's row order.
+    def voting(self) -> list[dict]:
+        """Inferences in VOTING (on chain, and changed in this block), by id."""
+        rows = self.query_inferences(_INF.c.status == "VOTING")
+        seen = {i["id"] for i in rows}
+        rows += [i for i in self.infs.values() if i["status"] == "VOTING" and i["id"] not in seen]
+        return sorted(rows, key=_by_id)
+
+    def due_for_payment(self, due: int) -> list[dict]:
+        """FINISHED inferences with finish_block <= due, by id."""
+        rows = self.query_inferences((_INF.c.status == "FINISHED") & (_INF.c.finish_block <= due))
+        seen = {i["id"] for i in rows}
+        rows += [i for i in self.infs.values() if i["status"] == "FINISHED" and i["finish_block"] <= due
+                 and i["id"] not in seen]
+        return sorted(rows, key=_by_id)
+
+    def due_for_expiry(self, due: int) -> list[dict]:
+        """STARTED inferences with start_block <= due, by id."""
+        return sorted(self.query_inferences((_INF.c.status == "STARTED") & (_INF.c.start_block <= due)), key=_by_id)
+
+    def recent_units(self, window: int) -> list[float]:
+        """Units of the `window - 1` blocks before this one."""
+        blocks = T.Block.__table__
+        return [r[0] for r in self.conn.execute(select(blocks.c.units).where(blocks.c.height > self.height - window))]
+
+    def epoch_ended(self, epoch: int, requests: int, reward_ngonka: int) -> None:
+        """Close `epoch` at this block and open the next."""
+        epochs = T.Epoch.__table__
+        self.conn.execute(update(epochs).where(epochs.c.index == epoch).values(
+            end_block=self.height, requests=requests, reward_ngonka=reward_ngonka, settled=True))
+        self.conn.execute(insert(epochs).values(index=epoch + 1, start_block=self.height + 1))
+
     def load_inferences(self, ids: Iterable[str]) -> None:
         want = [i for i in set(ids) if i not in self.infs and i not in self.missing]
         for chunk in _chunks(want):
@@ -412,8 +479,7 @@ def _start(state: _State, m: StartInference) -> None:
         raise Rejected("requester and executor must differ")
     r = m.request
     try:
-        units = state.p.pricing.units(width=r.width, height=r.height, frames=r.frames, steps=r.steps,
-                                      guidance_high=r.guidance_high, guidance_low=r.guidance_low, shift=r.shift)
+        units = request_units(state.p.pricing, r)
     except PricingError as err:
         raise Rejected(f"request: {err}") from None
     if not math.isfinite(units):
@@ -558,10 +624,7 @@ def _end_epoch(state: _State, m: EndEpoch) -> None:
                     inactive_llr_e12=0, confirmation_poc_ratio=None)
         state.touch_part(pid)
     state._total_power = None
-    epochs = T.Epoch.__table__
-    state.conn.execute(update(epochs).where(epochs.c.index == m.epoch).values(
-        end_block=state.height, requests=meta["epoch_requests"], reward_ngonka=minted, settled=True))
-    state.conn.execute(insert(epochs).values(index=m.epoch + 1, start_block=state.height + 1))
+    state.epoch_ended(m.epoch, meta["epoch_requests"], minted)
     meta.update(epoch=m.epoch + 1, epoch_start_block=state.height + 1,
                 previous_epoch_requests=meta["epoch_finished"], epoch_requests=0, epoch_finished=0)
     state.report.epoch_ended = m.epoch
@@ -580,10 +643,7 @@ _HANDLERS = {Mint: _mint, RegisterParticipant: _register, DepositCollateral: _de
 def _tally(state: _State) -> None:
     """Close votes whose committee has fully voted or whose deadline passed."""
     h = state.height
-    voting = state.query_inferences(_INF.c.status == "VOTING")
-    seen = {i["id"] for i in voting}
-    voting += [i for i in state.infs.values() if i["status"] == "VOTING" and i["id"] not in seen]
-    for inf in voting:
+    for inf in state.voting():
         if inf["status"] != "VOTING":
             continue
         members = _csv(inf["committee"])
@@ -613,10 +673,7 @@ def _settle(state: _State) -> None:
     """Pay every FINISHED inference whose validation window has closed (exactly once)."""
     h = state.height
     due = h - state.p.validation_window_blocks
-    rows = state.query_inferences((_INF.c.status == "FINISHED") & (_INF.c.finish_block <= due))
-    seen = {i["id"] for i in rows}
-    rows += [i for i in state.infs.values() if i["status"] == "FINISHED" and i["finish_block"] <= due
-             and i["id"] not in seen]
+    rows = state.due_for_payment(due)
     frac = state.p.validator_fee_fraction
     for inf in rows:
         if inf["status"] != "FINISHED":
@@ -639,8 +696,7 @@ def _settle(state: _State) -> None:
 def _expire(state: _State) -> None:
     h = state.height
     due = h - state.p.expiration_blocks
-    rows = state.query_inferences((_INF.c.status == "STARTED") & (_INF.c.start_block <= due))
-    for inf in rows:
+    for inf in state.due_for_expiry(due):
         if inf["status"] != "STARTED":
             continue
         msg_id = f"block:{h}:expire:{inf['id']}"
@@ -665,8 +721,7 @@ def _price(state: _State) -> tuple[int, Decimal, float]:
     window = p.window_blocks
     loads = [state.block_units]
     if window > 1:
-        blocks = T.Block.__table__
-        loads += [r[0] for r in state.conn.execute(select(blocks.c.units).where(blocks.c.height > h - window))]
+        loads += state.recent_units(window)
     total = sum((Decimal(float(x)) for x in loads), Decimal(0))
     average = rules.div16(total, window)
     utilisation = rules.div16(average, Decimal(capacity)) if capacity > 0 else Decimal(0)
@@ -692,21 +747,28 @@ def apply_block(engine: Engine, messages: Sequence[Any]) -> BlockReport:
         raise ChainApplyError(f"block not applied (nothing written): {type(err).__name__}: {err}") from err
 
 
-def _apply(conn: Connection, messages: Sequence[Any]) -> BlockReport:
-    meta_t = T.ChainMeta.__table__
-    meta = dict(conn.execute(select(meta_t).where(meta_t.c.id == 1)).mappings().one())
+def params_of(meta: dict) -> ChainParams:
     params = _PARAMS_CACHE.get(meta["params_json"])
     if params is None:
         params = _PARAMS_CACHE.setdefault(meta["params_json"], ChainParams.model_validate_json(meta["params_json"]))
-    height = meta["height"] + 1
-    state = _State(conn, meta, params, height)
+    return params
 
+
+def _apply(conn: Connection, messages: Sequence[Any]) -> BlockReport:
+    meta_t = T.ChainMeta.__table__
+    meta = dict(conn.execute(select(meta_t).where(meta_t.c.id == 1)).mappings().one())
+    state = _State(conn, meta, params_of(meta), meta["height"] + 1)
+    applied = run_block(state, messages)
+    _flush(state, applied, state.report.next_unit_price_ngonka, state.report.utilisation, state.capacity)
+    return state.report
+
+
+def run_block(state: _State, messages: Sequence[Any]) -> list[dict]:
+    """Apply the messages and the end-of-block rules to `state` (nothing written); the block's
+    applied-message rows."""
+    height = state.height
     # Idempotency: skip ids already on chain and repeats within the block.
-    ids = [m.id for m in messages]
-    applied_t = T.AppliedMessage.__table__
-    seen: set[str] = set()
-    for chunk in _chunks(list(set(ids))):
-        seen.update(r[0] for r in conn.execute(select(applied_t.c.id).where(applied_t.c.id.in_(chunk))))
+    seen = state.seen_ids([m.id for m in messages])
     todo = []
     for m in messages:
         if m.id in seen:
@@ -743,9 +805,9 @@ def _apply(conn: Connection, messages: Sequence[Any]) -> BlockReport:
     state.report.next_unit_price_ngonka = next_price
     state.report.utilisation = utilisation
     state.report.units = state.block_units
-    state.report.epoch = meta["epoch"]
-    _flush(state, applied, next_price, utilisation, capacity)
-    return state.report
+    state.report.epoch = state.meta["epoch"]
+    state.capacity = capacity
+    return applied
 
 
 def _flush(state: _State, applied: list[dict], next_price: int, utilisation: float, capacity: float) -> None:

@@ -263,6 +263,16 @@ def splitmix_draws(seed: int, numbers: np.ndarray) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) / float(2**53)
 
 
+def splitmix_draw(seed: int, number: int) -> float:
+    """`splitmix_draws` of one number, in Python integers (the same float)."""
+    m = 0xFFFFFFFFFFFFFFFF
+    z = ((seed & m) + (number & m) * 0x9E3779B97F4A7C15) & m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    z ^= z >> 31
+    return (z >> 11) / float(2**53)
+
+
 def inference_number(inference_id: str) -> int:
     """The number of an inference id for the SplitMix64 draw: the digits after its last '-'."""
     tail = inference_id.rsplit("-", 1)[-1]
@@ -307,7 +317,7 @@ def should_validate(seed: int, inference_id: str, traffic_basis: int, reputation
     if p.sampling_draw == "sha256":
         u = int.from_bytes(hashlib.sha256(f"{int(seed)}:{inference_id}".encode()).digest()[:8], "big") / _MAX_UINT64_F
     else:
-        u = float(draw_exact(seed, inference_id, "splitmix64"))
+        u = splitmix_draw(seed, inference_number(inference_id))
     if abs(u - prob) > FLOAT_MARGIN:
         return u < prob
     return should_validate_exact(seed, inference_id, traffic_basis, reputation, total_power, validator_power,

@@ -50,6 +50,8 @@ class Backend(Protocol):
 class SurrogateBackend:
     """Validation scores drawn from an experiment's measured distributions."""
 
+    reads_requests = False  # execute() needs no request parameters (no model runs)
+
     def __init__(self, run_dir: str | Path, policy: str = "full", metric: str | None = None,
                  threshold: float | None = None, split: str = "test", benign_eps: "float | str | None" = "run",
                  score_draw: str = "per_inference"):

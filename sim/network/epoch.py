@@ -33,6 +33,8 @@ from models.seeds import epoch_block_hash
 from sim.chain import (ChainParams, CommitSeed, EndEpoch, FinishInference, Mint, RegisterParticipant, RequestParams,
                        SetWeights, StartInference, SubmitValidation, SubmitVote, apply_block, create_chain)
 from sim.chain import rules
+from sim.chain.apply import request_units
+from sim.chain.batched import BatchedChain
 from sim.chain.rules import splitmix_draws  # noqa: F401  (re-exported)
 from sim.chain import tables as T
 from sim.chain.params import NGONKA_PER_GNK
@@ -191,10 +193,11 @@ class NetworkSimulation:
         self.finish_info: dict[str, tuple[int, int]] = {}
         self.poc_rows: list[dict] = []
         self._counter = 0
+        self.chain: BatchedChain | None = None
 
     # ---- chain helpers ---------------------------------------------------------------------
     def _apply(self, msgs: list) -> Any:
-        rep = apply_block(self.engine, msgs)
+        rep = self.chain.apply_block(msgs) if self.chain is not None else apply_block(self.engine, msgs)
         self.n_messages += len(msgs)
         self.n_blocks += 1
         for pid in rep.new_invalid:
@@ -208,12 +211,19 @@ class NetworkSimulation:
         self.finish_info.update(rep.finished)
         return rep
 
+    def _sync(self) -> None:
+        """Batched chain writes: flush, so that the database holds every block applied so far."""
+        if self.chain is not None:
+            self.chain.flush()
+
     def _participants(self) -> dict[str, dict]:
+        self._sync()
         t = T.Participant.__table__
         with self.engine.connect() as c:
             return {r["id"]: dict(r) for r in c.execute(select(t)).mappings()}
 
     def _meta(self) -> dict:
+        self._sync()
         t = T.ChainMeta.__table__
         with self.engine.connect() as c:
             return dict(c.execute(select(t)).mappings().one())
@@ -271,14 +281,14 @@ class NetworkSimulation:
         reqs = rng.integers(0, self.p.requesters, size=n)
         seeds = rng.integers(0, 2**62, size=n)
         msgs = []
-        for k in range(n):
-            iid = f"e{epoch}-{self._counter}"
-            self._counter += 1
-            rp = self._mix_params[shapes[k]].model_copy(update={"seed": int(seeds[k]),
-                                                                "prompt_sha256": f"prompt{seeds[k] % 1000}"})
-            msgs.append(StartInference.model_construct(id=f"start:{iid}", kind="start_inference", inference_id=iid,
-                                                       requester=f"req{reqs[k]:03d}", executor=active[execs[k]],
-                                                       request=rp, max_cost_ngonka=None))
+        mix = [m.__dict__ for m in self._mix_params]
+        for k, (shape, seed, req, ex) in enumerate(zip(shapes.tolist(), seeds.tolist(), reqs.tolist(), execs.tolist())):
+            iid = f"e{epoch}-{self._counter + k}"
+            rp = _construct(RequestParams, {**mix[shape], "seed": seed, "prompt_sha256": f"prompt{seed % 1000}"})
+            msgs.append(_construct(StartInference, dict(id=f"start:{iid}", kind="start_inference", inference_id=iid,
+                                                        requester=f"req{req:03d}", executor=active[ex],
+                                                        request=rp, max_cost_ngonka=None)))
+        self._counter += n
         return msgs
 
     def _execute(self, started: list, height: int) -> list:
@@ -286,25 +296,28 @@ class NetworkSimulation:
         if not started:
             return []
         ids = [m.inference_id for m in started]
-        devs: list[str | None] = []
-        for m in started:
-            h = self.by_id[m.executor]
-            cheat = h.strategy == "malicious" and self.rng_exec.random() < h.cheat_rate
-            devs.append(h.deviation if cheat else None)
-        reqs = [m.request.model_dump() for m in started]
+        hosts = [self.by_id[m.executor] for m in started]
+        # one uniform per request of a malicious host, in request order (as one draw each would give)
+        bad = [k for k, h in enumerate(hosts) if h.strategy == "malicious"]
+        u = self.rng_exec.random(len(bad)).tolist() if bad else []
+        devs: list[str | None] = [None] * len(started)
+        for k, x in zip(bad, u):
+            h = hosts[k]
+            if x < h.cheat_rate:
+                devs[k] = h.deviation
+        reqs = [m.request.model_dump() for m in started] if getattr(self.backend, "reads_requests", True) \
+            else [None] * len(started)
         ex = self.backend.execute(ids, reqs, devs)
         pricing = self.p.chain.pricing
         out = []
-        for m, d, sha, share in zip(started, devs, ex.video_sha256, ex.compute_share):
-            h = self.by_id[m.executor]
-            r = m.request
-            units = pricing.units(width=r.width, height=r.height, frames=r.frames, steps=r.steps,
-                                  guidance_high=r.guidance_high, guidance_low=r.guidance_low, shift=r.shift)
-            self.compute_seconds[h.id] += units * h.seconds_per_unit * float(share)
-            self.honest_seconds[h.id] += units * h.seconds_per_unit
-            out.append(FinishInference.model_construct(id=f"finish:{m.inference_id}", kind="finish_inference",
-                                                       inference_id=m.inference_id, executor=m.executor,
-                                                       video_sha256=sha, truth_deviation=d))
+        compute, honest = self.compute_seconds, self.honest_seconds
+        for m, h, d, sha, share in zip(started, hosts, devs, ex.video_sha256, ex.compute_share.tolist()):
+            units = request_units(pricing, m.request)
+            compute[h.id] += units * h.seconds_per_unit * share
+            honest[h.id] += units * h.seconds_per_unit
+            out.append(_construct(FinishInference, dict(id=f"finish:{m.inference_id}", kind="finish_inference",
+                                                        inference_id=m.inference_id, executor=m.executor,
+                                                        video_sha256=sha, commitment_root=None, truth_deviation=d)))
         return out
 
     def _validate(self, finished: list) -> list:
@@ -356,9 +369,9 @@ class NetworkSimulation:
         sel_ids = [ids[i] for i in pairs_i]
         scores, passed = self.backend.validate(sel_ids, [truth[i] for i in pairs_i], pairs_v, self.rng_valid)
         self._account_validation(pairs_v, [finished[i] for i in pairs_i])
-        return [SubmitValidation.model_construct(id=f"val:{iid}:{v}", kind="validation", inference_id=iid, validator=v,
-                                                 seed=seed, score=float(s), passed=bool(ok))
-                for iid, v, seed, s, ok in zip(sel_ids, pairs_v, pairs_seed, scores, passed)]
+        return [_construct(SubmitValidation, dict(id=f"val:{iid}:{v}", kind="validation", inference_id=iid, validator=v,
+                                                  seed=seed, score=s, passed=ok))
+                for iid, v, seed, s, ok in zip(sel_ids, pairs_v, pairs_seed, scores.tolist(), passed.tolist())]
 
     def _powers(self, execs: np.ndarray) -> tuple[float, np.ndarray]:
         """(W, w_e): the ACTIVE participants' power and each executor's (0 unless ACTIVE)."""
@@ -398,17 +411,20 @@ class NetworkSimulation:
             r = m.request if hasattr(m, "request") else self._req_of.get(m.inference_id)
             if r is None:
                 continue
-            units = pricing.units(width=r.width, height=r.height, frames=r.frames, steps=r.steps,
-                                  guidance_high=r.guidance_high, guidance_low=r.guidance_low, shift=r.shift)
-            self.validation_seconds[v] += units * self.by_id[v].seconds_per_unit * share
+            self.validation_seconds[v] += request_units(pricing, r) * self.by_id[v].seconds_per_unit * share
 
     def _votes(self, inference_ids: list[str]) -> list:
         """The committees of newly opened votes re-validate and vote."""
         if not inference_ids:
             return []
-        t = T.Inference.__table__
-        with self.engine.connect() as c:
-            rows = c.execute(select(t.c.id, t.c.committee, t.c.truth_deviation).where(t.c.id.in_(inference_ids))).all()
+        if self.chain is not None:
+            rows = [(r["id"], r["committee"], r["truth_deviation"]) for r in map(self.chain.inference, inference_ids)
+                    if r is not None]
+        else:
+            t = T.Inference.__table__
+            with self.engine.connect() as c:
+                rows = c.execute(select(t.c.id, t.c.committee, t.c.truth_deviation)
+                                 .where(t.c.id.in_(inference_ids))).all()
         ids, devs, voters = [], [], []
         for iid, committee, truth in rows:
             for v in filter(None, committee.split(",")):
@@ -427,6 +443,7 @@ class NetworkSimulation:
     def run(self, progress: Callable[[dict], None] | None = None) -> NetworkResult:
         t0 = time.perf_counter()
         self.engine = create_chain(self.db_url, self.p.chain_params)
+        self.chain = BatchedChain(self.engine, self.p.flush_blocks) if self.p.chain_writes == "batched" else None
         try:
             return self._run(progress, t0)
         finally:
@@ -481,7 +498,7 @@ class NetworkSimulation:
             rep = self._apply(msgs)
             to_validate = [m for m in finished if m.id not in rep.rejected]
             to_vote = list(rep.voting_opened)
-        final = self._participants()
+        final = self._participants()  # (flushes a batched chain)
         epochs = self._epoch_table(snapshots)
         hosts = self._host_table(final)
         import pandas as pd
@@ -570,6 +587,20 @@ class NetworkSimulation:
                              validation_seconds=self.validation_seconds[h.id],
                              balance_ngonka=p["balance_ngonka"], collateral_ngonka=p["collateral_ngonka"]))
         return pd.DataFrame(rows)
+
+
+def _construct(cls, fields: dict):
+    """`cls.model_construct(**fields)` for a message whose every field is given (no defaults to fill),
+    without its per-call overhead: the agents build millions of messages from checked parts."""
+    m = cls.__new__(cls)
+    _setattr(m, "__dict__", fields)
+    _setattr(m, "__pydantic_fields_set__", set(fields))
+    _setattr(m, "__pydantic_extra__", None)
+    _setattr(m, "__pydantic_private__", None)
+    return m
+
+
+_setattr = object.__setattr__
 
 
 def _count(items) -> dict:

@@ -131,6 +131,12 @@ class NetworkParams(BaseModel):
     sampling_hash: Literal["sha256", "splitmix64"] = Field(
         "sha256", description="validator draw: Gonka's SHA256(seed:id) or a vectorised SplitMix64 of the "
         "same inputs (same distribution, 50x faster, for large sweeps; the chain then re-checks that draw)")
+    chain_writes: Literal["batched", "per_block"] = Field(
+        "batched", description="how the chain is written: batched (sim/chain/batched.py: the same rules on an "
+        "in-memory working set, flushed every `flush_blocks` blocks; fast) or per_block (apply_block, one "
+        "transaction per block; the reference the batched path is tested against)")
+    flush_blocks: int = Field(10, ge=1, le=MAX_BLOCKS_PER_EPOCH, description="batched writes: blocks per database "
+                              "flush (also flushed whenever the simulation reads the chain)")
     weights_source: Literal["capacity", "poc"] = Field(
         "capacity", description="where each epoch's weights come from: capacity (what an honest PoC stage "
         "measures: proportional to GPU speed) or poc (sim.poc's stage, with each group's poc_strategy)")
@@ -152,7 +158,7 @@ class NetworkParams(BaseModel):
         "block; windows in blocks are shortened to fit)")
 
     _no_bool = field_validator("seed", "epochs", "blocks_per_epoch", "requests_per_epoch", "requesters",
-                               "finish_delay_blocks", "poc_nonces", "threshold", "gpu_cost_fraction",
+                               "finish_delay_blocks", "poc_nonces", "threshold", "gpu_cost_fraction", "flush_blocks",
                                mode="before")(no_bool)
 
     @field_validator("threshold")
