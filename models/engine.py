@@ -362,7 +362,7 @@ def pipeline_session(stack: contextlib.ExitStack, pipe, plan: Plan, noise: "torc
     patches, compiled forwards and the skipped steps of a resume. Closing the stack restores it all."""
     import torch
 
-    from models.engines.schedules import make_scheduler
+    from models.schedules import make_scheduler
 
     runtime = plan.runtime
     stack.callback(setattr, pipe, "_interrupt", False)

@@ -18,7 +18,7 @@ class PromptTooLong(ValueError):
 
 def schedule(request: GenerationRequest, scheduler_config: dict[str, Any], kind: str = "engine") -> list[float]:
     """The timesteps the pipeline will step through for this request (`kind`: Runtime.schedule)."""
-    from models.engines.schedules import make_scheduler
+    from models.schedules import make_scheduler
 
     sched = make_scheduler(scheduler_config, request.shift, kind)
     sched.set_timesteps(request.steps)
@@ -68,7 +68,7 @@ def resolve_captures(names: Iterable[str], timesteps: list[float], boundary_rati
 def text_context_len(spec, runtime: Runtime) -> int:
     """Text-embedding rows the transformers attend to: the preset's limit, or the Wan reference's 512
     (what vLLM-Omni pads every prompt to) under `Runtime(schedule="wan")`."""
-    from models.engines.schedules import WAN_TEXT_LEN
+    from models.schedules import WAN_TEXT_LEN
 
     return max(WAN_TEXT_LEN, spec.text_len) if runtime.schedule == "wan" else spec.text_len
 

@@ -198,7 +198,7 @@ class Runtime(BaseModel):
         "engine",
         description="denoising schedule: 'engine' (each engine's own: diffusers' UniPC config of the directory, "
         "vLLM-Omni's native one) or 'wan' (the native Wan2.2 sigmas vLLM-Omni uses, pinned in diffusers too; "
-        "models/engines/schedules.py)",
+        "models/schedules.py)",
     )
 
     @field_validator("offload", mode="before")

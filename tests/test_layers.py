@@ -12,9 +12,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LINT = Path(sys.executable).with_name("lint-imports")
-# models/ still has import cycles (engine <-> deviations, presets <-> request); they are broken on
-# the models side of issue 17, and this contract is checked from then on.
-WAITING = {"models-acyclic"}
 CONTRACTS = ("layers", "prefect", "acyclic", "models-acyclic")
 
 
@@ -27,15 +24,8 @@ def lint(*contracts: str) -> subprocess.CompletedProcess:
 
 
 def test_contracts_are_kept():
-    res = lint(*(c for c in CONTRACTS if c not in WAITING))
+    res = lint(*CONTRACTS)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
-
-
-@pytest.mark.parametrize("contract", sorted(WAITING))
-def test_waiting_contracts(contract):
-    res = lint(contract)
-    if res.returncode != 0:
-        pytest.xfail(f"{contract}: waits for the models side of issue 17")
 
 
 def test_every_contract_is_listed():
