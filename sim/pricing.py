@@ -479,3 +479,86 @@ def fairness_summary(table: "Any") -> "Any":
 
 
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Fairness against measured seconds
+
+
+class StageFit(BaseModel):
+    """Per-stage seconds fitted to measurements on one card: passes (alpha N^2 + beta N + gamma per
+    pass of N patches), VAE decode linear in decoded pixels, the text encoder a constant."""
+
+    model_config = ConfigDict(frozen=True)
+
+    device: str
+    alpha_seconds: float
+    beta_seconds: float
+    gamma_seconds: float
+    pass_r2: float
+    vae_seconds_per_pixel: float
+    vae_r2: float
+    text_encoder_seconds: float
+
+    def seconds(self, *, width: int, height: int, frames: int, passes: int, patches: int) -> float:
+        per_pass = self.alpha_seconds * patches ** 2 + self.beta_seconds * patches + self.gamma_seconds
+        return self.text_encoder_seconds + passes * per_pass + self.vae_seconds_per_pixel * width * height * frames
+
+
+def fit_stages(measured: dict) -> StageFit:
+    """Fit `StageFit` to a `benchmarks/gpu_pricing.py` result (passes, VAE decodes, generations)."""
+    passes = [p for p in measured.get("passes", []) if "seconds" in p]
+    vae = [v for v in measured.get("vae", []) if "seconds" in v]
+    gens = [g for g in measured.get("generate", []) if "stages" in g]
+    if not passes or not vae:
+        raise PricingError("measured: needs 'passes' and 'vae' entries with seconds")
+    alpha, beta, gamma, r2 = fit_pass_seconds([p["tokens"] for p in passes], [p["seconds"] for p in passes])
+    px = np.array([v["width"] * v["height"] * v["frames"] for v in vae], dtype=float)
+    y = np.array([v["seconds"] for v in vae])
+    k = float(px @ y / (px @ px))
+    vae_r2 = float(1 - ((y - k * px) ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-30))
+    te = float(np.median([g["stages"]["text_encoder"] for g in gens])) if gens else 0.0
+    return StageFit(device=measured.get("device", "?"), alpha_seconds=alpha, beta_seconds=beta, gamma_seconds=gamma,
+                    pass_r2=r2, vae_seconds_per_pixel=k, vae_r2=vae_r2, text_encoder_seconds=te)
+
+
+def measured_fairness(measured: dict, grid: FairnessGrid | None = None, pricing: PricingParams | None = None) -> dict:
+    """Revenue per measured GPU-second of the DiT units over the fairness grid.
+
+    GPU seconds come from the stage fit of measurements on a card (text encoder, every pass, VAE),
+    not from the pricing formula itself, so a flat result is evidence rather than construction.
+    The unit model's error is units x unit_seconds (pass time only) against those seconds."""
+    import pandas as pd
+
+    fit = fit_stages(measured)
+    grid = grid or FairnessGrid()
+    pricing = pricing or PricingParams(alpha_seconds=fit.alpha_seconds, beta_seconds=fit.beta_seconds,
+                                       gamma_seconds=fit.gamma_seconds, source=f"stage fit on {fit.device}")
+    rows = []
+    for (w, h) in grid.sizes:
+        for f in grid.frames:
+            for s in grid.steps:
+                for gh, gl in grid.guidance:
+                    kw = dict(width=w, height=h, frames=f, steps=s, guidance_high=gh, guidance_low=gl, shift=grid.shift)
+                    p = latent_patches(w, h, f, pricing.vae_stride, pricing.patch_size)
+                    n = forward_passes_for(s, grid.shift, gh > 1, gl > 1, pricing.boundary_ratio)
+                    sec = fit.seconds(width=w, height=h, frames=f, passes=n, patches=p)
+                    units = pricing.units(**kw)
+                    rows.append(dict(width=w, height=h, frames=f, steps=s, guidance_high=gh, guidance_low=gl,
+                                     measured_seconds=sec, units=units,
+                                     unit_model_error=units * pricing.unit_seconds / sec - 1))
+    df = pd.DataFrame(rows)
+    rate = df["units"] / df["measured_seconds"]
+    rate = rate / rate.median()
+    checks = [dict(g, predicted_seconds=fit.seconds(width=g["width"], height=g["height"], frames=g["frames"],
+                                                    passes=sum(g["forward_passes"].values()),
+                                                    patches=latent_patches(g["width"], g["height"], g["frames"])),
+                   measured_seconds=sum(g["stages"].values()))
+              for g in measured.get("generate", []) if "stages" in g]
+    worst = df.loc[df["unit_model_error"].abs().idxmax()]
+    return {"fit": fit.model_dump(), "requests": len(df),
+            "revenue_per_gpu_second": {"min": float(rate.min()), "max": float(rate.max()),
+                                       "max_over_min": float(rate.max() / rate.min()), "cv": float(rate.std() / rate.mean())},
+            "unit_model_max_error": float(worst["unit_model_error"]),
+            "unit_model_worst_request": {k: (float(v) if hasattr(v, "item") else v) for k, v in worst.items()},
+            "generation_checks": checks}
