@@ -13,7 +13,7 @@ from models.spec import SCHEDULER_CONFIG, preset_spec
 
 
 class PromptTooLong(ValueError):
-    pass
+    """A prompt longer than the text encoder takes."""
 
 
 def schedule(request: GenerationRequest, scheduler_config: dict[str, Any], kind: str = "engine") -> list[float]:

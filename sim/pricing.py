@@ -430,6 +430,17 @@ class FairnessGrid(BaseModel):
         return v
 
 
+def grid_requests(grid: FairnessGrid, pricing: PricingParams):
+    """Each request of the grid: (units keyword arguments, latent patches, forward passes)."""
+    for (w, h) in grid.sizes:
+        for f in grid.frames:
+            for s in grid.steps:
+                for gh, gl in grid.guidance:
+                    kw = dict(width=w, height=h, frames=f, steps=s, guidance_high=gh, guidance_low=gl, shift=grid.shift)
+                    yield (kw, latent_patches(w, h, f, pricing.vae_stride, pricing.patch_size),
+                           forward_passes_for(s, grid.shift, gh > 1, gl > 1, pricing.boundary_ratio))
+
+
 def fairness_table(pricing: PricingParams | None = None, grid: FairnessGrid | None = None) -> "Any":
     """Revenue per GPU-second at one price for each request of the grid, under four schemes.
 
@@ -443,17 +454,12 @@ def fairness_table(pricing: PricingParams | None = None, grid: FairnessGrid | No
     pricing = pricing or PricingParams()
     grid = grid or FairnessGrid()
     rows = []
-    for (w, h) in grid.sizes:
-        for f in grid.frames:
-            for s in grid.steps:
-                for gh, gl in grid.guidance:
-                    kw = dict(width=w, height=h, frames=f, steps=s, guidance_high=gh, guidance_low=gl, shift=grid.shift)
-                    p = latent_patches(w, h, f, pricing.vae_stride, pricing.patch_size)
-                    passes = forward_passes_for(s, grid.shift, gh > 1, gl > 1, pricing.boundary_ratio)
-                    rows.append(dict(width=w, height=h, frames=f, steps=s, guidance_high=gh, guidance_low=gl,
-                                     patches=p, forward_passes=passes, gpu_seconds=pricing.gpu_seconds(**kw),
-                                     dit=pricing.units(**kw), per_token_step=float(passes * p),
-                                     per_frame=float(f), per_pixel=float(w * h * f)))
+    for kw, p, passes in grid_requests(grid, pricing):
+        w, h, f = kw["width"], kw["height"], kw["frames"]
+        rows.append(dict(width=w, height=h, frames=f, steps=kw["steps"], guidance_high=kw["guidance_high"],
+                         guidance_low=kw["guidance_low"], patches=p, forward_passes=passes,
+                         gpu_seconds=pricing.gpu_seconds(**kw), dit=pricing.units(**kw),
+                         per_token_step=float(passes * p), per_frame=float(f), per_pixel=float(w * h * f)))
     df = pd.DataFrame(rows)
     total = df["dit"].sum()
     out = []
@@ -535,18 +541,11 @@ def measured_fairness(measured: dict, grid: FairnessGrid | None = None, pricing:
     pricing = pricing or PricingParams(alpha_seconds=fit.alpha_seconds, beta_seconds=fit.beta_seconds,
                                        gamma_seconds=fit.gamma_seconds, source=f"stage fit on {fit.device}")
     rows = []
-    for (w, h) in grid.sizes:
-        for f in grid.frames:
-            for s in grid.steps:
-                for gh, gl in grid.guidance:
-                    kw = dict(width=w, height=h, frames=f, steps=s, guidance_high=gh, guidance_low=gl, shift=grid.shift)
-                    p = latent_patches(w, h, f, pricing.vae_stride, pricing.patch_size)
-                    n = forward_passes_for(s, grid.shift, gh > 1, gl > 1, pricing.boundary_ratio)
-                    sec = fit.seconds(width=w, height=h, frames=f, passes=n, patches=p)
-                    units = pricing.units(**kw)
-                    rows.append(dict(width=w, height=h, frames=f, steps=s, guidance_high=gh, guidance_low=gl,
-                                     measured_seconds=sec, units=units,
-                                     unit_model_error=units * pricing.unit_seconds / sec - 1))
+    for kw, p, n in grid_requests(grid, pricing):
+        sec = fit.seconds(width=kw["width"], height=kw["height"], frames=kw["frames"], passes=n, patches=p)
+        units = pricing.units(**kw)
+        rows.append(dict({k: v for k, v in kw.items() if k != "shift"}, measured_seconds=sec, units=units,
+                         unit_model_error=units * pricing.unit_seconds / sec - 1))
     df = pd.DataFrame(rows)
     rate = df["units"] / df["measured_seconds"]
     rate = rate / rate.median()
