@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from models.request import Runtime
-from sim.dryrun import DryRunParams
+from sim.dryrun import DryRunParams, calibration_verdict
 
 pytestmark = pytest.mark.slow
 
@@ -16,13 +16,14 @@ pytestmark = pytest.mark.slow
 def test_dry_run_checks_and_verdict(prefect_harness, tmp_path):
     from flows.dryrun import DryRunFailed, dry_run_flow
 
-    # asked for an H200 on a CPU: the device check fails, every other check passes
+    # asked for an H200 on a CPU: the device check fails, every other check passes (the calibration
+    # check times sub-millisecond passes, so its verdict is judged by calibration_verdict's own test)
     params = DryRunParams(out=str(tmp_path / "dry"), deviations=("threads:1", "steps:6"), poc_nonces=2,
                           expect_gpu="H200", runtime=Runtime(threads=1))
     verdict = dry_run_flow(params, fail_on_check=False)
     checks = {c["check"]: c for c in verdict["checks"]}
     assert not verdict["passed"] and not checks["device"]["ok"]
-    others = [c for name, c in checks.items() if name != "device"]
+    others = [c for name, c in checks.items() if name not in ("device", "calibration point")]
     assert all(c["ok"] for c in others), others
     assert {"attention backend", "TF32", "determinism", "rerun bit-identical", "PoC batch",
             "calibration point", "experiment prompt"} <= set(checks)
@@ -30,9 +31,23 @@ def test_dry_run_checks_and_verdict(prefect_harness, tmp_path):
     assert md.startswith("# Dry run: FAILED") and "**FAILED**" in md and len(md.splitlines()) < 40
     assert json.loads((tmp_path / "dry" / "verdict.json").read_text())["checks"] == verdict["checks"]
     cal = json.loads((tmp_path / "dry" / "calibration.json").read_text())
-    assert len(cal["points"]) == 3
+    assert len(cal["points"]) == 3 and cal["repeats"] == 3
+    assert checks["calibration point"]["ok"] == calibration_verdict(
+        cal["alpha_seconds"], cal["beta_seconds"], cal["gamma_seconds"], cal["r2"])[0]
     with pytest.raises(DryRunFailed, match="device"):
         dry_run_flow(params.model_copy(update={"out": str(tmp_path / "dry2")}), fail_on_check=True)
+
+
+@pytest.mark.parametrize("coef, ok, note", [
+    ((1e-9, 2e-6, 6e-4, 0.99), True, ""),
+    ((0.0, 2e-6, 6e-4, 0.5), True, "noisy"),
+    ((0.0, 0.0, 8e-4, 0.0), False, "do not grow"),
+    ((-1e-9, 2e-6, 6e-4, 1.0), False, "non-negative"),
+    ((float("nan"), 2e-6, 6e-4, 1.0), False, "finite"),
+])
+def test_calibration_verdict(coef, ok, note):
+    got, why = calibration_verdict(*coef)
+    assert got is ok and note in why and (why == "") == (note == "")
 
 
 def test_settings_in_force_follow_the_runtime():
