@@ -33,8 +33,12 @@ def register(app: typer.Typer) -> None:
     def run(
         run_dir: Optional[Path] = typer.Option(None, help="experiment run directory (the evidence)"),
         out: Path = typer.Option(..., help="study directory (created; rerun with the same study to resume)"),
-        source: Optional[str] = typer.Option(None, help="scores (the run's scores of --policy) or deployable "
-                                             "(validator.json) [default: scores]"),
+        source: Optional[str] = typer.Option(None, help="scores (the run's scores of --policy), deployable "
+                                             "(validator.json) or at_scale (at_scale.json of the GPU measurements) "
+                                             "[default: scores]"),
+        rule: Optional[str] = typer.Option(None, help="at_scale: the rule [default: full-final-pinned]"),
+        size: Optional[str] = typer.Option(None, help="at_scale: the WxHxF size [default: 256x256x5]"),
+        preset: Optional[str] = typer.Option(None, help="at_scale: the preset [default: a14b-random]"),
         policy: Optional[str] = typer.Option(None, help="validation policy [default: full]"),
         metric: Optional[str] = typer.Option(None, help="metric of the policy"),
         rates: Optional[str] = typer.Option(None, help="sampling rate multipliers, e.g. 0.1,0.3,1,3,10"),
@@ -61,6 +65,7 @@ def register(app: typer.Typer) -> None:
             raise ValueError(f"workers: must be >= 1, got {workers}")
         data = read_config(config)
         for k, v in dict(run_dir=None if run_dir is None else str(run_dir), source=source, policy=policy,
+                         at_scale_rule=rule, at_scale_size=size, at_scale_preset=preset,
                          metric=metric, rate_multipliers=_floats(rates, "rates"),
                          slash_fractions=_floats(slashes, "slashes"), threshold_quantiles=_floats(quantiles, "quantiles"),
                          epochs=epochs, requests_per_epoch=requests, false_slash_target=false_slash).items():

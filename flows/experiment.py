@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
     update_progress_artifact
 
 from flows.fanout import FanOut
-from flows.gpu import gpu_slots
+from flows.gpu import gpu_slots, limit_name, workers_within_limit
 from sim import experiment as ex
 
 
@@ -61,8 +61,15 @@ def fan_out(params: ex.ExperimentParams, prompts: list[str], fanout: FanOut, pro
                     res["seconds"], k, total)
         _progress(progress_id, k, total)
 
-    # A local cluster's workers use this machine's GPUs: hold one slot of its limit each. A remote
-    # cluster's GPUs are Ray's to share out (each actor asks for its GPU).
+    # A local cluster's workers use this machine's GPUs: hold one slot of its limit each, and start
+    # no more workers than the limit has slots. A remote cluster's GPUs are Ray's to share out (each
+    # actor asks for its GPU).
+    if fanout.address is None:
+        workers, slots = workers_within_limit(fanout.workers)
+        if workers < fanout.workers:
+            logger.warning("fan-out: %d workers asked, the GPU limit %r has %d slots: running %d workers",
+                           fanout.workers, limit_name(), slots, workers)
+            fanout = fanout.model_copy(update={"workers": workers})
     with gpu_slots(fanout.workers) if fanout.address is None else contextlib.nullcontext():
         results = run_fanned_out(params, prompts, fanout, on_done=done)
     return sum(r["rows"] for r in results)

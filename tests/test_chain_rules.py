@@ -381,6 +381,25 @@ def test_statistics_reset_each_epoch(chain_url):
     assert h1["checked_count"] == 1 and h1["epochs_completed"] == 1 and h1["reputation"] == 3
 
 
+def test_a_passing_validation_counts_when_it_arrives(chain_url):
+    """Gonka's MsgValidation: a pass resets the consecutive count and counts for the SPRT in its own
+    block, not when the validation window closes (payment still waits for the window)."""
+    eng = _chain(chain_url, validation_rate_multiplier=3.0, validation_window_blocks=10)
+    _setup(eng)
+    _run_inference(eng, 1)
+    apply_block(eng, [SubmitValidation(id="v", inference_id="inf1", validator="h2", seed=SEED, score=0.0,
+                                       passed=True)])
+    h1, inf = _row(eng, T.Participant, "h1"), _row(eng, T.Inference, "inf1")
+    assert inf["status"] == "FINISHED" and inf["paid_ngonka"] == 0
+    assert (h1["validated_epoch"], h1["checked_count"], h1["consecutive_invalid"]) == (1, 1, 0)
+    assert h1["invalid_llr_e12"] == rules.sprt_log_increments_e12(0.05, 0.2)[1]
+    for _ in range(10):
+        apply_block(eng, [])
+    h1, inf = _row(eng, T.Participant, "h1"), _row(eng, T.Inference, "inf1")
+    assert inf["status"] == "VALIDATED" and (h1["validated_epoch"], h1["checked_count"]) == (1, 1)
+    assert_invariants(eng)
+
+
 def test_one_bad_message_never_aborts_its_block(chain_url):
     """Amounts beyond int64 (in total supply), a weight at int64, and the schema's refusals: the
     valid messages of the block apply, with the same result on SQLite and PostgreSQL."""

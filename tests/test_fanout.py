@@ -92,6 +92,35 @@ def test_the_flow_fans_out_and_reports_progress(ray_local, single, prefect_harne
     assert arts and max(float(a.data) for a in arts) == 100.0
 
 
+def test_a_fanout_wider_than_the_gpu_limit_runs_within_it(ray_local, prefect_harness, tmp_path, monkeypatch):
+    """Prefect refuses at once (does not wait for) more slots than a limit holds: a fan-out of 2 on a
+    limit of 1 runs with 1 worker instead of failing; no limit, or a wide one, changes nothing."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from flows.experiment import experiment_flow
+    from flows.gpu import workers_within_limit
+
+    async def create(name, limit, active=True):
+        async with get_client() as client:
+            await client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=name, limit=limit, active=active))
+
+    asyncio.run(create("gpu-one", 1))
+    asyncio.run(create("gpu-four", 4))
+    asyncio.run(create("gpu-off", 1, active=False))
+    for name, want in (("gpu-none", (2, None)), ("gpu-four", (2, 4)), ("gpu-off", (2, None)), ("gpu-one", (1, 1))):
+        monkeypatch.setenv("T2VSIM_GPU_LIMIT", name)
+        assert workers_within_limit(2) == want, name
+    monkeypatch.setenv("T2VSIM_GPU_TIMEOUT", "60")
+    params = ex.ExperimentParams(prompts=2, out=str(tmp_path / "run"), deviations=("steps:6",), hwnoise_eps=(3e-3,),
+                                 bootstrap=20, strips=1)
+    experiment_flow(params, fanout=FanOut(workers=2))
+    assert sorted(p.name for p in (Path(params.out) / "scores").glob("p*.parquet")) == ["p0000.parquet", "p0001.parquet"]
+
+
 def test_fanout_settings_are_checked():
     with pytest.raises(ValueError, match="workers"):
         FanOut(workers=-1)

@@ -4,6 +4,7 @@ beside simulated epochs, resumability, fan-out, the cheapest safe set and the ma
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ from flows.study import run_points
 from sim.network.study import (RatesBackend, StudyError, StudyParams, cheapest_safe, closed_form, evidence, grid,
                                load_points, network_params, prepare, run_point, table)
 from sim.network.study_report import CATEGORIES, category, write_report
+from sim.stats import clopper_pearson
 from tests.network_fixtures import make_synthetic_run
 
 
@@ -150,7 +152,16 @@ def test_closed_form_and_simulation_agree_where_they_must(run_dir, tmp_path):
     hi = h[(h["threshold_label"] == "q0.9") & (h["rate_multiplier"] == 3.0)]
     lo = h[(h["threshold_label"] == "q0.9") & (h["rate_multiplier"] == 0.3)]
     assert (hi["honest_closed_p_invalid"].to_numpy() > lo["honest_closed_p_invalid"].to_numpy()).all()
-    assert hi["honest_sim_p_invalid"].mean() > 0
+    # at 500 requests per honest host and epoch (closed form ~0.42) the simulated honest risk is
+    # above zero and its exact 95% interval over the 16 host-epochs holds the closed form (a block's
+    # passes and votes interleave, as on Gonka; closing every vote after every pass inflated it)
+    q = _small(run_dir, epochs=2, requests_per_epoch=4000, rate_multipliers=(3.0,), slash_fractions=(0.0,),
+               threshold_quantiles=(0.9,))
+    ev_q, pts_q, _ = prepare(q, tmp_path / "q")
+    one = table([run_point(q, ev_q, pts_q[0], tmp_path / "q")], ev_q.cheats).iloc[0]
+    k = round(one["honest_sim_p_invalid"] * 16)
+    lo_q, hi_q = clopper_pearson(k, 16)
+    assert k > 0 and lo_q <= one["honest_closed_p_invalid"] <= hi_q, (k, one["honest_closed_p_invalid"])
     # the slash shows in the simulated gain of a cheat that gets caught
     caught = steps[steps["threshold_label"] == "q1"].set_index(["rate_multiplier", "slash_fraction"])["sim_gain_gnk"]
     assert caught.loc[(3.0, 0.5)] < caught.loc[(3.0, 0.0)]
@@ -278,3 +289,33 @@ def test_study_flow_runs_and_resumes(run_dir, tmp_path, prefect_harness):
     assert s1["run"]["ran"] == 2 and s1["run"]["skipped"] == 0 and (out / "report.html").is_file()
     s2 = study_flow(p.model_dump(mode="json"), str(out), workers=2, executor="processes")
     assert s2["run"]["ran"] == 0 and s2["run"]["skipped"] == 2 and s2["cheats"] == s1["cheats"]
+
+
+AT_SCALE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "at_scale"
+
+
+def test_at_scale_evidence_follows_the_gpu_rules(tmp_path):
+    """The H200 measurements as evidence: unpinned, fp8-scaled is never rejected and (saving 40%)
+    pays; pinned, every cheat is rejected and none pays in either view."""
+    from sim.network.study import _replay_share
+
+    base = dict(run_dir=str(AT_SCALE), source="at_scale", rate_multipliers=(1.0,), slash_fractions=(0.2,),
+                requests_per_epoch=2000, blocks_per_epoch=20, honest_hosts=6, hosts_per_cheat=2, trials=300,
+                cheats=("fp8-scaled", "int8-wo"))
+    res = {}
+    for rule in ("full-final", "full-final-pinned"):
+        p = StudyParams(**base, at_scale_rule=rule)
+        ev = evidence(p)
+        _, pts, _ = prepare(p, tmp_path / rule)
+        res[rule] = (ev, table([run_point(p, ev, pt, tmp_path / rule) for pt in pts], ev.cheats).set_index("cheat"))
+    ev, tab = res["full-final"]
+    assert ev.fail["deployed"]["fp8-scaled"].k == 0 and ev.compute_share["fp8-scaled"] < 1
+    assert tab.loc["fp8-scaled", "closed_pays"] and tab.loc["fp8-scaled", "sim_pays"]
+    ev, tab = res["full-final-pinned"]
+    assert all(r.k == r.n > 0 for r in ev.fail["deployed"].values()) and ev.validator_share == 1.0
+    assert not tab["closed_pays"].any() and not tab["sim_pays"].any()
+    assert _replay_share("|K|/N", 2, 40) == 0.05 and _replay_share("2|K|/N", 2, 40) == 0.1
+    with pytest.raises(StudyError, match="at_scale_rule.*allowed"):
+        evidence(StudyParams(**base, at_scale_rule="no-such-rule"))
+    with pytest.raises(StudyError, match="at_scale.json"):
+        evidence(StudyParams(**{**base, "run_dir": str(tmp_path)}))

@@ -563,7 +563,10 @@ def _validation(state: _State, m: SubmitValidation) -> None:
     state.touch_inf(m.inference_id)
     inf["validations"] += 1
     if m.passed:
+        # Gonka's MsgValidation: a pass resets ConsecutiveInvalidInferences and counts a validated
+        # inference for the SPRT at once, per passing validation (payment still waits for the window)
         inf["validators"] = ",".join([*_csv(inf["validators"]), m.validator])
+        state.checked_outcome(inf["executor"], False, m.id)
         return
     inf["failed_validations"] += 1
     inf["failed_by"] = ",".join([*_csv(inf["failed_by"]), m.validator])
@@ -587,6 +590,10 @@ def _vote(state: _State, m: SubmitVote) -> None:
                weight=state.weight(m.voter), block=state.height)
     state.votes.append(row)
     state.votes_of(m.inference_id).append(row)
+    # the committee's last vote closes the vote at once, between the block's other messages (as a
+    # group proposal executes when its last vote arrives), not after all of them
+    if set(_csv(inf["committee"])) <= {v["voter"] for v in state.votes_of(m.inference_id)}:
+        _close_vote(state, inf, m.id)
 
 
 def _end_epoch(state: _State, m: EndEpoch) -> None:
@@ -641,32 +648,39 @@ _HANDLERS = {Mint: _mint, RegisterParticipant: _register, DepositCollateral: _de
 
 
 def _tally(state: _State) -> None:
-    """Close votes whose committee has fully voted or whose deadline passed."""
+    """Close votes whose deadline passed (a vote whose committee has fully voted closes at its
+    last vote, in `_vote`; one still open here is closed too)."""
     h = state.height
     for inf in state.voting():
         if inf["status"] != "VOTING":
             continue
-        members = _csv(inf["committee"])
-        votes = state.votes_of(inf["id"])
-        voted = {v["voter"] for v in votes}
-        if not (set(members) <= voted or h >= inf["vote_deadline_block"]):
-            continue
-        msg_id = f"block:{h}:tally:{inf['id']}"
-        extra_failers = [v for v in _csv(inf["failed_by"]) if v != inf["reporter"] and v in state.parts]
-        total = state.weight(inf["reporter"]) + sum(state.weight(v) for v in members)
-        invalid = state.weight(inf["reporter"]) + sum(v["weight"] for v in votes if v["invalid"])
-        invalid += sum(state.weight(v) for v in extra_failers if v not in voted and v not in members)
-        total += sum(state.weight(v) for v in extra_failers if v not in members)
-        state.touch_inf(inf["id"])
-        if invalid / total > state.p.vote_quorum:
-            refund = inf["escrow_ngonka"]
-            state.transfer("refund", T.ESCROW, inf["requester"], refund, msg_id, inf["id"])
-            inf.update(status="INVALIDATED", settle_block=h, refunded_ngonka=inf["refunded_ngonka"] + refund)
-            state.report.invalidated.append(inf["id"])
-            state.checked_outcome(inf["executor"], True, msg_id)
-        else:
-            inf["status"] = "FINISHED"
-            state.report.revalidated += 1
+        voted = {v["voter"] for v in state.votes_of(inf["id"])}
+        if set(_csv(inf["committee"])) <= voted or h >= inf["vote_deadline_block"]:
+            _close_vote(state, inf, f"block:{h}:tally:{inf['id']}")
+
+
+def _close_vote(state: _State, inf: dict, msg_id: str) -> None:
+    """Count a vote by weight: the work is invalidated (refunded, an invalidation on the executor's
+    record) when the failing weight is above the quorum, else it returns to FINISHED."""
+    h = state.height
+    members = _csv(inf["committee"])
+    votes = state.votes_of(inf["id"])
+    voted = {v["voter"] for v in votes}
+    extra_failers = [v for v in _csv(inf["failed_by"]) if v != inf["reporter"] and v in state.parts]
+    total = state.weight(inf["reporter"]) + sum(state.weight(v) for v in members)
+    invalid = state.weight(inf["reporter"]) + sum(v["weight"] for v in votes if v["invalid"])
+    invalid += sum(state.weight(v) for v in extra_failers if v not in voted and v not in members)
+    total += sum(state.weight(v) for v in extra_failers if v not in members)
+    state.touch_inf(inf["id"])
+    if invalid / total > state.p.vote_quorum:
+        refund = inf["escrow_ngonka"]
+        state.transfer("refund", T.ESCROW, inf["requester"], refund, msg_id, inf["id"])
+        inf.update(status="INVALIDATED", settle_block=h, refunded_ngonka=inf["refunded_ngonka"] + refund)
+        state.report.invalidated.append(inf["id"])
+        state.checked_outcome(inf["executor"], True, msg_id)
+    else:
+        inf["status"] = "FINISHED"
+        state.report.revalidated += 1
 
 
 def _settle(state: _State) -> None:
@@ -689,8 +703,6 @@ def _settle(state: _State) -> None:
         inf.update(status="VALIDATED", settle_block=h, paid_ngonka=inf["paid_ngonka"] + amount)
         state.touch_inf(inf["id"])
         state.report.paid += 1
-        if inf["validations"] > 0:
-            state.checked_outcome(inf["executor"], False, msg_id)
 
 
 def _expire(state: _State) -> None:

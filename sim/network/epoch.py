@@ -172,7 +172,9 @@ class NetworkSimulation:
         self.by_id = {h.id: h for h in self.hosts}
         self.authority = params.chain.module_authority
         ss = np.random.SeedSequence(params.seed)
-        self._ss_arrivals, self._ss_exec, self._ss_valid, self._ss_seeds = ss.spawn(4)
+        # (spawn(5)'s first four children are spawn(4)'s: adding the order stream changed no other draw)
+        self._ss_arrivals, self._ss_exec, self._ss_valid, self._ss_seeds, ss_order = ss.spawn(5)
+        self.rng_order = np.random.default_rng(ss_order)
         self.rng_arrivals = np.random.default_rng(self._ss_arrivals)
         self.rng_exec = np.random.default_rng(self._ss_exec)
         self.rng_valid = np.random.default_rng(self._ss_valid)
@@ -413,6 +415,15 @@ class NetworkSimulation:
                 continue
             self.validation_seconds[v] += request_units(pricing, r) * self.by_id[v].seconds_per_unit * share
 
+    def _checks(self, to_validate: list, to_vote: list[str]) -> list:
+        """The block's validations and votes in one random order, as transactions from many
+        validators reach a block: a host's passes and closed votes interleave, as its outcomes do on
+        Gonka, instead of every vote of the block closing after every pass."""
+        msgs = self._validate(to_validate) + self._votes(to_vote)
+        if len(msgs) > 1:
+            msgs = [msgs[i] for i in self.rng_order.permutation(len(msgs))]
+        return msgs
+
     def _votes(self, inference_ids: list[str]) -> list:
         """The committees of newly opened votes re-validate and vote."""
         if not inference_ids:
@@ -423,8 +434,11 @@ class NetworkSimulation:
         else:
             t = T.Inference.__table__
             with self.engine.connect() as c:
-                rows = c.execute(select(t.c.id, t.c.committee, t.c.truth_deviation)
-                                 .where(t.c.id.in_(inference_ids))).all()
+                found = {r[0]: r for r in c.execute(select(t.c.id, t.c.committee, t.c.truth_deviation)
+                                                    .where(t.c.id.in_(inference_ids))).all()}
+            # votes in the order the votes opened, as on the batched path (a vote closes at its last
+            # vote, so the order decides which message of a block names a slash)
+            rows = [found[i] for i in inference_ids if i in found]
         ids, devs, voters = [], [], []
         for iid, committee, truth in rows:
             for v in filter(None, committee.split(",")):
@@ -470,10 +484,11 @@ class NetworkSimulation:
                 msgs: list = []
                 finished = self._execute(pending_finish.pop(height, []), height)
                 msgs += finished
-                msgs += self._validate(to_validate)
-                msgs += self._votes(to_vote)
+                # requests routed on the statuses at the block's start come before the block's
+                # votes, which may make an executor INVALID part-way through the block
                 new = self._requests(epoch, int(counts[b]) if b < arrival_blocks else 0)
                 msgs += new
+                msgs += self._checks(to_validate, to_vote)
                 if b == p.blocks_per_epoch - 2:
                     msgs.append(EndEpoch(id=f"end:{epoch}", sender=self.authority, epoch=epoch))
                 rep = self._apply(msgs)
@@ -494,7 +509,7 @@ class NetworkSimulation:
             height += 1
             msgs = []
             finished = self._execute(pending_finish.pop(height, []), height)
-            msgs += finished + self._validate(to_validate) + self._votes(to_vote)
+            msgs += finished + self._checks(to_validate, to_vote)
             rep = self._apply(msgs)
             to_validate = [m for m in finished if m.id not in rep.rejected]
             to_vote = list(rep.voting_opened)

@@ -13,6 +13,11 @@ The evidence comes from an experiment run directory (`Evidence`):
   cheat's rejection rate on held-out prompts and the rule's FRR, with their bounds. The rule has one
   fitted threshold, so the threshold axis has one point (`deployed`); the simulated epochs draw
   pass/fail from those rates (`RatesBackend`).
+- `source="at_scale"`: a rule of the GPU measurements at scale (sim/at_scale.py; `run_dir` is a
+  directory with `at_scale.json`, as written by benchmarks/at_scale_report.py, and its `*.jsonl`
+  generations): each cheat family's rejection rate under the rule (1 - its FAR, k of n) and the
+  rule's FRR, for one preset and size; one threshold (`deployed`, the rule's); compute shares from
+  the generations, the validator's share from the rule's replay cost. Drawn like `deployable`.
 
 Two views of every cheat: the measured one (point estimates) and the conservative one, which takes
 the upper bound of the cheat's false-accept rate (FAR = 1 - fail rate; so its fail rate at the lower
@@ -59,8 +64,12 @@ class StudyParams(BaseModel):
 
     run_dir: str = Field(description="experiment run directory (scores.parquet, thresholds.json; validator.json "
                          "for source='deployable')")
-    source: Literal["scores", "deployable"] = Field("scores", description="scores: the run's scores of `policy`; "
-                                                    "deployable: the deployable validator's rule (validator.json)")
+    source: Literal["scores", "deployable", "at_scale"] = Field(
+        "scores", description="scores: the run's scores of `policy`; deployable: the deployable validator's rule "
+        "(validator.json); at_scale: a rule of the GPU measurements at scale (at_scale.json)")
+    at_scale_rule: str = Field("full-final-pinned", description="rule of at_scale.json (source='at_scale')")
+    at_scale_preset: str = Field("a14b-random", description="preset of the at-scale rule (source='at_scale')")
+    at_scale_size: str = Field("256x256x5", description="WxHxF size of the at-scale rule (source='at_scale')")
     policy: str = Field("full", description="validation policy of the scores (source='scores')")
     metric: Optional[str] = Field(None, description="metric of the policy (None: the only one, or its primary)")
     score_split: Literal["test", "calib", "all"] = Field("test", description="rows of scores.parquet to use")
@@ -174,6 +183,8 @@ def evidence(p: StudyParams) -> Evidence:
 
     if p.source == "deployable":
         return _deployable_evidence(p)
+    if p.source == "at_scale":
+        return _at_scale_evidence(p)
     try:
         b = SurrogateBackend(p.run_dir, p.policy, p.metric, None, p.score_split,
                              None if p.benign_eps == "none" else p.benign_eps)
@@ -228,6 +239,65 @@ def _deployable_evidence(p: StudyParams) -> Evidence:
                     compute_share=share, validator_share=float(dep["table"].get("validator_share", 1.0) or 1.0),
                     note=f"deployable rule: {cfg.get('challenged', '?')} of {cfg.get('segments', '?')} segments, "
                          f"FRR target {cfg.get('frr_target', '?')}")
+
+
+def _replay_share(compute: str, challenged: float, steps: float) -> float:
+    """A rule's validator compute relative to the generation: "1" (full replay), "|K|/N" (one step
+    at each of |K| checkpoints of N), "2|K|/N" (two per checkpoint)."""
+    per = {"1": None, "|K|/N": 1.0, "2|K|/N": 2.0}
+    if compute not in per:
+        raise StudyError(f"at_scale rule compute {compute!r} is not one of {sorted(per)}")
+    return 1.0 if per[compute] is None else min(1.0, per[compute] * challenged / steps)
+
+
+def _at_scale_evidence(p: StudyParams) -> Evidence:
+    root = Path(p.run_dir).expanduser()
+    path = root / "at_scale.json"
+    if not path.is_file():
+        raise StudyError(f"run_dir {p.run_dir!r} has no at_scale.json (source='at_scale' needs the directory of "
+                         "benchmarks/at_scale_report.py's output)")
+    try:
+        rules = json.loads(path.read_text())["rules"]
+        found = [r for r in rules if (r["preset"], r["size"], r["rule"]) ==
+                 (p.at_scale_preset, p.at_scale_size, p.at_scale_rule)]
+    except (KeyError, TypeError, json.JSONDecodeError) as err:
+        raise StudyError(f"{path}: not an at-scale summary ({type(err).__name__}: {err})") from None
+    if not found:
+        have = sorted({f"{r['preset']} {r['size']} {r['rule']}" for r in rules})
+        raise StudyError(f"at_scale_rule/at_scale_preset/at_scale_size: no rule {p.at_scale_rule!r} for "
+                         f"{p.at_scale_preset} {p.at_scale_size} in {path}; allowed: {have}")
+    rule = found[0]
+    measured = sorted(f for f, (_, n) in rule["far_per_family"].items() if n > 0)
+    cheats = _chosen(p, measured)
+    share: dict[str, list[float]] = {d: [] for d in cheats}
+    challenged, steps = [], []
+    for gen_path in sorted(root.glob("*.jsonl")):
+        for line in gen_path.read_text().splitlines():
+            g = json.loads(line) if line.strip() else None
+            if not g or g.get("preset") != p.at_scale_preset or \
+                    f"{g['width']}x{g['height']}x{g['frames']}" != p.at_scale_size:
+                continue
+            fam = g["config"].split(":", 1)[0]
+            if g.get("kind") == "malign" and fam in share:
+                share[fam].append(float(g["compute_share"]))
+            if g.get("kind") == "canonical":
+                challenged.append(len(g.get("local", [])))
+                steps.append(int(g["steps"]))
+    missing = [d for d in cheats if not share[d]]
+    if missing or not steps:
+        raise StudyError(f"run_dir {p.run_dir!r}: no generations of {missing or 'the canonical config'} for "
+                         f"{p.at_scale_preset} {p.at_scale_size} in its *.jsonl files")
+    lab = "deployed"
+    far = rule["far_per_family"]
+    fail = {lab: {d: Rate.of(int(far[d][1]) - int(far[d][0]), int(far[d][1]), p.level) for d in cheats}}
+    frr = Rate.of(int(rule["frr"][0]), int(rule["frr"][1]), p.level)
+    return Evidence(source="at_scale", run_dir=str(p.run_dir), policy=rule["rule"], metric=rule.get("statistic", ""),
+                    thresholds={lab: float(rule.get("threshold") or 0.0)}, fail=fail, frr={lab: frr},
+                    compute_share={d: float(np.mean(share[d])) for d in cheats},
+                    validator_share=_replay_share(rule["compute"], float(np.median(challenged)),
+                                                  float(np.median(steps))),
+                    note=f"{rule.get('description', rule['rule'])}; {p.at_scale_preset} {p.at_scale_size}, "
+                         f"{rule['frr'][1]} honest and {rule['far'][1]} cheat claims")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,7 +413,7 @@ def simulate(p: StudyParams, ev: Evidence, point: dict, db_dir: str | None = Non
 
     params = network_params(p, ev, point)
     backend = None
-    if ev.source == "deployable":
+    if ev.source in ("deployable", "at_scale"):
         tl = point["threshold_label"]
         backend = RatesBackend({d: ev.fail[tl][d].rate for d in ev.cheats}, ev.frr[tl].rate, ev.compute_share,
                                ev.validator_share)
