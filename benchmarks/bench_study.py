@@ -35,6 +35,12 @@ def main() -> None:
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("--label", default=None)
     ap.add_argument("--requests", type=int, default=2000, help="requests per simulated epoch")
+    ap.add_argument("--source", default="scores", choices=["scores", "deployable", "at_scale"],
+                    help="evidence of --run-dir (at_scale: benchmarks/results/at_scale)")
+    ap.add_argument("--rule", default="full-final-pinned", help="at_scale: the rule")
+    ap.add_argument("--size", default="256x256x5", help="at_scale: the WxHxF size")
+    ap.add_argument("--rates", default=None, help="sampling rate multipliers, comma-separated (default: the study's)")
+    ap.add_argument("--slashes", default=None, help="slash fractions, comma-separated (default: the study's)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args()
 
@@ -49,7 +55,14 @@ def main() -> None:
         run_dir, label = make_synthetic_run(tmp / "run"), args.label or "synthetic"
     else:
         run_dir, label = Path(args.run_dir), args.label or Path(args.run_dir).name
-    p = StudyParams(run_dir=str(run_dir), requests_per_epoch=args.requests)
+    extra = {}
+    if args.source == "at_scale":
+        extra = dict(at_scale_rule=args.rule, at_scale_size=args.size)
+    if args.rates:
+        extra["rate_multipliers"] = tuple(float(x) for x in args.rates.split(","))
+    if args.slashes:
+        extra["slash_fractions"] = tuple(float(x) for x in args.slashes.split(","))
+    p = StudyParams(run_dir=str(run_dir), requests_per_epoch=args.requests, source=args.source, **extra)
     out = tmp / "study"
     t0, c0 = time.perf_counter(), time.process_time()
     ev, pts, todo = prepare(p, out)
@@ -62,7 +75,8 @@ def main() -> None:
     run_points(p.model_dump_json(), ev.model_dump_json(), again, str(out), args.workers, args.executor)
     resume_s = time.perf_counter() - t1
     secs = sorted(t["seconds"] for t in timings)
-    row = dict(label=label, run_dir=str(run_dir) if args.run_dir else "synthetic (tests/network_fixtures.py)",
+    row = dict(label=label, run_dir=os.path.relpath(run_dir, ROOT) if args.run_dir else "synthetic (tests/network_fixtures.py)",
+               source=args.source, evidence_note=ev.note,
                points=len(pts), epochs_per_point=p.epochs, requests_per_epoch=p.requests_per_epoch,
                hosts_per_point=p.honest_hosts + p.hosts_per_cheat * len(ev.cheats), cheats=ev.cheats,
                executor=used, workers=args.workers, seconds_points=round(run_s, 1), seconds_with_report=round(total_s, 1),
@@ -79,7 +93,8 @@ def main() -> None:
     shutil.copy(out / "report.html", res / f"study_{label}_report.html")
     best = row["cheapest_safe"]
     lines = [f"Network study, {row['points']} points x {row['epochs_per_point']} epochs of {row['requests_per_epoch']:,} "
-             f"requests ({row['hosts_per_point']} hosts), evidence: {row['run_dir']} (benchmarks/bench_study.py)", "",
+             f"requests ({row['hosts_per_point']} hosts), evidence: {row['run_dir']} ({row['source']}: "
+             f"{row['evidence_note']}) (benchmarks/bench_study.py)", "",
              f"- {row['seconds_points']} s for the points ({row['executor']}, {row['workers']} workers; median point "
              f"{row['point_seconds_median']} s, slowest {row['point_seconds_max']} s), {row['seconds_with_report']} s "
              f"with the report; rerun (every point done): {row['resume_seconds']} s, {row['resume_points_run']} points run",

@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
         """Run (or resume) a study and write OUT/report.html, points.parquet and summary.json."""
         from flows.server import temporary_server
         from flows.study import study_flow
-        from sim.network.study import StudyParams
+        from sim.network.study import StudyParams, evidence
 
         if executor not in ("auto", "ray", "processes", "inline"):
             raise ValueError(f"executor: {executor!r}; allowed: auto, ray, processes, inline")
@@ -74,6 +74,7 @@ def register(app: typer.Typer) -> None:
         if "run_dir" not in data:
             raise ValueError("run_dir: an experiment run directory is needed (--run-dir or the config's run_dir)")
         p = StudyParams.model_validate(data)
+        evidence(p)  # bad evidence is refused before the server starts
         with temporary_server():
             summary = study_flow(p.model_dump(mode="json"), str(out), workers, executor, address)
         _show(summary, out)

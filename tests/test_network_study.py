@@ -274,6 +274,10 @@ def test_study_cli_bad_inputs_are_one_line(run_dir, tmp_path):
     r = CliRunner().invoke(app, ["study", "run", "--run-dir", str(run_dir), "--out", str(tmp_path / "o"),
                                  "--slashes", "2"])
     assert r.exit_code == 1 and "slash_fractions" in r.output and len(r.output.strip().splitlines()) == 1
+    r = CliRunner().invoke(app, ["study", "run", "--run-dir", str(AT_SCALE), "--source", "at_scale", "--rule", "x",
+                                 "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "at_scale_rule" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
     r = CliRunner().invoke(app, ["study", "run", "--out", str(tmp_path / "o")])
     assert r.exit_code == 1 and "run_dir" in r.output
     r = CliRunner().invoke(app, ["study", "report", str(tmp_path / "missing")])
