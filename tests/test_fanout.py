@@ -142,3 +142,20 @@ def test_workers_may_import_the_drivers_plugins(monkeypatch):
     with allow_plugins(["my_plugins.cheats"]):
         assert worker_env()[PLUGIN_ENV] == "deploy_plugins,my_plugins.cheats"
     assert worker_env()[PLUGIN_ENV] == "deploy_plugins"
+
+
+def test_a_plugin_deviation_runs_on_a_worker(ray_local, tmp_path):
+    """End to end: a deviation from a plugin module the driver allowed (`--allow-plugin tests`) is
+    parsed and run by a Ray worker process, which gets the allowance from the driver."""
+    from models.deviations import allow_plugins
+
+    with allow_plugins(["tests"]):
+        params = ex.ExperimentParams(prompts=2, out=str(tmp_path / "run"), bootstrap=20, strips=1,
+                                     deviations=("tests.test_deviations:DoubleSeed",), hwnoise_eps=(3e-3,))
+        ex.open_run(params)
+        prompts = ex.load_prompts(params)
+        with Cluster(FanOut(workers=1), "cpu") as cluster:
+            results = list(cluster.run_prompts(params, prompts[:1]))
+    assert results and results[0]["pid"] != os.getpid()
+    scores = pd.read_parquet(Path(params.out) / "scores" / "p0000.parquet")
+    assert "tests.test_deviations:DoubleSeed" in set(scores["deviation"])
