@@ -21,6 +21,11 @@ from models.request import Runtime
 from sim.experiment import RequestOverrides
 
 DEFAULT_CALIBRATION_SHAPES = ((1, 8, 8), (2, 8, 16), (3, 16, 16))
+# On a GPU those shapes are launch-bound (a pass costs the same at every one of them), so a GPU box
+# is calibrated over larger latents (up to 480p x 17 frames' 5 x 60 x 104).
+GPU_CALIBRATION_SHAPES = ((3, 30, 52), (5, 30, 52), (5, 60, 104))
+# The fit must predict at least this much more time for the largest shape than for the smallest.
+MIN_CALIBRATION_GROWTH = 1.2
 # What a dry run writes into its output directory (a directory holding anything else is refused).
 DRY_RUN_FILES = ("experiment", "calibration.json", "verdict.json", "verdict.md")
 
@@ -39,8 +44,9 @@ class DryRunParams(BaseModel):
     deviations: tuple[str, ...] = Field(BENIGN_DEFAULT + MALIGN_DEFAULT, description="one generation of each")
     prompt: str = Field("a red fox trotting through fresh snow at dawn", description="the prompt")
     poc_nonces: int = Field(4, ge=1, le=4096, description="nonces of the PoC batch")
-    calibration_shapes: tuple[tuple[int, int, int], ...] = Field(
-        DEFAULT_CALIBRATION_SHAPES, description="latent (T, H, W) shapes of the calibration point's fit (3 or more)")
+    calibration_shapes: tuple[tuple[int, int, int], ...] | None = Field(
+        None, description="latent (T, H, W) shapes of the calibration point's fit (3 or more); None: "
+        "DEFAULT_CALIBRATION_SHAPES on a CPU, GPU_CALIBRATION_SHAPES on a GPU")
     out: str = Field("runs/dryrun", description="output directory")
 
 
@@ -172,18 +178,31 @@ def _poc_check(params: DryRunParams, pipe, checks: list, timing: dict) -> None:
                          f"{v1.shape[0]} vectors, rerun {'identical' if np.array_equal(v1, v2) else 'differs'}"))
 
 
-def calibration_verdict(alpha: float, beta: float, gamma: float, r2: float) -> tuple[bool, str]:
+def calibration_verdict(alpha: float, beta: float, gamma: float, r2: float,
+                        patches: tuple[int, int] = (1, 2)) -> tuple[bool, str]:
     """Whether a calibration fit can price work on this device, and a note on its quality.
 
-    The fit is usable when its coefficients are finite and non-negative and seconds grow with the
-    size (alpha or beta above zero): a flat fit cannot tell a large request from a small one. The
-    R^2 is reported, not judged: timings of small shapes on a busy host are noisy."""
+    The fit is usable when its coefficients are finite and non-negative and it predicts seconds that
+    grow over the calibrated sizes: the largest shape (`patches`: smallest and largest patch count)
+    at least MIN_CALIBRATION_GROWTH times the smallest. A flat fit cannot tell a large request from a
+    small one; on a GPU it means the shapes were launch-bound. The R^2 is reported, not judged:
+    timings of small shapes on a busy host are noisy."""
     coef = np.array([alpha, beta, gamma], dtype=float)
     if not np.all(np.isfinite(coef)) or np.any(coef < 0):
         return False, "the fit's coefficients are not finite and non-negative"
-    if alpha <= 0 and beta <= 0:
-        return False, "seconds do not grow with the size: rerun on an idle device or with larger shapes"
+    small, large = (alpha * n * n + beta * n + gamma for n in patches)
+    growth = large / small if small > 0 else (np.inf if large > 0 else 1.0)
+    if growth < MIN_CALIBRATION_GROWTH:
+        return False, (f"seconds do not grow with the size (x{growth:.2f} from {patches[0]} to {patches[1]} patches): "
+                       "the shapes are launch-bound or the device is busy; calibrate with larger shapes")
     return True, "" if r2 >= 0.9 else f"R^2 {r2:.2f} < 0.9: the timings are noisy, rerun on an idle device"
+
+
+def calibration_shapes(params: DryRunParams) -> tuple[tuple[int, int, int], ...]:
+    """The asked shapes, else the device's defaults."""
+    if params.calibration_shapes is not None:
+        return params.calibration_shapes
+    return DEFAULT_CALIBRATION_SHAPES if params.runtime.device == "cpu" else GPU_CALIBRATION_SHAPES
 
 
 def _calibration_check(params: DryRunParams, out: Path, checks: list, timing: dict) -> None:
@@ -195,14 +214,16 @@ def _calibration_check(params: DryRunParams, out: Path, checks: list, timing: di
         # calibrate() feeds inputs in its first parameter's dtype, so it runs float32 (its default);
         # the median of 3 timings per shape keeps one descheduled pass from flattening the fit
         cal = calibrate(params.preset, params.runtime.model_copy(update={"dtype": "float32"}),
-                        grid=params.calibration_shapes, repeats=3, warmup=1)
+                        grid=calibration_shapes(params), repeats=3, warmup=1)
     except PricingError as e:
         checks.append(_check("calibration point", False, "a fit of pass seconds", "no fit", str(e)))
         return
     finally:
         timing["calibration"] = time.perf_counter() - t0
     cal.save(out / "calibration.json")
-    ok, note = calibration_verdict(cal.alpha_seconds, cal.beta_seconds, cal.gamma_seconds, cal.r2)
+    sizes = [pt.patches for pt in cal.points]
+    ok, note = calibration_verdict(cal.alpha_seconds, cal.beta_seconds, cal.gamma_seconds, cal.r2,
+                                   (min(sizes), max(sizes)))
     checks.append(_check("calibration point", ok, "a fit of pass seconds growing with the size",
                          f"alpha {cal.alpha_seconds:.3g}, beta {cal.beta_seconds:.3g}, R^2 {cal.r2:.3f}", note))
 

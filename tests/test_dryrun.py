@@ -32,8 +32,9 @@ def test_dry_run_checks_and_verdict(prefect_harness, tmp_path):
     assert json.loads((tmp_path / "dry" / "verdict.json").read_text())["checks"] == verdict["checks"]
     cal = json.loads((tmp_path / "dry" / "calibration.json").read_text())
     assert len(cal["points"]) == 3 and cal["repeats"] == 3
+    sizes = [pt["patches"] for pt in cal["points"]]
     assert checks["calibration point"]["ok"] == calibration_verdict(
-        cal["alpha_seconds"], cal["beta_seconds"], cal["gamma_seconds"], cal["r2"])[0]
+        cal["alpha_seconds"], cal["beta_seconds"], cal["gamma_seconds"], cal["r2"], (min(sizes), max(sizes)))[0]
     with pytest.raises(DryRunFailed, match="device"):
         dry_run_flow(params.model_copy(update={"out": str(tmp_path / "dry2")}), fail_on_check=True)
 
@@ -42,11 +43,13 @@ def test_dry_run_checks_and_verdict(prefect_harness, tmp_path):
     ((1e-9, 2e-6, 6e-4, 0.99), True, ""),
     ((0.0, 2e-6, 6e-4, 0.5), True, "noisy"),
     ((0.0, 0.0, 8e-4, 0.0), False, "do not grow"),
+    # the fit of the small preset on an H200 over the CPU shapes: positive but flat (launch-bound)
+    ((2.34e-13, 2.01e-10, 5e-3, 0.0), False, "x1.00 from 16 to 192"),
     ((-1e-9, 2e-6, 6e-4, 1.0), False, "non-negative"),
     ((float("nan"), 2e-6, 6e-4, 1.0), False, "finite"),
 ])
 def test_calibration_verdict(coef, ok, note):
-    got, why = calibration_verdict(*coef)
+    got, why = calibration_verdict(*coef, (16, 192))
     assert got is ok and note in why and (why == "") == (note == "")
 
 
@@ -85,3 +88,13 @@ def test_model_sections_wait_for_the_gpu_limit(prefect_harness, tmp_path, monkey
         experiment_flow(params)
     assert (Path(params.out) / "params.json").exists()
     assert not (Path(params.out) / "gens").exists()
+
+
+def test_a_gpu_box_is_calibrated_over_larger_shapes():
+    from sim.dryrun import DEFAULT_CALIBRATION_SHAPES, GPU_CALIBRATION_SHAPES, calibration_shapes
+
+    assert calibration_shapes(DryRunParams()) == DEFAULT_CALIBRATION_SHAPES
+    assert calibration_shapes(DryRunParams(runtime=Runtime(device="cuda"))) == GPU_CALIBRATION_SHAPES
+    asked = ((1, 4, 4), (1, 8, 8), (2, 8, 8))
+    assert calibration_shapes(DryRunParams(runtime=Runtime(device="cuda"), calibration_shapes=asked)) == asked
+    assert min(t * h * w for t, h, w in GPU_CALIBRATION_SHAPES) > 4 * max(t * h * w for t, h, w in DEFAULT_CALIBRATION_SHAPES)
