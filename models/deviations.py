@@ -278,6 +278,11 @@ Engine = _runtime_deviation("Engine", "engine", "engine", "another inference eng
                             "run it: models/engines/)", arg_help="diffusers|vllm-omni")
 Compile = _runtime_deviation("Compile", "compile", "compile", "torch.compile'd transformers (other fused kernels)",
                              value=True)
+RegionalCompile = _runtime_deviation("RegionalCompile", "regional-compile", "compile",
+                                     "torch.compile'd transformer blocks (regional compile: other fused kernels)",
+                                     value="regional")
+VaeDtype = _runtime_deviation("VaeDtype", "vae-dtype", "vae_dtype", "the VAE decodes in another dtype (bfloat16: "
+                              "faster, a close but different video)", arg_help="float32|bfloat16")
 
 
 @register_deviation

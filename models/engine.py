@@ -36,7 +36,8 @@ from models.artifacts import (  # noqa: F401  (the records, re-exported for the 
 )
 from models.deviations import filler_prompts, parse_deviation
 from models.patching import (  # noqa: F401  (attention_backend re-exported)
-    attention_backend, experts, forward_hook, patch_forward, pipeline_attention_backend, set_attr, sync,
+    attention_backend, compile_session, experts, forward_hook, patch_forward, pipeline_attention_backend, set_attr,
+    sync,
 )
 from models.plan import (  # noqa: F401  (re-exported for the callers of this module)
     PromptTooLong, block_flops, check_captures, compute_share, count_tokens, forward_passes, honest_work,
@@ -151,10 +152,25 @@ class CostMeter:
         return hook
 
     def _block(self, module, args, kwargs, output):
+        self.count_blocks(args[0] if args else kwargs["hidden_states"])
+
+    def count_blocks(self, hidden_states, n: int = 1) -> None:
+        """`n` block calls on `hidden_states` (batch, tokens, dim)."""
         if not self.skipping:
-            hs = args[0] if args else kwargs["hidden_states"]
-            self.cost.block_calls += 1
-            self.block_tokens.append(int(hs.shape[1]) * int(hs.shape[0]))
+            self.cost.block_calls += n
+            self.block_tokens.extend([int(hidden_states.shape[1]) * int(hidden_states.shape[0])] * n)
+
+    def _expert_blocks(self, module, args, kwargs, output):
+        """A compiled expert's block calls, counted from its input latent (the blocks run inside
+        compiled code, where a counting hook would be traced and recompiled on every call)."""
+        if self.skipping:
+            return
+        x = kwargs.get("hidden_states", args[0] if args else None)
+        b, _, t, h, w = x.shape
+        p = module.config.patch_size
+        tokens = (t // p[0]) * (h // p[1]) * (w // p[2])
+        self.cost.block_calls += len(module.blocks)
+        self.block_tokens.extend([int(b) * int(tokens)] * len(module.blocks))
 
     def _timed(self, decode):
         def timed_decode(*a, **k):
@@ -166,13 +182,17 @@ class CostMeter:
             return out
         return timed_decode
 
-    def attach(self, stack: contextlib.ExitStack, pipe) -> "CostMeter":
+    def attach(self, stack: contextlib.ExitStack, pipe, compiled: bool | str = False) -> "CostMeter":
+        """The hooks for the session. Blocks are counted on each block's first sub-module (step caches
+        replace a block's forward with a cached residual and never reach its sub-modules), but outside
+        compiled code: from the expert's input when the whole forward is compiled (`compiled` True),
+        by `_compile_blocks`' wrapper of each block when the blocks are ('regional')."""
         for m in experts(pipe):
             forward_hook(stack, m, self._pre, pre=True, with_kwargs=True)
             forward_hook(stack, m, self._post(None), with_kwargs=True)
-            for block in m.blocks:
-                # Counted on the block's first sub-module: step caches (first-block cache) replace
-                # a block's forward with a cached residual and never reach its sub-modules.
+            if compiled is True:
+                forward_hook(stack, m, self._expert_blocks, with_kwargs=True)
+            for block in m.blocks if not compiled else ():
                 forward_hook(stack, block.attn1, self._block, with_kwargs=True)
         forward_hook(stack, pipe.text_encoder, self._pre, pre=True, with_kwargs=True)
         forward_hook(stack, pipe.text_encoder, self._post("text_encoder"), with_kwargs=True)
@@ -182,12 +202,30 @@ class CostMeter:
 
 def _compile_experts(stack: contextlib.ExitStack, pipe) -> None:
     """torch.compile'd expert forwards for the session."""
+    compile_session(stack, experts(pipe), True)
+
+
+def _compile_blocks(stack: contextlib.ExitStack, pipe, meter: "CostMeter | None" = None) -> None:
+    """Regional compile of the experts' blocks for the session, each call counted by `meter`
+    outside the compiled code (`models.patching.compile_session`)."""
+    compile_session(stack, experts(pipe), "regional", on_block=meter.count_blocks if meter is not None else None)
+
+
+def session_vae(stack: contextlib.ExitStack, pipe, vae_dtype: str) -> None:
+    """The runtime's VAE for the session: a copy in `vae_dtype` replaces the pipeline's float32 VAE
+    (a cast in place and back would round the cached weights)."""
     import torch
 
-    for attr in ("transformer", "transformer_2"):
-        m = getattr(pipe, attr)
-        if m is not None and "forward" not in m.__dict__:
-            patch_forward(stack, m, torch.compile(m.forward, dynamic=False))
+    from diffusers.utils import logging as dlogging
+
+    dtype = getattr(torch, vae_dtype)
+    if pipe.vae.dtype != dtype:
+        level = dlogging.get_verbosity()
+        dlogging.set_verbosity_error()  # "modules that should be kept in float32: []" (the Wan VAE has none)
+        try:
+            set_attr(stack, pipe, "vae", copy.deepcopy(pipe.vae).to(dtype))
+        finally:
+            dlogging.set_verbosity(level)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,8 +396,8 @@ class StepController:
 
 def pipeline_session(stack: contextlib.ExitStack, pipe, plan: Plan, noise: "torch.Tensor") -> StepController:
     """Everything that changes the cached pipeline for one generation, on one stack: the request's
-    scheduler, the runtime's settings and attention backend, the cost hooks, the deviation's
-    patches, compiled forwards and the skipped steps of a resume. Closing the stack restores it all."""
+    scheduler, the runtime's settings, attention backend and VAE dtype, the cost hooks, the
+    deviation's patches, compiled forwards or blocks and the skipped steps of a resume. Closing the stack restores it all."""
     import torch
 
     from models.schedules import make_scheduler
@@ -369,11 +407,15 @@ def pipeline_session(stack: contextlib.ExitStack, pipe, plan: Plan, noise: "torc
     set_attr(stack, pipe, "scheduler", make_scheduler(pipe.scheduler.config, plan.eff_request.shift, runtime.schedule))
     stack.enter_context(runtime.apply())
     stack.enter_context(pipeline_attention_backend(pipe, runtime.attention_backend))
-    meter = CostMeter(torch.device(runtime.device), pipe.transformer, pipe.transformer_2).attach(stack, pipe)
+    session_vae(stack, pipe, runtime.vae_dtype)
+    meter = CostMeter(torch.device(runtime.device), pipe.transformer, pipe.transformer_2).attach(
+        stack, pipe, compiled=runtime.compile)
     if plan.dev is not None:
         ctx = {"run_seed": plan.run_seed, "request": plan.request, "runtime": runtime, "spec": plan.spec}
         stack.enter_context(plan.dev.patch(pipe, ctx))
-    if runtime.compile:
+    if runtime.compile == "regional":
+        _compile_blocks(stack, pipe, meter)
+    elif runtime.compile:
         _compile_experts(stack, pipe)
     return StepController(plan, noise, meter).attach(stack, pipe)
 

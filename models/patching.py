@@ -6,6 +6,7 @@ pipeline however the generation ends.
 - `set_attr(stack, obj, name, value)`: an attribute for the session (swapped experts, schedulers).
 - `patch_forward(stack, module, forward)`: an instance `forward` for the session (left alone when
   something else already overrides it); `forward_hook(stack, module, hook)`: a forward hook.
+- `compile_session(stack, modules, mode)`: torch.compile'd forwards or repeated blocks for the session.
 - `attention_backend(modules, backend)`: a diffusers attention backend for the block.
 - `sync(device)`: wait for the device (timing).
 """
@@ -55,6 +56,38 @@ def patch_forward(stack: contextlib.ExitStack, module: Any, forward: Callable) -
     module.forward = forward
     stack.callback(module.__dict__.pop, "forward", None)
     return True
+
+
+def compile_session(stack: contextlib.ExitStack, modules: Iterable, mode: bool | str,
+                    on_block: Callable | None = None) -> None:
+    """torch.compile for the session (`Runtime.compile`): `True`, each module's whole forward (left
+    alone when something else overrides it); 'regional', each repeated block (the classes a diffusers
+    model names in `_repeated_blocks`) through the attribute `nn.Module.compile` sets,
+    `_compiled_call_impl`, so the blocks of a model share one graph. `on_block(hidden_states)` runs
+    before each compiled block call, outside the compiled code. Compiled code stays in torch's cache:
+    a later session of the same shapes does not compile again."""
+    import torch
+
+    modules = list({id(m): m for m in modules if m is not None}.values())
+    if mode is True:
+        for m in modules:
+            patch_forward(stack, m, torch.compile(m.forward, dynamic=False))
+        return
+    if mode != "regional":
+        raise ValueError(f"compile mode must be True or 'regional', got {mode!r}")
+    for m in modules:
+        kinds = set(getattr(m, "_repeated_blocks", ()) or ())
+        for block in (b for b in m.modules() if type(b).__name__ in kinds):
+            set_attr(stack, block, "_compiled_call_impl", _counted(torch.compile(block._call_impl, dynamic=False),
+                                                                   on_block))
+
+
+def _counted(compiled: Callable, on_block: Callable | None) -> Callable:
+    def call(*args, **kwargs):
+        if on_block is not None:
+            on_block(args[0] if args else kwargs["hidden_states"])
+        return compiled(*args, **kwargs)
+    return call
 
 
 def forward_hook(stack: contextlib.ExitStack, module: Any, hook: Callable, *, pre: bool = False,

@@ -259,7 +259,8 @@ def poc_vectors(pipe, block_hash: str, public_key: str, nonces: Sequence[int], *
                 boundary_ratio: float | None = None, dim: int = VECTOR_DIM) -> np.ndarray:
     """The PoC vectors of `nonces` (float16, (len(nonces), dim)), in the order given.
 
-    Nonces are grouped by their seeded expert and run in batches of `runtime.batch_size`.
+    Nonces are grouped by their seeded expert and run in batches of `runtime.batch_size`, compiled
+    as `runtime.compile` asks (the compiled code is undone on return).
     """
     import torch
 
@@ -293,6 +294,8 @@ def poc_vectors(pipe, block_hash: str, public_key: str, nonces: Sequence[int], *
         stack.enter_context(torch.no_grad())
         stack.enter_context(rounded_weights(experts, variant.weights))
         stack.enter_context(attention_backend(experts, runtime.attention_backend))
+        if runtime.compile:
+            patching.compile_session(stack, experts, runtime.compile)
         for expert_name, idx in groups.items():
             if not idx:
                 continue

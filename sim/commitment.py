@@ -31,6 +31,7 @@ for b bad of n segments, m challenged), or open something else than it committed
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -267,12 +268,14 @@ def decode_final(request, runtime, latents):
     de-normalisation, `vae.decode`, `video_processor.postprocess_video`), then uint8 frames."""
     import torch
 
+    from models.engine import session_vae
     from models.presets import build_pipeline
     from models.video import frames_to_uint8
 
     pipe = build_pipeline(request.model, runtime)
-    vae = pipe.vae
-    with runtime.apply(), torch.no_grad():
+    with contextlib.ExitStack() as stack, runtime.apply(), torch.no_grad():
+        session_vae(stack, pipe, runtime.vae_dtype)
+        vae = pipe.vae
         lat = latents.to(next(vae.parameters()).device, dtype=vae.dtype)
         mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(lat.device, lat.dtype)
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(lat.device, lat.dtype)

@@ -20,6 +20,7 @@ EXAMPLES = (
     "splitk:2", "hwnoise:0.01", "steps:3", "lowres:16x16", "fp8", "fp8-scaled", "int8-wo", "seed:+1",
     "one-expert:high", "one-expert:low", "no-cfg", "guidance:3.5", "cache:0.5", "prompt-swap",
     "model:tiny-lite", "quant:4", "one-expert-last:1", "guidance-scale:0.9", "reuse:2", "mp4-from:steps:2",
+    "regional-compile", "vae-dtype:bfloat16", "vae-dtype:float32",
 )
 
 

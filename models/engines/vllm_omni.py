@@ -403,6 +403,8 @@ def unsupported(dev: "Deviation | None", runtime: Runtime, **asked: Any) -> str 
         return "compile: the vllm-omni engine runs with --enforce-eager"
     if runtime.offload != "none":
         return "offload: the vllm-omni engine has no offload modes here"
+    if runtime.vae_dtype != "float32":
+        return "vae_dtype: the vllm-omni engine decodes with its own VAE settings"
     if runtime.attention_backend != "native":
         return "attention_backend: the vllm-omni engine uses its platform's attention (TORCH_SDPA on a CPU)"
     if dev is not None:
