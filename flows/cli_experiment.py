@@ -63,6 +63,8 @@ def experiment(
                                                         "the command line override it")] = None,
     allow_plugin: AllowPlugin = None,
     progress: Annotated[bool, typer.Option(help="log each generation (progress is also a Prefect artifact)")] = True,
+    overlap: Annotated[Optional[bool], typer.Option("--overlap/--no-overlap", help="score each video on a background "
+                                                    "thread while the next one generates (same results)")] = None,
     workers: Annotated[int, typer.Option(help="Ray workers (0: every prompt in this process)")] = 0,
     ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster to join (default: start a local one)")]
     = None,
@@ -76,6 +78,7 @@ def experiment(
             config, sweep, dict(steps=steps, truncate_prompt=truncate_prompt), dict(device=device, dtype=value(dtype)),
             preset=preset, prompts=int(prompts) if prompts and prompts.strip().isdigit() else prompts, out=out,
             seed=seed, fingerprint_k=fingerprint_k, bootstrap=bootstrap, hwnoise_headline=hwnoise_headline,
+            overlap=overlap,
             deviations=repeated(deviation), hwnoise_eps=repeated(hwnoise_eps), metrics=repeated(metric),
             policies=repeated(policy))
         params.validator_runtime.check_device()

@@ -48,7 +48,7 @@ DEFAULT_HWNOISE_EPS = (1e-3, 3e-3, 1e-2, 3e-2)
 MAX_PROMPTS = 100_000
 MAX_BOOTSTRAP = 100_000
 # Parameters that do not change any result: a rerun may change them.
-NON_RESULT_FIELDS = {"out", "bootstrap", "strips"}
+NON_RESULT_FIELDS = {"out", "bootstrap", "strips", "overlap"}
 
 
 class ExperimentError(ValueError):
@@ -144,6 +144,9 @@ class ExperimentParams(BaseModel):
     bootstrap: int = Field(1000, ge=0, le=MAX_BOOTSTRAP, description="bootstrap resamples for confidence intervals")
     strips: int = Field(3, ge=0, description="prompts shown as frame strips in the report")
     out: str = Field("runs/experiment", description="run directory")
+    overlap: bool = Field(True, description="score each claim's video (the full policy's decode and frame metrics) "
+                                            "on a background thread while the device runs the next generation "
+                                            "(False: one after the other; the results are the same)")
     numerics: str = Field("", description="fingerprint of the preset, scheduler, codec and library versions "
                                           "(filled in; a run directory made under another one is refused)")
 
@@ -455,17 +458,26 @@ def kind_of(spec: str) -> str:
 
 def run_prompt(params: ExperimentParams, prompt_id: int, prompt: str, n_prompts: int,
                on_generation: Callable[[str], None] | None = None):
-    """Generate and score one prompt; returns its rows (a DataFrame). Skips work already on disk."""
+    """Generate and score one prompt; returns its rows (a DataFrame). Skips work already on disk.
+    With `params.overlap`, the CPU-side scoring runs beside the device work (`sim.overlap`); the
+    prompt's files are written here, after every job has finished."""
+    import time
+
     import pandas as pd
 
+    from sim.overlap import Background
+
+    t0 = time.perf_counter()
     store = store_of(params)
     score_rel = f"scores/p{prompt_id:04d}.parquet"
     done = _stored_scores(store, score_rel)
     if done is not None:
         return done
     scoring = _PromptScoring(params, store, prompt_id, prompt, on_generation)
-    scoring.run()
+    with Background(enabled=params.overlap) as background:
+        scoring.run(background)
     df = pd.DataFrame(scoring.rows(split_of(prompt_id, n_prompts, params)))
+    scoring.timing["wall"] = time.perf_counter() - t0
     store.write_bytes(f"scores/p{prompt_id:04d}.timing.json", json.dumps(scoring.timing))
     store.write_bytes(score_rel, parquet_bytes(df))  # last: the prompt is complete when this exists
     return df
@@ -487,7 +499,9 @@ def _stored_scores(store, score_rel: str):
 
 class _PromptScoring:
     """One prompt's generations (the canonical one, then one per deviation) and every policy's
-    score of every claim, with the time spent on each."""
+    score of every claim, with the time spent on each: wall seconds per stage, the device seconds
+    of the generations run here (`Cost.seconds`: text encoder, experts, VAE), and how long the
+    prompt waited for its background scoring."""
 
     def __init__(self, params: ExperimentParams, store, prompt_id: int, prompt: str,
                  on_generation: Callable[[str], None] | None):
@@ -496,16 +510,25 @@ class _PromptScoring:
         self.request = params.base_request(prompt, prompt_id)
         self.grel = f"gens/p{prompt_id:04d}"
         self.capture = params.executor_capture()
-        self.timing = {"generation": 0.0, "validator_replay": 0.0, "scoring": 0.0}
+        self.timing = {"generation": 0.0, "validator_replay": 0.0, "scoring": 0.0,
+                       "generation_device": 0.0, "validator_replay_device": 0.0, "scoring_waited": 0.0}
 
     def generation(self, name: str, spec: str | None, rseed: int):
         import time
 
         rel = f"{self.grel}/{name}"
+        made = []
+
+        def saved(d):
+            made.append(d)
+            self.store.publish_dir(rel, d)
+
         t0 = time.perf_counter()
         gen = load_or_generate(self.store.fetch_dir(rel), self.request, self.params.validator_runtime, spec, rseed,
-                               self.capture, on_saved=lambda d: self.store.publish_dir(rel, d))
+                               self.capture, on_saved=saved)
         self.timing["generation"] += time.perf_counter() - t0
+        if made:  # run here, not loaded: its device time counts
+            self.timing["generation_device"] += device_seconds(gen)
         if self.on_generation:
             self.on_generation(spec if spec is not None else name)
         return gen
@@ -513,14 +536,16 @@ class _PromptScoring:
     def timed(self, score, *args):
         import time
 
-        t0, r0 = time.perf_counter(), self.ctx.replay_seconds
+        t0, r0, d0 = time.perf_counter(), self.ctx.replay_seconds, self.ctx.device_seconds
         out = score(*args)
         self.timing["validator_replay"] += self.ctx.replay_seconds - r0
+        self.timing["validator_replay_device"] += self.ctx.device_seconds - d0
         self.timing["scoring"] += time.perf_counter() - t0 - (self.ctx.replay_seconds - r0)
         return out
 
-    def run(self) -> None:
-        from sim.policies import Claim, ValidationContext, get_policy
+    def start(self):
+        """The canonical generation, the validator's context holding it, the policies."""
+        from sim.policies import ValidationContext, get_policy
 
         p = self.params
         canonical = self.generation("canonical", None, 0)
@@ -530,17 +555,34 @@ class _PromptScoring:
         self.ctx.replays[self.request.key()] = canonical
         self.policies = [get_policy(name) for name in p.policies]
         self.specs = p.all_deviations()
-        claims = []
         self.executor = []  # per deviation: (executor compute share, deviation size)
         self.results: dict[tuple[int, int], Any] = {}  # (deviation index, policy index) -> PolicyResult
+        return canonical
+
+    def run(self, background) -> None:
+        """Policies that regenerate per claim score it as its generation lands (device work, on this
+        thread); the others (no regeneration) score all claims after the last generation, or, with
+        the background enabled, each claim on the background thread as it lands."""
+        from sim.policies import Claim
+
+        canonical = self.start()
+        claims, pending = [], {}
         for i, spec in enumerate(self.specs):
-            gen = self.generation(slug(spec), spec, run_seed_of(self.prompt_id, spec, p))
+            gen = self.generation(slug(spec), spec, run_seed_of(self.prompt_id, spec, self.params))
             claims.append(Claim(request=self.request, sha256=gen.sha256,
                                 directory=self.store.local(f"{self.grel}/{slug(spec)}")))
             self.executor.append((float(gen.cost.compute_share), _final_rel_l2(canonical, gen)))
             for j, policy in enumerate(self.policies):
                 if not policy.batched:  # these regenerate per claim: scored as each generation lands
                     self.results[(i, j)] = self.timed(policy.score, claims[i], self.ctx)
+                elif background.enabled:
+                    pending[(i, j)] = background.submit(policy.score, claims[i], self.ctx)
+        if background.enabled:
+            for key, fut in pending.items():
+                self.results[key] = background.result(fut)
+            self.timing["scoring"] += background.seconds
+            self.timing["scoring_waited"] += background.waited
+            return
         for j, policy in enumerate(self.policies):
             if policy.batched:  # no regeneration per claim: all of the prompt's claims at once
                 for i, res in enumerate(self.timed(policy.score_many, claims, self.ctx)):
@@ -564,6 +606,12 @@ class _PromptScoring:
                         "bytes_kept": int(res.bytes_kept), "hwnoise_eps": eps, "deviation_size": size,
                     })
         return rows
+
+
+def device_seconds(gen) -> float:
+    """The device time a generation spent (`Cost.seconds`: text encoder, experts, VAE, each
+    synchronised with the device)."""
+    return float(sum(gen.cost.seconds.values()))
 
 
 def _final_rel_l2(canonical, gen) -> float:
@@ -653,6 +701,7 @@ def _analyse(params: ExperimentParams, n_prompts: int) -> dict[str, Any]:
         store.publish_tree(rel)
     timing = stage_seconds(params, n_prompts)
     timing["statistics_and_report"] = time.perf_counter() - t0
+    timing.update(stage_ratios(timing))
     store.write_bytes("timing.json", json.dumps(timing, indent=1))
     verdicts = verdict_rows(stats)
     return {"report": store.url("report.html"), "markdown": Path(md).read_text(), "verdicts": verdicts,
@@ -685,7 +734,9 @@ def _fetch_commitment_files(store, df, params: ExperimentParams) -> None:
 
 
 def stage_seconds(params: ExperimentParams, n_prompts: int) -> dict[str, float]:
-    """Wall seconds per stage summed over prompts (as last computed; a resumed prompt keeps its own)."""
+    """Seconds per stage summed over prompts (as last computed; a resumed prompt keeps its own): wall
+    seconds of each stage, the device seconds of the generations, the time waited for background
+    scoring, and each prompt's wall time (`wall`)."""
     total = {"generation": 0.0, "validator_replay": 0.0, "scoring": 0.0}
     store = store_of(params)
     for i in range(n_prompts):
@@ -694,6 +745,20 @@ def stage_seconds(params: ExperimentParams, n_prompts: int) -> dict[str, float]:
             for k, v in json.loads(store.read_text(rel)).items():
                 total[k] = total.get(k, 0.0) + v
     return total
+
+
+def stage_ratios(t: dict[str, float]) -> dict[str, float]:
+    """The ratios of `stage_seconds` (each only when its denominator is not zero): per stage, wall
+    over device seconds (`generation_wall_over_device`, `validator_replay_wall_over_device`); for
+    the prompts, their wall time (generation to score file) over their generations' (executor and
+    validator, wall inside the calls, MP4 encoding and file writes included: `wall_over_generation`)
+    and over those generations' device time (`wall_over_device`). With the scoring overlapped,
+    `wall_over_generation` near 1 means the device never waited for the CPU-side work."""
+    g, r = (t.get(k, 0.0) for k in ("generation", "validator_replay"))
+    gd, rd = (t.get(k, 0.0) for k in ("generation_device", "validator_replay_device"))
+    pairs = {"generation_wall_over_device": (g, gd), "validator_replay_wall_over_device": (r, rd),
+             "wall_over_generation": (t.get("wall", 0.0), g + r), "wall_over_device": (t.get("wall", 0.0), gd + rd)}
+    return {k: a / b for k, (a, b) in pairs.items() if b > 0}
 
 
 def deployable_rows(dep) -> list[dict[str, Any]]:

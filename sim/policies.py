@@ -73,6 +73,7 @@ class ValidationContext:
     runtime: Runtime = field(default_factory=Runtime)
     replays: dict[str, Any] = field(default_factory=dict)  # request key -> Generation
     replay_seconds: float = 0.0  # wall time spent regenerating (the rest of a policy's time is scoring)
+    device_seconds: float = 0.0  # of which the regenerations' device time (their `Cost.seconds`)
     fingerprint_k: int = 32
     fingerprint_seed: int = 0
     # The checkpoints the checkpoint and fingerprint policies compare (the executor may keep more:
@@ -159,9 +160,11 @@ class ValidationContext:
 
         t0 = time.perf_counter()
         try:
-            return generate(request, self.runtime, **kwargs)
+            gen = generate(request, self.runtime, **kwargs)
         finally:
             self.replay_seconds += time.perf_counter() - t0
+        self.device_seconds += float(sum(gen.cost.seconds.values()))
+        return gen
 
 
 def _checkpoints_or_none(claim: Claim):

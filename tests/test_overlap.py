@@ -1,0 +1,205 @@
+"""Scoring beside the device (`sim.overlap`): the same results as one after the other, errors that
+surface as raised, bounded queues, and a run that resumes after a failure in the background."""
+
+import json
+import struct
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sim import experiment as ex
+from sim.overlap import Background
+
+DEVS = ("threads:1", "steps:6", "seed:+1")
+
+
+def params_of(out, **kw):
+    base = dict(prompts=2, out=str(out), deviations=DEVS, hwnoise_eps=(3e-3,), bootstrap=20, strips=1)
+    base.update(kw)
+    return ex.ExperimentParams(**base)
+
+
+def run_all(params):
+    ex.open_run(params)
+    prompts = ex.load_prompts(params)
+    for i, p in enumerate(prompts):
+        ex.run_prompt(params, i, p, len(prompts))
+    return ex.analyse(params, len(prompts))
+
+
+def scores(out):
+    df = pd.read_parquet(Path(out) / "scores.parquet")
+    return df[[c for c in df.columns if c != "run_id"]]
+
+
+# Measured times, which differ from run to run: the devices' seconds in each record and what is
+# derived from them (the deployable validator's decode share).
+TIMED_KEYS = {"seconds", "validator_decode_share", "validator_share"}
+
+
+def untimed(x):
+    if isinstance(x, dict):
+        return {k: untimed(v) for k, v in x.items() if k not in TIMED_KEYS}
+    return [untimed(v) for v in x] if isinstance(x, list) else x
+
+
+def _file(p: Path):
+    """A generation file as compared: the MP4's bytes; the latent file's header (as JSON: the
+    writer orders its metadata differently from run to run) and tensor bytes; the record but its
+    timings (and so the latent file's hash)."""
+    raw = p.read_bytes()
+    if p.name == "latents.safetensors":
+        n = struct.unpack("<Q", raw[:8])[0]
+        return json.loads(raw[8:8 + n]), raw[8 + n:]
+    if p.name == "record.json":
+        rec = untimed(json.loads(raw))
+        rec["files"].pop("latents.safetensors")
+        return rec
+    return raw
+
+
+def generation_files(out):
+    gens = Path(out) / "gens"
+    files = {str(p.relative_to(gens)): _file(p) for p in sorted(gens.glob("*/*/*"))}
+    assert {Path(k).name for k in files} == {"video.mp4", "latents.safetensors", "record.json"}
+    return files
+
+
+def hidden_files(out):
+    return sorted(str(p) for p in Path(out).rglob(".*"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("overlap")
+    serial, overlapped = params_of(base / "serial", overlap=False), params_of(base / "overlapped")
+    return serial, run_all(serial), overlapped, run_all(overlapped)
+
+
+# ---------------------------------------------------------------------------------------------
+# The queue
+
+
+def test_jobs_run_in_order_and_return_their_values():
+    for enabled in (True, False):
+        with Background(enabled=enabled, depth=2) as bg:
+            futs = [bg.submit(lambda i=i: i * i) for i in range(6)]
+            assert [bg.result(f) for f in futs] == [i * i for i in range(6)]
+        assert bg.seconds >= 0
+
+
+def test_the_queue_holds_at_most_depth_jobs():
+    running, most, gate = [0], [0], threading.Event()
+    lock = threading.Lock()
+
+    def job():
+        gate.wait(5)
+        with lock:
+            running[0] -= 1
+
+    bg = Background(depth=2)
+    for _ in range(2):
+        with lock:
+            running[0] += 1
+        bg.submit(job)
+    t = threading.Timer(0.3, gate.set)
+    t.start()
+    t0 = time.perf_counter()
+    bg.submit(job)  # waits until a slot is free
+    assert time.perf_counter() - t0 >= 0.25 and bg.waited >= 0.25
+    bg.close()
+
+
+def test_an_error_surfaces_as_raised_and_drops_the_queued_jobs():
+    ran = []
+
+    def fail():
+        raise ValueError("metric 'ssim' cannot score 8x8 frames")
+
+    bg = Background(depth=4)
+    bg.submit(fail)
+    time.sleep(0.2)
+    with pytest.raises(ValueError, match="cannot score 8x8 frames"):
+        bg.submit(lambda: ran.append(1))
+    bg.close()
+    bg2 = Background(depth=4)
+    bg2.submit(time.sleep, 0.2)
+    bg2.submit(fail)
+    bg2.submit(lambda: ran.append(2))
+    with pytest.raises(ValueError, match="cannot score 8x8 frames"):
+        bg2.close()
+    assert ran == [] and not Background(enabled=False).enabled
+    with pytest.raises(ValueError, match="depth"):
+        Background(depth=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiment
+
+
+@pytest.mark.slow
+def test_overlapped_run_equals_serial_run(runs):
+    serial, s_sum, overlapped, o_sum = runs
+    pd.testing.assert_frame_equal(scores(serial.out), scores(overlapped.out), check_exact=True)
+    assert generation_files(serial.out) == generation_files(overlapped.out)  # MP4, latents, records: same bytes
+    for name in ("thresholds.json", "summary.json", "validator.json"):
+        a, b = (untimed(json.loads((Path(p.out) / name).read_text())) for p in (serial, overlapped))
+        assert a == b, name
+    assert s_sum["verdicts"] == o_sum["verdicts"]
+    assert hidden_files(serial.out) == hidden_files(overlapped.out) == []
+
+
+@pytest.mark.slow
+def test_timing_reports_wall_and_device_per_stage(runs):
+    serial, _, overlapped, _ = runs
+    for p in (serial, overlapped):
+        t = json.loads((Path(p.out) / "timing.json").read_text())
+        assert all(isinstance(v, float) for v in t.values())  # flat: every value a number of seconds or a ratio
+        for stage in ("generation", "validator_replay"):
+            assert 0 < t[f"{stage}_device"] < t[stage]
+            assert t[f"{stage}_wall_over_device"] == pytest.approx(t[stage] / t[f"{stage}_device"])
+        gen = t["generation"] + t["validator_replay"]
+        assert t["wall"] >= gen and t["wall_over_generation"] == pytest.approx(t["wall"] / gen)
+        assert t["wall_over_device"] == pytest.approx(
+            t["wall"] / (t["generation_device"] + t["validator_replay_device"]))
+    assert json.loads((Path(serial.out) / "timing.json").read_text())["scoring_waited"] == 0.0
+
+
+def _failing_score_frames(monkeypatch, after: int):
+    import sim.metrics
+
+    real, calls = sim.metrics.score_frames, [0]
+
+    def score_frames(*a, **k):
+        calls[0] += 1
+        if calls[0] > after:
+            raise sim.metrics.MetricError("metric 'ssim' cannot score these frames (injected)")
+        return real(*a, **k)
+
+    monkeypatch.setattr(sim.metrics, "score_frames", score_frames)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overlap", [True, False])
+def test_a_background_failure_surfaces_and_the_run_resumes(runs, tmp_path, monkeypatch, overlap):
+    from sim.metrics import MetricError
+
+    serial = runs[0]
+    params = params_of(tmp_path / "run", overlap=overlap)
+    ex.open_run(params)
+    prompts = ex.load_prompts(params)
+    _failing_score_frames(monkeypatch, after=1)
+    with pytest.raises(MetricError, match=r"^metric 'ssim' cannot score these frames \(injected\)$"):
+        ex.run_prompt(params, 0, prompts[0], len(prompts))
+    assert not (tmp_path / "run" / "scores" / "p0000.parquet").exists()
+    assert hidden_files(params.out) == []  # no half-written file
+    gens = list((tmp_path / "run" / "gens" / "p0000").iterdir())
+    assert gens and all(sorted(p.name for p in d.iterdir()) == ["latents.safetensors", "record.json", "video.mp4"]
+                        for d in gens)  # the generations made before the error are complete
+    monkeypatch.undo()
+    run_all(params_of(tmp_path / "run", overlap=not overlap))  # resumed, the other way round
+    pd.testing.assert_frame_equal(scores(serial.out), scores(params.out), check_exact=True)
+    assert generation_files(serial.out) == generation_files(params.out)
