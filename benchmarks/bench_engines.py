@@ -59,61 +59,64 @@ def idle_cpu(pgid: int, seconds: float = 5.0) -> float:
     return (ticks() - a) / os.sysconf("SC_CLK_TCK") / seconds
 
 
-def main() -> None:
+def _parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=3)
     ap.add_argument("--runs", type=int, default=5)
-    args = ap.parse_args()
+    return ap.parse_args()
 
+
+def _distance_rows(dtype: str, prompts: int, own, pinned, omni, timing: dict) -> list[dict]:
+    """Per prompt, the distances between the decoded MP4s of the three engines in `dtype`."""
     from models.engine import generate
     from models.engines import vllm_omni
-    from models.request import GenerationRequest, Runtime
+    from models.request import GenerationRequest
     from models.video import decode_mp4
 
-    if not vllm_omni.env_ready():
-        sys.exit("no vLLM-Omni environment: run `make vllm-omni-env` first")
-    rows, timing = [], {}
-    t0 = time.perf_counter()
-    for dtype in ("float32", "bfloat16"):
-        own, pinned, omni = Runtime(dtype=dtype), Runtime(dtype=dtype, schedule="wan"), Runtime(dtype=dtype, engine="vllm-omni")
-        for i, prompt in enumerate(PROMPTS[: args.prompts]):
-            req = GenerationRequest(prompt=prompt, seed=i)
-            g_own, g_pin, g_omni = generate(req, own), generate(req, pinned), generate(req, omni)
-            if i == 0 and dtype == "float32":
-                timing["server_start_s"] = next(iter(vllm_omni._POOL.values())).start_seconds
-            f_own, f_pin, f_omni = (decode_mp4(g.mp4) for g in (g_own, g_pin, g_omni))
-            rows.append({"dtype": dtype, "prompt": prompt, "seed": i,
-                         "codec_floor": distances(g_own.frames, f_own),
-                         "diffusers_own_vs_pinned": distances(f_own, f_pin),
-                         "vllm_omni_vs_diffusers_own": distances(f_omni, f_own),
-                         "vllm_omni_vs_diffusers_pinned": distances(f_omni, f_pin),
-                         "vllm_omni_sha256": g_omni.sha256})
-            print(json.dumps(rows[-1]), flush=True)
-        if dtype == "float32":
-            req = GenerationRequest(prompt=PROMPTS[0], seed=0)
-            timing["idle_server_cpu_cores"] = idle_cpu(next(iter(vllm_omni._POOL.values())).pgid)
-            for name, rt in (("diffusers in-process", own), ("vllm-omni server", omni)):
-                if name.startswith("diffusers"):
-                    vllm_omni.stop_servers()  # an idle server spins (idle_server_cpu_cores): time without it
-                runs, inference = [], []
-                for _ in range(args.runs):
-                    s = time.perf_counter()
-                    g = generate(req, rt)
-                    runs.append(time.perf_counter() - s)
-                    if "engine_inference" in g.cost.seconds:
-                        inference.append(g.cost.seconds["engine_inference"])
-                timing[name] = {"median_s": statistics.median(runs), "runs": runs}
-                if inference:
-                    timing[name]["server_inference_median_s"] = statistics.median(inference)
-            # the same request twice through the server gives the same bytes
-            timing["vllm_omni_repeat_same_sha256"] = len({generate(req, omni).sha256 for _ in range(3)}) == 1
-        vllm_omni.stop_servers()
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end"
+    rows = []
+    for i, prompt in enumerate(PROMPTS[:prompts]):
+        req = GenerationRequest(prompt=prompt, seed=i)
+        g_own, g_pin, g_omni = generate(req, own), generate(req, pinned), generate(req, omni)
+        if i == 0 and dtype == "float32":
+            timing["server_start_s"] = next(iter(vllm_omni._POOL.values())).start_seconds
+        f_own, f_pin, f_omni = (decode_mp4(g.mp4) for g in (g_own, g_pin, g_omni))
+        rows.append({"dtype": dtype, "prompt": prompt, "seed": i,
+                     "codec_floor": distances(g_own.frames, f_own),
+                     "diffusers_own_vs_pinned": distances(f_own, f_pin),
+                     "vllm_omni_vs_diffusers_own": distances(f_omni, f_own),
+                     "vllm_omni_vs_diffusers_pinned": distances(f_omni, f_pin),
+                     "vllm_omni_sha256": g_omni.sha256})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _boundary_timing(runs: int, own, omni, timing: dict) -> None:
+    """The idle server's CPU, the median generation in-process and through the server, and a repeat's bytes."""
+    from models.engine import generate
+    from models.engines import vllm_omni
+    from models.request import GenerationRequest
+
+    req = GenerationRequest(prompt=PROMPTS[0], seed=0)
+    timing["idle_server_cpu_cores"] = idle_cpu(next(iter(vllm_omni._POOL.values())).pgid)
+    for name, rt in (("diffusers in-process", own), ("vllm-omni server", omni)):
+        if name.startswith("diffusers"):
+            vllm_omni.stop_servers()  # an idle server spins (idle_server_cpu_cores): time without it
+        times, inference = [], []
+        for _ in range(runs):
+            s = time.perf_counter()
+            g = generate(req, rt)
+            times.append(time.perf_counter() - s)
+            if "engine_inference" in g.cost.seconds:
+                inference.append(g.cost.seconds["engine_inference"])
+        timing[name] = {"median_s": statistics.median(times), "runs": times}
+        if inference:
+            timing[name]["server_inference_median_s"] = statistics.median(inference)
+    # the same request twice through the server gives the same bytes
+    timing["vllm_omni_repeat_same_sha256"] = len({generate(req, omni).sha256 for _ in range(3)}) == 1
+
+
+def _markdown(args, machine: str, rows: list[dict], timing: dict) -> list[str]:
     d_in, d_srv = timing["diffusers in-process"]["median_s"], timing["vllm-omni server"]["median_s"]
-    result = {"machine": machine, "preset": "tiny (64x64, 9 frames, 4 steps)", "rows": rows, "timing": timing,
-              "overhead_s": d_srv - d_in, "wall_s": time.perf_counter() - t0}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "engines.json").write_text(json.dumps(result, indent=1))
 
     def agg(dtype, key, field, fn=max):
         return fn(r[key][field] for r in rows if r["dtype"] == dtype)
@@ -130,6 +133,32 @@ def main() -> None:
               f"boundary overhead {d_srv - d_in:+.3f} s (diffusers timed with no server running; an idle "
               f"server uses {timing['idle_server_cpu_cores']:.2f} CPU cores). Server start {timing.get('server_start_s') or float('nan'):.1f} s. "
               f"Same request 3x through the server, same SHA-256: {timing['vllm_omni_repeat_same_sha256']}."]
+    return lines
+
+
+def main() -> None:
+    args = _parse()
+
+    from models.engines import vllm_omni
+    from models.request import Runtime
+
+    if not vllm_omni.env_ready():
+        sys.exit("no vLLM-Omni environment: run `make vllm-omni-env` first")
+    rows, timing = [], {}
+    t0 = time.perf_counter()
+    for dtype in ("float32", "bfloat16"):
+        own, pinned, omni = Runtime(dtype=dtype), Runtime(dtype=dtype, schedule="wan"), Runtime(dtype=dtype, engine="vllm-omni")
+        rows += _distance_rows(dtype, args.prompts, own, pinned, omni, timing)
+        if dtype == "float32":
+            _boundary_timing(args.runs, own, omni, timing)
+        vllm_omni.stop_servers()
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end"
+    d_in, d_srv = timing["diffusers in-process"]["median_s"], timing["vllm-omni server"]["median_s"]
+    result = {"machine": machine, "preset": "tiny (64x64, 9 frames, 4 steps)", "rows": rows, "timing": timing,
+              "overhead_s": d_srv - d_in, "wall_s": time.perf_counter() - t0}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "engines.json").write_text(json.dumps(result, indent=1))
+    lines = _markdown(args, machine, rows, timing)
     (RESULTS / "engines.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -115,6 +115,38 @@ def expert_inputs(spec, t, h, w, seed=0):
     return x, emb, torch.tensor([700.0], device=DEVICE)
 
 
+@contextlib.contextmanager
+def _fused_projections(expert):
+    """The expert with its attention projections fused (QKV in one matmul), unfused after."""
+    for m in expert.modules():
+        if hasattr(m, "fuse_projections"):
+            m.fuse_projections()
+    try:
+        yield
+    finally:
+        for m in expert.modules():
+            if getattr(m, "fused_projections", False):
+                m.unfuse_projections()
+
+
+@contextlib.contextmanager
+def _regional_compile(expert):
+    """The expert's repeated blocks compiled, their eager calls restored after."""
+    saved = [(b, b.__dict__.get("_compiled_call_impl")) for b in expert.blocks]
+    expert.compile_repeated_blocks(fullgraph=True)
+    try:
+        yield
+    finally:
+        for b, impl in saved:
+            b._compiled_call_impl = impl
+
+
+@contextlib.contextmanager
+def _fused_and_compiled(expert):
+    with _fused_projections(expert), _regional_compile(expert):
+        yield
+
+
 def pass_variants(rec: Recorder, pipe, spec, rate, skip):
     from models.engine import _attention_backend, block_flops
 
@@ -157,38 +189,10 @@ def pass_variants(rec: Recorder, pipe, spec, rate, skip):
     measure("cudnn", lambda: _attention_backend(pipe, "_native_cudnn"))
     measure("flash (torch SDPA)", lambda: _attention_backend(pipe, "_native_flash"))
 
-    @contextlib.contextmanager
-    def fused():
-        for m in expert.modules():
-            if hasattr(m, "fuse_projections"):
-                m.fuse_projections()
-        try:
-            yield
-        finally:
-            for m in expert.modules():
-                if getattr(m, "fused_projections", False):
-                    m.unfuse_projections()
-
-    measure("fused QKV", fused)
+    measure("fused QKV", lambda: _fused_projections(expert))
     if "compile" not in skip:
-        @contextlib.contextmanager
-        def regional():
-            saved = [(b, b.__dict__.get("_compiled_call_impl")) for b in expert.blocks]
-            expert.compile_repeated_blocks(fullgraph=True)
-            try:
-                yield
-            finally:
-                for b, impl in saved:
-                    b._compiled_call_impl = impl
-
-        measure("regional compile", regional, warmup=2)
-
-        @contextlib.contextmanager
-        def both():
-            with fused(), regional():
-                yield
-
-        measure("fused QKV + regional compile", both, warmup=2)
+        measure("regional compile", lambda: _regional_compile(expert), warmup=2)
+        measure("fused QKV + regional compile", lambda: _fused_and_compiled(expert), warmup=2)
     measure("default again", note="after the variants: same kernels back?")
 
 

@@ -42,11 +42,60 @@ def distributions(df) -> list[dict]:
     return out
 
 
-def main() -> None:
+def _parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", action="append", required=True, help="NAME=RUN_DIR (repeat)")
     ap.add_argument("--out", required=True, help="output path without extension")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def _sizes_section(res: dict, names: list[str]) -> list[str]:
+    md = ["## Deviation sizes (median relative L2 of the final latent against the canonical one)", "",
+          "| deviation | kind | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    sizes = {n: {s["deviation"]: s for s in r["deviation_sizes"]} for n, r in res.items()}
+    for dev in dict.fromkeys(d for n in names for d in sizes[n]):
+        kind = next(sizes[n][dev]["kind"] for n in names if dev in sizes[n])
+        md.append(f"| {dev} | {kind} | " + " | ".join(
+            f"{sizes[n][dev]['median_rel_l2_final']:.4g}" if dev in sizes[n] else "" for n in names) + " |")
+    return md
+
+
+def _verdicts_section(res: dict, names: list[str]) -> list[str]:
+    md = ["", "## Best policy per cheat on held-out prompts (chosen on calibration prompts)", "",
+          "| deviation | " + " | ".join(f"{n}: policy / metric | {n}: FRR at FAR<=1% [95%]" for n in names) + " |",
+          "|---|" + "---|---|" * len(names)]
+    verd = {n: {v["deviation"]: v for v in r["verdicts"]} for n, r in res.items()}
+    for dev in dict.fromkeys(d for n in names for d in verd[n]):
+        cells = []
+        for n in names:
+            v = verd[n].get(dev)
+            if v is None:
+                cells += ["", ""]
+                continue
+            cells += [f"{v['policy']} / {v['metric']}",
+                      f"{v['frr_at_far']:.0%} [{v['frr_at_far_lo']:.0%}, {v['frr_at_far_hi']:.0%}]"
+                      if v.get("frr_at_far") is not None else "n/a"]
+        md.append(f"| {dev} | " + " | ".join(cells) + " |")
+    return md
+
+
+def _distributions_section(res: dict, names: list[str]) -> list[str]:
+    md = ["", "## Score distributions (held-out prompts; distances, larger = further from the validator)", "",
+          "| policy / metric | " + " | ".join(f"{n}: benign median / max | {n}: malign median" for n in names) + " |",
+          "|---|" + "---|---|" * len(names)]
+    dist = {n: {(x["policy"], x["metric"]): x for x in r["distributions"]} for n, r in res.items()}
+    for key in sorted(set().union(*[set(d) for d in dist.values()])):
+        cells = []
+        for n in names:
+            x = dist[n].get(key)
+            cells += ["", ""] if x is None else [f"{x['benign_median']:.4g} / {x['benign_max']:.4g}",
+                                                 f"{x['malign_median']:.4g}"]
+        md.append(f"| {key[0]} / {key[1]} | " + " | ".join(cells) + " |")
+    return md
+
+
+def main() -> None:
+    args = _parse()
     from sim.shapes_quality import markdown_table, score_run
 
     runs = dict(x.split("=", 1) for x in args.run)
@@ -62,40 +111,8 @@ def main() -> None:
     md = ["# The experiment on trained `shapes` beside random `tiny`", "",
           "Same templated prompts; " + "; ".join(
               f"{n}: preset `{r['preset']}`, {r['n_prompts']} prompts, request {r['request']}, stages "
-              + ", ".join(f"{k} {v:.0f} s" for k, v in r["timing"].items()) for n, r in res.items()), "",
-          "## Deviation sizes (median relative L2 of the final latent against the canonical one)", "",
-          "| deviation | kind | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
-    sizes = {n: {s["deviation"]: s for s in r["deviation_sizes"]} for n, r in res.items()}
-    for dev in dict.fromkeys(d for n in names for d in sizes[n]):
-        kind = next(sizes[n][dev]["kind"] for n in names if dev in sizes[n])
-        md.append(f"| {dev} | {kind} | " + " | ".join(
-            f"{sizes[n][dev]['median_rel_l2_final']:.4g}" if dev in sizes[n] else "" for n in names) + " |")
-    md += ["", "## Best policy per cheat on held-out prompts (chosen on calibration prompts)", "",
-           "| deviation | " + " | ".join(f"{n}: policy / metric | {n}: FRR at FAR<=1% [95%]" for n in names) + " |",
-           "|---|" + "---|---|" * len(names)]
-    verd = {n: {v["deviation"]: v for v in r["verdicts"]} for n, r in res.items()}
-    for dev in dict.fromkeys(d for n in names for d in verd[n]):
-        cells = []
-        for n in names:
-            v = verd[n].get(dev)
-            if v is None:
-                cells += ["", ""]
-                continue
-            cells += [f"{v['policy']} / {v['metric']}",
-                      f"{v['frr_at_far']:.0%} [{v['frr_at_far_lo']:.0%}, {v['frr_at_far_hi']:.0%}]"
-                      if v.get("frr_at_far") is not None else "n/a"]
-        md.append(f"| {dev} | " + " | ".join(cells) + " |")
-    md += ["", "## Score distributions (held-out prompts; distances, larger = further from the validator)", "",
-           "| policy / metric | " + " | ".join(f"{n}: benign median / max | {n}: malign median" for n in names) + " |",
-           "|---|" + "---|---|" * len(names)]
-    dist = {n: {(x["policy"], x["metric"]): x for x in r["distributions"]} for n, r in res.items()}
-    for key in sorted(set().union(*[set(d) for d in dist.values()])):
-        cells = []
-        for n in names:
-            x = dist[n].get(key)
-            cells += ["", ""] if x is None else [f"{x['benign_median']:.4g} / {x['benign_max']:.4g}",
-                                                 f"{x['malign_median']:.4g}"]
-        md.append(f"| {key[0]} / {key[1]} | " + " | ".join(cells) + " |")
+              + ", ".join(f"{k} {v:.0f} s" for k, v in r["timing"].items()) for n, r in res.items()), ""]
+    md += _sizes_section(res, names) + _verdicts_section(res, names) + _distributions_section(res, names)
     for n in names:
         md += ["", f"## Prompt following of every committed video: {n}", "",
                markdown_table(res[n]["prompt_following"])]

@@ -57,24 +57,13 @@ def register(app: typer.Typer) -> None:
         """Run (or resume) a study and write OUT/report.html, points.parquet and summary.json."""
         from flows.server import temporary_server
         from flows.study import study_flow
-        from sim.network.study import StudyParams, evidence
 
-        if executor not in ("auto", "ray", "processes", "inline"):
-            raise ValueError(f"executor: {executor!r}; allowed: auto, ray, processes, inline")
-        if workers < 1:
-            raise ValueError(f"workers: must be >= 1, got {workers}")
-        data = read_config(config)
-        for k, v in dict(run_dir=None if run_dir is None else str(run_dir), source=source, policy=policy,
-                         at_scale_rule=rule, at_scale_size=size, at_scale_preset=preset,
-                         metric=metric, rate_multipliers=_floats(rates, "rates"),
-                         slash_fractions=_floats(slashes, "slashes"), threshold_quantiles=_floats(quantiles, "quantiles"),
-                         epochs=epochs, requests_per_epoch=requests, false_slash_target=false_slash).items():
-            if v is not None:
-                data[k] = v
-        if "run_dir" not in data:
-            raise ValueError("run_dir: an experiment run directory is needed (--run-dir or the config's run_dir)")
-        p = StudyParams.model_validate(data)
-        evidence(p)  # bad evidence is refused before the server starts
+        _check_fanout(workers, executor)
+        p = _study_params(config, run_dir=None if run_dir is None else str(run_dir), source=source, policy=policy,
+                          at_scale_rule=rule, at_scale_size=size, at_scale_preset=preset,
+                          metric=metric, rate_multipliers=_floats(rates, "rates"),
+                          slash_fractions=_floats(slashes, "slashes"), threshold_quantiles=_floats(quantiles, "quantiles"),
+                          epochs=epochs, requests_per_epoch=requests, false_slash_target=false_slash)
         with temporary_server():
             summary = study_flow(p.model_dump(mode="json"), str(out), workers, executor, address)
         _show(summary, out)
@@ -85,6 +74,27 @@ def register(app: typer.Typer) -> None:
         from sim.network.study_report import write_report
 
         _show(write_report(out), out)
+
+
+def _check_fanout(workers: int, executor: str) -> None:
+    if executor not in ("auto", "ray", "processes", "inline"):
+        raise ValueError(f"executor: {executor!r}; allowed: auto, ray, processes, inline")
+    if workers < 1:
+        raise ValueError(f"workers: must be >= 1, got {workers}")
+
+
+def _study_params(config: Optional[Path], **options):
+    """StudyParams from the config file, the options given (not None) overriding it; bad evidence is refused
+    here, before any server starts."""
+    from sim.network.study import StudyParams, evidence
+
+    data = read_config(config)
+    data.update({k: v for k, v in options.items() if v is not None})
+    if "run_dir" not in data:
+        raise ValueError("run_dir: an experiment run directory is needed (--run-dir or the config's run_dir)")
+    p = StudyParams.model_validate(data)
+    evidence(p)
+    return p
 
 
 def _show(summary: dict, out: Path) -> None:
