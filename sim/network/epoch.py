@@ -22,6 +22,7 @@ settled, so the per-epoch table counts every request of the epoch.
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -457,11 +458,23 @@ class NetworkSimulation:
     def run(self, progress: Callable[[dict], None] | None = None) -> NetworkResult:
         t0 = time.perf_counter()
         self.engine = create_chain(self.db_url, self.p.chain_params)
-        self.chain = BatchedChain(self.engine, self.p.flush_blocks) if self.p.chain_writes == "batched" else None
+        gc_was_enabled = gc.isenabled()
         try:
+            if self.p.chain_writes == "batched":
+                self.chain = BatchedChain(self.engine, self.p.flush_blocks, writer=chain_writer(self.p, self.engine))
+            # The run keeps millions of live rows and messages; the cyclic collector would rescan them
+            # over and over (a sixth of a large run's time) for garbage the loop does not make
+            # (reference counting frees it). Off for the run (process-wide), back on after it.
+            gc.disable()
             return self._run(progress, t0)
         finally:
-            self.engine.dispose()
+            try:
+                if self.chain is not None:
+                    self.chain.close()
+            finally:
+                self.engine.dispose()
+                if gc_was_enabled:
+                    gc.enable()
 
     def _run(self, progress, t0) -> NetworkResult:
         p = self.p
@@ -623,6 +636,19 @@ def _count(items) -> dict:
     for x in items:
         out[x] = out.get(x, 0) + 1
     return out
+
+
+# Below this many requests a writer process (about a second to start) saves less than it costs.
+PROCESS_WRITER_MIN_REQUESTS = 100_000
+
+
+def chain_writer(params: NetworkParams, engine) -> str:
+    """How a batched chain writes its flushes: in a writer process beside the simulation (large runs
+    on a database another process can open), else inline."""
+    url = engine.url
+    in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+    big = params.requests_per_epoch * params.epochs >= PROCESS_WRITER_MIN_REQUESTS
+    return "process" if big and not in_memory else "inline"
 
 
 def run_network(params: NetworkParams, db_url: str, *, weights_fn: WeightsFn | None = None,
