@@ -55,7 +55,8 @@ _PART_MUTABLE = ("role", "status", "status_reason", "balance_ngonka", "collatera
                  "inference_count", "missed_requests", "validated_epoch", "invalidated_epoch", "invalid_llr_e12",
                  "inactive_llr_e12", "confirmation_poc_ratio", "checked_count", "invalidated_count",
                  "invalid_since_block")
-_EPOCH_STATS = ("inference_count", "missed_requests", "validated_epoch", "invalidated_epoch")
+_MINT_BURN = frozenset((T.MINT, T.BURN))
+_ESCROW, _COLLATERAL = T.ESCROW, T.COLLATERAL
 
 
 def new_participant(pid: str, role: str = "requester") -> dict:
@@ -202,6 +203,13 @@ class _State:
             end_block=self.height, requests=requests, reward_ngonka=reward_ngonka, settled=True))
         self.conn.execute(insert(epochs).values(index=epoch + 1, start_block=self.height + 1))
 
+    def prepare(self, messages: Sequence[Any]) -> None:
+        """Load what the block's messages read: their inferences, and the seed commitments of the
+        epochs of the inferences their validations name."""
+        self.load_inferences(getattr(m, "inference_id") for m in messages if hasattr(m, "inference_id"))
+        self.load_seeds({self.infs[m.inference_id]["epoch"] for m in messages
+                         if type(m) is SubmitValidation and m.inference_id in self.infs})
+
     def load_inferences(self, ids: Iterable[str]) -> None:
         want = [i for i in set(ids) if i not in self.infs and i not in self.missing]
         for chunk in _chunks(want):
@@ -244,21 +252,23 @@ class _State:
             raise ChainApplyError(f"internal: negative transfer {amount} ({kind})")
         if amount == 0:
             return
-        for acct, sign in ((src, -1), (dst, +1)):
-            if acct in (T.MINT, T.BURN):
+        for acct, delta in ((src, -amount), (dst, amount)):
+            if acct in _MINT_BURN:
                 continue
-            if acct == T.ESCROW:
+            if acct == _ESCROW:
                 inf = self.infs[inference_id]
-                inf["escrow_ngonka"] += sign * amount
-                self.touch_inf(inference_id)
+                inf["escrow_ngonka"] += delta
+                if inference_id not in self.infs_new:
+                    self.infs_dirty.add(inference_id)
                 if inf["escrow_ngonka"] < 0:
                     raise ChainApplyError(f"internal: escrow of {inference_id} would go negative")
-            elif acct.startswith(T.COLLATERAL):
+            elif acct.startswith(_COLLATERAL):
                 continue  # the participant's collateral field carries the change
             else:
                 part = self.parts[acct]
-                part["balance_ngonka"] += sign * amount
-                self.touch_part(acct)
+                part["balance_ngonka"] += delta
+                if acct not in self.parts_new:
+                    self.parts_dirty.add(acct)
                 if part["balance_ngonka"] < 0:
                     raise ChainApplyError(f"internal: balance of {acct} would go negative")
         self.ledger.append(dict(block=self.height, msg_id=msg_id, kind=kind, from_account=src, to_account=dst,
@@ -311,10 +321,12 @@ class _State:
         with Gonka's ComputeStatus in `scope`; apply the transition's side effects once (slash,
         reputation preserve, out of the epoch's power)."""
         part = self.parts[pid]
-        old = {k: part[k] for k in _EPOCH_STATS}
+        old = {"inference_count": part["inference_count"], "missed_requests": part["missed_requests"],
+               "validated_epoch": part["validated_epoch"], "invalidated_epoch": part["invalidated_epoch"]}
         for k, v in changes.items():
             part[k] += v
-        self.touch_part(pid)
+        if pid not in self.parts_new:
+            self.parts_dirty.add(pid)
         was = part["status"]
         status, reason = rules.compute_status(part, old, self.p, scope)
         if reason == rules.CONSECUTIVE_FAILURES:
@@ -789,9 +801,7 @@ def run_block(state: _State, messages: Sequence[Any]) -> list[dict]:
         seen.add(m.id)
         todo.append(m)
 
-    state.load_inferences(getattr(m, "inference_id") for m in todo if hasattr(m, "inference_id"))
-    state.load_seeds({state.infs[m.inference_id]["epoch"] for m in todo
-                      if type(m) is SubmitValidation and m.inference_id in state.infs})
+    state.prepare(todo)
     applied: list[dict] = []
     for m in todo:
         handler = _HANDLERS.get(type(m))

@@ -67,6 +67,10 @@ class _CachedState(_State):
     def seen_ids(self, ids: list[str]) -> set[str]:
         return self.chain.seen_ids(ids)
 
+    def prepare(self, messages: Sequence[Any]) -> None:
+        # every seed commitment is in memory: only the inferences
+        self.load_inferences([i for i in (getattr(m, "inference_id", None) for m in messages) if i is not None])
+
     def load_inferences(self, ids: Iterable[str]) -> None:
         c = self.chain
         for i in ids:

@@ -371,7 +371,7 @@ class NetworkSimulation:
             return []
         sel_ids = [ids[i] for i in pairs_i]
         scores, passed = self.backend.validate(sel_ids, [truth[i] for i in pairs_i], pairs_v, self.rng_valid)
-        self._account_validation(pairs_v, [finished[i] for i in pairs_i])
+        self._account_validation(pairs_v, sel_ids)
         return [_construct(SubmitValidation, dict(id=f"val:{iid}:{v}", kind="validation", inference_id=iid, validator=v,
                                                   seed=seed, score=s, passed=ok))
                 for iid, v, seed, s, ok in zip(sel_ids, pairs_v, pairs_seed, scores.tolist(), passed.tolist())]
@@ -404,17 +404,16 @@ class NetworkSimulation:
             out[h.id] = np.where(execs == h.id, 0.0, prob)
         return out
 
-    def _finish_of(self, inference_id: str):
-        return FinishInference.model_construct(inference_id=inference_id)
-
-    def _account_validation(self, validators: list[str], finished: list) -> None:
+    def _account_validation(self, validators: list[str], inference_ids: list[str]) -> None:
+        """GPU seconds of each (validator, inference) check, on the validator's GPU."""
         share = getattr(self.backend, "validator_share", 1.0)
         pricing = self.p.chain.pricing
-        for v, m in zip(validators, finished):
-            r = m.request if hasattr(m, "request") else self._req_of.get(m.inference_id)
+        req_of, by_id, seconds = self._req_of, self.by_id, self.validation_seconds
+        for v, iid in zip(validators, inference_ids):
+            r = req_of.get(iid)
             if r is None:
                 continue
-            self.validation_seconds[v] += request_units(pricing, r) * self.by_id[v].seconds_per_unit * share
+            seconds[v] += request_units(pricing, r) * by_id[v].seconds_per_unit * share
 
     def _checks(self, to_validate: list, to_vote: list[str]) -> list:
         """The block's validations and votes in one random order, as transactions from many
@@ -450,7 +449,7 @@ class NetworkSimulation:
         if not ids:
             return []
         scores, passed = self.backend.validate(ids, devs, voters, self.rng_valid)
-        self._account_validation(voters, [self._finish_of(i) for i in ids])
+        self._account_validation(voters, ids)
         return [SubmitVote.model_construct(id=f"vote:{iid}:{v}", kind="vote", inference_id=iid, voter=v,
                                            invalid=not bool(ok)) for iid, v, ok in zip(ids, voters, passed)]
 
