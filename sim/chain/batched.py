@@ -43,8 +43,8 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from sim.chain import tables as T
-from sim.chain.apply import (_INF, _INF_MUTABLE, _PART, _PART_MUTABLE, BlockReport, ChainApplyError, _by_id, _chunks,
-                             _State, params_of, run_block)
+from sim.chain.apply import (_INF, _INF_MUTABLE, _PART, _PART_MUTABLE, APPLIED_COLS, LEDGER_COLS, VALIDATION_COLS,
+                             BlockReport, ChainApplyError, _by_id, _chunks, _State, params_of, run_block)
 from sim.chain.writer import InlineWriter, ProcessWriter, WriterError
 
 WRITERS = {"inline": InlineWriter, "process": ProcessWriter}
@@ -300,7 +300,7 @@ class BatchedChain:
                           ("seed_commit", state.seed_commits), ("confirmation_poc", state.confirmations),
                           ("ledger", state.ledger), ("applied_message", applied)):
             self.pending[key].extend(rows)
-        self.applied_ids.update(r["id"] for r in applied)
+        self.applied_ids.update(r[0] for r in applied)
         rep = state.report
         self.pending["block"].append(dict(height=h, epoch=rep.epoch, unit_price_ngonka=meta["unit_price_ngonka"],
                                           next_unit_price_ngonka=rep.next_unit_price_ngonka,
@@ -351,6 +351,12 @@ def _insert_many(ops: list, ph: str, table: str, cols: Sequence[str], rows: Sequ
     ops.append((sql, list(map(itemgetter(*cols), rows)) if len(cols) > 1 else [(r[cols[0]],) for r in rows]))
 
 
+def _insert_tuples(ops: list, ph: str, table: str, cols: Sequence[str], rows: list[tuple]) -> None:
+    if rows:
+        ops.append((f'INSERT INTO {table} ({", ".join(_q(c) for c in cols)}) VALUES ({", ".join([ph] * len(cols))})',
+                    rows))
+
+
 def _update_many(ops: list, ph: str, table: str, cols: Sequence[str], key: str, rows: Sequence[dict]) -> None:
     if not rows:
         return
@@ -365,7 +371,6 @@ def _q(name: str) -> str:
 _COLS = {name: [c.name for c in T.SQLModel.metadata.tables[name].columns] for name in
          ("inference", "participant", "validation", "invalidation_vote", "poc_commit", "poc_validation", "seed_commit",
           "confirmation_poc", "applied_message", "block", "price_history")}
-_LEDGER_COLS = [c.name for c in T.LedgerEntry.__table__.columns if c.name != "id"]
 
 
 def _ops(chain: BatchedChain, ph: str) -> list:
@@ -377,11 +382,12 @@ def _ops(chain: BatchedChain, ph: str) -> list:
                  [parts[p] for p in sorted(chain.dirty_parts - chain.new_parts)])
     _insert_many(ops, ph, "inference", _COLS["inference"], list(chain.new_infs.values()))
     _update_many(ops, ph, "inference", list(_INF_MUTABLE), "id", list(chain.dirty_infs.values()))
-    for table in ("validation", "invalidation_vote", "poc_commit", "poc_validation", "seed_commit",
-                  "confirmation_poc"):
+    _insert_tuples(ops, ph, "validation", VALIDATION_COLS, chain.pending["validation"])
+    for table in ("invalidation_vote", "poc_commit", "poc_validation", "seed_commit", "confirmation_poc"):
         _insert_many(ops, ph, table, _COLS[table], chain.pending[table])
-    _insert_many(ops, ph, "ledger", _LEDGER_COLS, chain.pending["ledger"])
-    for table in ("applied_message", "block", "price_history"):
+    _insert_tuples(ops, ph, "ledger", LEDGER_COLS, chain.pending["ledger"])
+    _insert_tuples(ops, ph, "applied_message", APPLIED_COLS, chain.pending["applied_message"])
+    for table in ("block", "price_history"):
         _insert_many(ops, ph, table, _COLS[table], chain.pending[table])
     for epoch, height, requests, reward in chain.pending_epochs:
         ops.append((f'UPDATE epoch SET end_block = {ph}, requests = {ph}, reward_ngonka = {ph}, settled = {ph} '

@@ -171,6 +171,7 @@ class NetworkSimulation:
                                        seconds_per_unit=g.seconds_per_unit or unit_s,
                                        collateral_ngonka=int(g.collateral_gnk * NGONKA_PER_GNK), gpu_type=g.gpu_type))
         self.by_id = {h.id: h for h in self.hosts}
+        self._code = {h.id: k for k, h in enumerate(self.hosts)}  # host -> index (numpy comparisons on ints)
         self.authority = params.chain.module_authority
         ss = np.random.SeedSequence(params.seed)
         # (spawn(5)'s first four children are spawn(4)'s: adding the order stream changed no other draw)
@@ -332,18 +333,18 @@ class NetworkSimulation:
         ids = [m.inference_id for m in finished]
         numbers = np.array([int(i.split("-", 1)[1]) for i in ids], dtype=np.uint64)
         epochs = np.array([int(i[1:].split("-", 1)[0]) for i in ids], dtype=np.int64)
-        execs = np.array([m.executor for m in finished], dtype=object)
+        codes = self._codes([m.executor for m in finished])
         info = [self.finish_info[i] for i in ids]
         traffic = np.array([t for t, _ in info], dtype=np.int64)
         reps = np.array([r for _, r in info], dtype=np.int64)
         truth = [m.truth_deviation for m in finished]
-        total_w, exec_w = self._powers(execs)
+        total_w, exec_w = self._powers(codes)
         cp = self.p.chain
         pairs_i: list[int] = []
         pairs_v: list[str] = []
         pairs_seed: list[int] = []
         groups = [(ep, np.nonzero(epochs == ep)[0]) for ep in np.unique(epochs).tolist()]
-        for vid, prob in self.check_probabilities(execs, reps, traffic).items():
+        for vid, prob in self._probabilities(codes, total_w, exec_w, reps, traffic).items():
             for ep, sel in groups:
                 seed = self.seeds_by_epoch[ep][vid]
                 sub_ids = ids if len(groups) == 1 else [ids[i] for i in sel]
@@ -363,7 +364,7 @@ class NetworkSimulation:
                         return rules.should_validate_exact(seed, ids[i], int(traffic[i]), int(reps[i]), int(total_w),
                                                            self.weights[vid], int(exec_w[i]), cp, "splitmix64")
                 hit = rules.decide(u, prob[sel], exact)
-                pick = sel[np.nonzero(hit & (execs[sel] != vid))[0]]
+                pick = sel[np.nonzero(hit & (codes[sel] != self._code[vid]))[0]]
                 pairs_i.extend(pick.tolist())
                 pairs_v.extend([vid] * len(pick))
                 pairs_seed.extend([seed] * len(pick))
@@ -376,11 +377,17 @@ class NetworkSimulation:
                                                   seed=seed, score=s, passed=ok))
                 for iid, v, seed, s, ok in zip(sel_ids, pairs_v, pairs_seed, scores.tolist(), passed.tolist())]
 
-    def _powers(self, execs: np.ndarray) -> tuple[float, np.ndarray]:
-        """(W, w_e): the ACTIVE participants' power and each executor's (0 unless ACTIVE)."""
+    def _codes(self, execs) -> np.ndarray:
+        """Each executor's host index (-1 for an id that is no host)."""
+        code = self._code
+        return np.array([code.get(e, -1) for e in execs], dtype=np.int64)
+
+    def _powers(self, codes: np.ndarray) -> tuple[float, np.ndarray]:
+        """(W, w_e): the ACTIVE participants' power and each executor's (0 unless ACTIVE), executors
+        given by host index."""
         total_w = float(sum(self.weights.get(h.id, 0) for h in self.hosts if self.status[h.id] == "ACTIVE"))
-        exec_w = np.array([self.weights.get(e, 0) if self.status[e] == "ACTIVE" else 0 for e in execs], float)
-        return total_w, exec_w
+        by_host = [float(self.weights.get(h.id, 0) if self.status[h.id] == "ACTIVE" else 0) for h in self.hosts]
+        return total_w, np.array(by_host + [0.0])[codes]
 
     def check_probabilities(self, executors: Sequence[str], reputations: Sequence[int] | None = None,
                             traffic: Sequence[int] | None = None) -> dict[str, np.ndarray]:
@@ -390,18 +397,21 @@ class NetworkSimulation:
         W), 0 when W <= w_e. Reputation and traffic basis per inference (as recorded at finish),
         default: the executor's reputation and the traffic at the epoch's start. The executor's own
         entry is 0 (it cannot validate itself)."""
-        cp: ChainParams = self.p.chain
         execs = np.asarray(executors, dtype=object)
-        total_w, exec_w = self._powers(execs)
+        codes = self._codes(execs)
         reps = [self.reputation[e] for e in execs] if reputations is None else reputations
         traf = [self.traffic] * len(execs) if traffic is None else traffic
-        target = np.broadcast_to(rules.target_validators(np.asarray(reps), np.asarray(traf), cp), (len(execs),))
+        return self._probabilities(codes, *self._powers(codes), reps, traf)
+
+    def _probabilities(self, codes: np.ndarray, total_w: float, exec_w: np.ndarray, reps, traffic) -> dict:
+        cp: ChainParams = self.p.chain
+        target = np.broadcast_to(rules.target_validators(np.asarray(reps), np.asarray(traffic), cp), (len(codes),))
         out = {}
-        for h in self.hosts:
+        for k, h in enumerate(self.hosts):
             if self.status[h.id] != "ACTIVE" or self.weights.get(h.id, 0) <= 0:
                 continue
             prob = rules.validation_probability(target, self.weights[h.id], total_w, exec_w)
-            out[h.id] = np.where(execs == h.id, 0.0, prob)
+            out[h.id] = np.where(codes == k, 0.0, prob)
         return out
 
     def _account_validation(self, validators: list[str], inference_ids: list[str]) -> None:
