@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_network.py [--sizes 10000 100000] [--hash sha256|splitmix64]
         [--writes batched|per_block] [--flush-blocks 10]
 
-Prints seconds (wall and CPU) per size and writes benchmarks/results/network.json and network.md,
+Prints seconds (wall and CPU) per size, checks the chain invariants on what each run wrote (not timed) and
+writes benchmarks/results/network.json and network.md,
 one row per (requests, hosts, hash, chain writes). `--writes per_block` times the reference path
 (apply_block, one transaction per block); rows measured before the batched path existed are the
 per-block path too. The run
@@ -76,8 +77,11 @@ def economics(run_dir: str, label: str, out: Path) -> None:
         sweeps.append(g)
         print(f"{policy}/{b.metric}: threshold {b.threshold:.4g}, {len(b.benign)} honest rows, "
               f"false-reject rate {b.fail_rate(None):.3f}")
-    tab = pd.concat(tables, ignore_index=True)
-    sw = pd.concat(sweeps, ignore_index=True)
+    _write_economics(pd.concat(tables, ignore_index=True), pd.concat(sweeps, ignore_index=True), run_dir, label,
+                     run_params, skipped, out)
+
+
+def _write_economics(tab, sw, run_dir: str, label: str, run_params: dict, skipped: dict, out: Path) -> None:
     gnk = 1e9
     meta = dict(run_dir=run_dir, label=label, preset=run_params.get("preset"), prompts=run_params.get("prompts"),
                 steps=run_params.get("request", {}).get("steps"), device=run_params.get("validator_runtime", {}).get("device"),
@@ -185,7 +189,11 @@ def main() -> None:
         economics(args.economics, args.label or Path(args.economics).name, out)
         return
 
-    from sim.network import ExecutorGroup, NetworkParams, run_network
+    epochs(args)
+
+
+def epochs(args) -> None:
+    """Time one epoch per size; keep one row per (size, hash, hosts, blocks, chain writes)."""
     from tests.network_fixtures import make_synthetic_run
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-network-"))
@@ -195,24 +203,7 @@ def main() -> None:
     path = out / "network.json"
     results = json.loads(path.read_text()) if path.exists() else {"runs": []}
     for n in args.sizes:
-        p = NetworkParams(run_dir=str(run), epochs=1, requests_per_epoch=n, blocks_per_epoch=args.blocks,
-                          sampling_hash=args.hash, chain_writes=args.writes, flush_blocks=args.flush_blocks,
-                          hosts=(ExecutorGroup(count=args.hosts - 10),
-                                 ExecutorGroup(count=10, strategy="malicious", deviation="steps:2", cheat_rate=0.2)))
-        t0, c0 = time.perf_counter(), time.process_time()
-        res = run_network(p, f"sqlite:///{tmp / f'chain-{n}-{args.hash}.db'}")
-        secs, cpu = time.perf_counter() - t0, time.process_time() - c0
-        import resource
-
-        rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        ep = res.epochs.iloc[0]
-        row = dict(requests=n, hosts=args.hosts, blocks_per_epoch=args.blocks, sampling_hash=args.hash,
-                   chain_writes=args.writes, flush_blocks=args.flush_blocks if args.writes == "batched" else None,
-                   seconds=round(secs, 2), cpu_seconds=round(cpu, 2), max_rss_mib=round(rss_mib),
-                   load_average=round(os.getloadavg()[0], 2), us_per_request=round(secs / n * 1e6, 1), messages=res.messages,
-                   validations=int(ep["validations"]), cheats_caught=int(ep["cheats_caught"]),
-                   machine=f"{platform.node()} ({platform.processor() or platform.machine()}), 2 cores, shared",
-                   measured_at=time.strftime("%Y-%m-%d %H:%M"))
+        row = time_epoch(args, n, run, tmp)
         print(json.dumps(row))
         results["runs"] = [r for r in results["runs"] if not (
             r["requests"] == n and r["sampling_hash"] == args.hash and r["hosts"] == args.hosts
@@ -221,22 +212,61 @@ def main() -> None:
     render(results, out)
 
 
+def time_epoch(args, n: int, run: Path, tmp: Path) -> dict:
+    """One epoch of `n` requests, timed (wall and CPU of this process; a writer process's CPU is
+    given apart), then the chain's invariants checked on the database it wrote (not timed)."""
+    import resource
+
+    from sim.chain import check_invariants, make_engine
+    from sim.network import ExecutorGroup, NetworkParams, run_network
+
+    p = NetworkParams(run_dir=str(run), epochs=1, requests_per_epoch=n, blocks_per_epoch=args.blocks,
+                      sampling_hash=args.hash, chain_writes=args.writes, flush_blocks=args.flush_blocks,
+                      hosts=(ExecutorGroup(count=args.hosts - 10),
+                             ExecutorGroup(count=10, strategy="malicious", deviation="steps:2", cheat_rate=0.2)))
+    url = f"sqlite:///{tmp / f'chain-{n}-{args.hash}.db'}"
+    child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = run_network(p, url)
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+    child1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load = os.getloadavg()[0]
+    t1 = time.perf_counter()
+    engine = make_engine(url)
+    bad = check_invariants(engine)
+    engine.dispose()
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ep = res.epochs.iloc[0]
+    return dict(requests=n, hosts=args.hosts, blocks_per_epoch=args.blocks, sampling_hash=args.hash,
+                chain_writes=args.writes, flush_blocks=args.flush_blocks if args.writes == "batched" else None,
+                seconds=round(secs, 2), cpu_seconds=round(cpu, 2),
+                writer_cpu_seconds=round(child1.ru_utime + child1.ru_stime - child0.ru_utime - child0.ru_stime, 2),
+                max_rss_mib=round(rss_mib), load_average=round(load, 2), us_per_request=round(secs / n * 1e6, 1),
+                messages=res.messages, validations=int(ep["validations"]), cheats_caught=int(ep["cheats_caught"]),
+                invariants="hold" if not bad else f"{len(bad)} broken: {bad[:3]}",
+                invariants_seconds=round(time.perf_counter() - t1, 2),
+                machine=f"{platform.node()} ({platform.processor() or platform.machine()}), 2 cores, shared",
+                measured_at=time.strftime("%Y-%m-%d %H:%M"))
+
+
 def render(results: dict, out: Path) -> None:
     results["runs"].sort(key=lambda r: (r.get("chain_writes", "per_block"), r["sampling_hash"], r["requests"],
                                         r.get("blocks_per_epoch", 100)))
     (out / "network.json").write_text(json.dumps(results, indent=2))
-    lines = ["| requests | hosts | blocks | hash | chain writes | seconds | CPU s | us/request | messages | validations | "
-             "load avg | measured |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| requests | hosts | blocks | hash | chain writes | seconds | CPU s | writer CPU s | us/request | messages | "
+             "validations | invariants | load avg | measured |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["runs"]:
         w = r.get("chain_writes", "per_block")
         w = f"batched (flush every {r['flush_blocks']} blocks)" if w == "batched" else "per block (reference)"
-        lines.append(f"| {r['requests']:,} | {r['hosts']} | {r.get('blocks_per_epoch', 100)} | {r['sampling_hash']} | {w} | {r['seconds']} | "
-                     f"{r.get('cpu_seconds', '')} | {r['us_per_request']} | {r['messages']:,} | {r['validations']:,} | "
+        lines.append(f"| {r['requests']:,} | {r['hosts']} | {r.get('blocks_per_epoch', 100)} | {r['sampling_hash']} | {w} | "
+                     f"{r['seconds']} | {r.get('cpu_seconds', '')} | {r.get('writer_cpu_seconds', '')} | "
+                     f"{r['us_per_request']} | {r['messages']:,} | {r['validations']:,} | {r.get('invariants', '')} | "
                      f"{r.get('load_average', '')} | {r['measured_at']} |")
     (out / "network.md").write_text(
         "Surrogate network, one epoch, SQLite (benchmarks/bench_network.py). Machine: 2 cores shared with other "
         "users (load average at the end of each run given); wall seconds include chain creation and the result "
-        "tables.\n\n" + "\n".join(lines) + "\n")
+        "tables; CPU s is the simulation's process, writer CPU s the chain's writer process beside it (rows without "
+        "it wrote inline); the invariants are checked on the written chain after the timed run.\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from sim.chain import (ChainApplyError, FinishInference, SubmitValidation, apply
                        create_chain, drop_chain, make_engine)
 from sim.chain.batched import BatchedChain
 from sim.network import ExecutorGroup, NetworkParams, run_network
+from sim.network import epoch as epoch_mod
 from sim.network.epoch import NetworkSimulation
 from tests.network_fixtures import make_synthetic_run
 
@@ -52,11 +53,15 @@ def assert_same_chain(a, b) -> None:
         pd.testing.assert_frame_equal(da[table], db[table], check_dtype=False, obj=table)
 
 
-@pytest.mark.parametrize("hash_,flush", [("sha256", 1), ("splitmix64", 7), ("sha256", 1000)])
-def test_batched_network_equals_per_block_reference(run_dir, tmp_path, hash_, flush):
+@pytest.mark.parametrize("hash_,flush,writer", [("sha256", 1, "inline"), ("splitmix64", 7, "inline"),
+                                                ("sha256", 1000, "inline"), ("splitmix64", 3, "process")])
+def test_batched_network_equals_per_block_reference(run_dir, tmp_path, monkeypatch, hash_, flush, writer):
     res = {}
     for mode in ("per_block", "batched"):
         p = _params(run_dir, sampling_hash=hash_, chain_writes=mode, flush_blocks=flush)
+        if mode == "batched":
+            monkeypatch.setattr(epoch_mod, "PROCESS_WRITER_MIN_REQUESTS", 0 if writer == "process" else 10**12)
+            assert epoch_mod.chain_writer(p, make_engine(f"sqlite:///{tmp_path / 'probe.db'}")) == writer
         res[mode] = run_network(p, f"sqlite:///{tmp_path / f'{mode}.db'}")
     a, b = res["per_block"], res["batched"]
     pd.testing.assert_frame_equal(a.epochs, b.epochs)
@@ -113,15 +118,17 @@ def _inject(k, msgs):
     return bad
 
 
-def test_replayed_blocks_give_the_same_reports_and_rejections(run_dir, tmp_path):
+@pytest.mark.parametrize("writer", ["inline", "process"])
+def test_replayed_blocks_give_the_same_reports_and_rejections(run_dir, tmp_path, writer):
     log = _recorded(run_dir, tmp_path)
     params = _params(run_dir).chain_params
     ea = create_chain(f"sqlite:///{tmp_path / 'a.db'}", params)
     eb = create_chain(f"sqlite:///{tmp_path / 'b.db'}", params)
     ra = _replay(ea, log, None, _inject)
-    chain = BatchedChain(eb, flush_blocks=4)
+    chain = BatchedChain(eb, flush_blocks=4, writer=writer)
     rb = _replay(eb, log, chain, _inject)
     chain.flush()
+    chain.close()
     assert sum(len(r.rejected) for r in ra) > 10 and sum(r.duplicates for r in ra) > 3
     for x, y in zip(ra, rb):
         assert x.rejected == y.rejected and x.duplicates == y.duplicates
@@ -181,9 +188,10 @@ def test_batched_chain_bad_inputs_and_stop_after_an_error(run_dir, tmp_path):
         assert c.execute(text("select height from chain_meta")).scalar() == 0
 
 
-def test_batched_equals_reference_on_postgresql(run_dir, tmp_path, pg_url):
+def test_batched_equals_reference_on_postgresql(run_dir, tmp_path, pg_url, monkeypatch):
     ends = []
-    for mode in ("per_block", "batched"):
+    for mode, min_requests in (("per_block", 0), ("batched", 10**12), ("batched", 0)):  # inline, then a writer process
+        monkeypatch.setattr(epoch_mod, "PROCESS_WRITER_MIN_REQUESTS", min_requests)
         eng = make_engine(pg_url)
         drop_chain(eng)
         eng.dispose()
@@ -193,8 +201,35 @@ def test_batched_equals_reference_on_postgresql(run_dir, tmp_path, pg_url):
         ends.append((res, dump(eng)))
         drop_chain(eng)
         eng.dispose()
-    (a, da), (b, db) = ends
-    pd.testing.assert_frame_equal(a.epochs, b.epochs)
-    pd.testing.assert_frame_equal(a.hosts, b.hosts)
-    for table in TABLES:
-        pd.testing.assert_frame_equal(da[table], db[table], check_dtype=False, obj=table)
+    (a, da), *others = ends
+    for b, db in others:
+        pd.testing.assert_frame_equal(a.epochs, b.epochs)
+        pd.testing.assert_frame_equal(a.hosts, b.hosts)
+        for table in TABLES:
+            pd.testing.assert_frame_equal(da[table], db[table], check_dtype=False, obj=table)
+
+
+def test_writer_process_error_stops_the_chain(run_dir, tmp_path):
+    """A flush the writer process cannot write stops the chain at the next flush; the database keeps
+    the flushes written before it, and an in-memory database cannot have a writer process."""
+    log = _recorded(run_dir, tmp_path)
+    eng = create_chain(f"sqlite:///{tmp_path / 'w.db'}", _params(run_dir).chain_params)
+    with pytest.raises(ValueError, match="writer"):
+        BatchedChain(eng, writer="thread")
+    with pytest.raises(ValueError, match="in-memory"):
+        BatchedChain(create_chain("sqlite://", _params(run_dir).chain_params), writer="process")
+    chain = BatchedChain(eng, flush_blocks=2, writer="process")
+    for msgs, _ in log[:2]:
+        chain.apply_block(msgs)
+    chain.flush()
+    with eng.begin() as c:  # the next flush's inserts into the ledger fail in the writer process
+        c.execute(text("drop table ledger"))
+    for msgs, _ in log[2:4]:
+        chain.apply_block(msgs)  # the flush after block 4 is sent, not waited for
+    with pytest.raises(ChainApplyError, match="flush failed.*ledger"):
+        chain.flush()
+    with pytest.raises(ChainApplyError, match="stopped"):
+        chain.apply_block([])
+    chain.close()
+    with eng.connect() as c:
+        assert c.execute(text("select height from chain_meta")).scalar() == 2

@@ -55,7 +55,16 @@ _PART_MUTABLE = ("role", "status", "status_reason", "balance_ngonka", "collatera
                  "inference_count", "missed_requests", "validated_epoch", "invalidated_epoch", "invalid_llr_e12",
                  "inactive_llr_e12", "confirmation_poc_ratio", "checked_count", "invalidated_count",
                  "invalid_since_block")
-_EPOCH_STATS = ("inference_count", "missed_requests", "validated_epoch", "invalidated_epoch")
+_MINT_BURN = frozenset((T.MINT, T.BURN))
+# The rows written most (a few per request) are kept as tuples in these column orders.
+LEDGER_COLS = ("block", "msg_id", "kind", "from_account", "to_account", "amount_ngonka", "inference_id")
+VALIDATION_COLS = ("id", "inference_id", "validator", "score", "passed", "block")
+APPLIED_COLS = ("id", "block", "kind", "accepted", "reason")
+if (LEDGER_COLS, VALIDATION_COLS, APPLIED_COLS) != tuple(
+        tuple(c.name for c in t.__table__.columns if c.name != "id" or t is not T.LedgerEntry)
+        for t in (T.LedgerEntry, T.Validation, T.AppliedMessage)):  # pragma: no cover - a schema change
+    raise RuntimeError("the ledger, validation or applied_message columns changed: update sim/chain/apply.py")
+_ESCROW, _COLLATERAL = T.ESCROW, T.COLLATERAL
 
 
 def new_participant(pid: str, role: str = "requester") -> dict:
@@ -122,6 +131,20 @@ def request_units(pricing, r) -> float:
     return units
 
 
+_COSTS: dict[tuple[float, int], int] = {}
+
+
+def _cost(units: float, price: int) -> int:
+    """`cost_ngonka`, memoised: a block prices thousands of requests of a few shapes at one price."""
+    key = (units, price)
+    cost = _COSTS.get(key)
+    if cost is None:
+        if len(_COSTS) > 100_000:
+            _COSTS.clear()
+        cost = _COSTS[key] = cost_ngonka(units, price)
+    return cost
+
+
 def _by_id(row: dict) -> str:
     return row["id"]
 
@@ -142,8 +165,8 @@ class _State:
         self.infs_new: set[str] = set()
         self.infs_dirty: set[str] = set()
         self.missing: set[str] = set()
-        self.ledger: list[dict] = []
-        self.validations: list[dict] = []
+        self.ledger: list[tuple] = []  # LEDGER_COLS
+        self.validations: list[tuple] = []  # VALIDATION_COLS
         self.votes: list[dict] = []
         self.poc_commits: list[dict] = []
         self.poc_validations: list[dict] = []
@@ -202,6 +225,13 @@ class _State:
             end_block=self.height, requests=requests, reward_ngonka=reward_ngonka, settled=True))
         self.conn.execute(insert(epochs).values(index=epoch + 1, start_block=self.height + 1))
 
+    def prepare(self, messages: Sequence[Any]) -> None:
+        """Load what the block's messages read: their inferences, and the seed commitments of the
+        epochs of the inferences their validations name."""
+        self.load_inferences(getattr(m, "inference_id") for m in messages if hasattr(m, "inference_id"))
+        self.load_seeds({self.infs[m.inference_id]["epoch"] for m in messages
+                         if type(m) is SubmitValidation and m.inference_id in self.infs})
+
     def load_inferences(self, ids: Iterable[str]) -> None:
         want = [i for i in set(ids) if i not in self.infs and i not in self.missing]
         for chunk in _chunks(want):
@@ -244,25 +274,26 @@ class _State:
             raise ChainApplyError(f"internal: negative transfer {amount} ({kind})")
         if amount == 0:
             return
-        for acct, sign in ((src, -1), (dst, +1)):
-            if acct in (T.MINT, T.BURN):
+        for acct, delta in ((src, -amount), (dst, amount)):
+            if acct in _MINT_BURN:
                 continue
-            if acct == T.ESCROW:
+            if acct == _ESCROW:
                 inf = self.infs[inference_id]
-                inf["escrow_ngonka"] += sign * amount
-                self.touch_inf(inference_id)
+                inf["escrow_ngonka"] += delta
+                if inference_id not in self.infs_new:
+                    self.infs_dirty.add(inference_id)
                 if inf["escrow_ngonka"] < 0:
                     raise ChainApplyError(f"internal: escrow of {inference_id} would go negative")
-            elif acct.startswith(T.COLLATERAL):
+            elif acct.startswith(_COLLATERAL):
                 continue  # the participant's collateral field carries the change
             else:
                 part = self.parts[acct]
-                part["balance_ngonka"] += sign * amount
-                self.touch_part(acct)
+                part["balance_ngonka"] += delta
+                if acct not in self.parts_new:
+                    self.parts_dirty.add(acct)
                 if part["balance_ngonka"] < 0:
                     raise ChainApplyError(f"internal: balance of {acct} would go negative")
-        self.ledger.append(dict(block=self.height, msg_id=msg_id, kind=kind, from_account=src, to_account=dst,
-                                amount_ngonka=int(amount), inference_id=inference_id))
+        self.ledger.append((self.height, msg_id, kind, src, dst, int(amount), inference_id))
 
     def collateral_deposit(self, pid: str, amount: int, msg_id: str) -> None:
         part = self.parts[pid]
@@ -279,9 +310,7 @@ class _State:
             part["collateral_ngonka"] -= amount
             self.meta["supply_ngonka"] -= amount
             self.touch_part(pid)
-            self.ledger.append(dict(block=self.height, msg_id=msg_id, kind="slash",
-                                    from_account=f"{T.COLLATERAL}:{pid}", to_account=T.BURN, amount_ngonka=amount,
-                                    inference_id=None))
+            self.ledger.append((self.height, msg_id, "slash", f"{T.COLLATERAL}:{pid}", T.BURN, amount, None))
         return amount
 
     def touch_part(self, pid: str) -> None:
@@ -311,10 +340,12 @@ class _State:
         with Gonka's ComputeStatus in `scope`; apply the transition's side effects once (slash,
         reputation preserve, out of the epoch's power)."""
         part = self.parts[pid]
-        old = {k: part[k] for k in _EPOCH_STATS}
+        old = {"inference_count": part["inference_count"], "missed_requests": part["missed_requests"],
+               "validated_epoch": part["validated_epoch"], "invalidated_epoch": part["invalidated_epoch"]}
         for k, v in changes.items():
             part[k] += v
-        self.touch_part(pid)
+        if pid not in self.parts_new:
+            self.parts_dirty.add(pid)
         was = part["status"]
         status, reason = rules.compute_status(part, old, self.p, scope)
         if reason == rules.CONSECUTIVE_FAILURES:
@@ -485,7 +516,7 @@ def _start(state: _State, m: StartInference) -> None:
     if not math.isfinite(units):
         raise Rejected(f"request: {units} compute units is not a finite number")
     price = state.meta["unit_price_ngonka"]
-    cost = cost_ngonka(units, price)
+    cost = _cost(units, price)
     if m.max_cost_ngonka is not None and cost > m.max_cost_ngonka:
         raise Rejected(f"cost {cost} ngonka > max_cost_ngonka {m.max_cost_ngonka}")
     if req["balance_ngonka"] < cost:
@@ -558,8 +589,7 @@ def _validation(state: _State, m: SubmitValidation) -> None:
                                  state.total_power(), state.power(m.validator), state.power(inf["executor"]),
                                  state.p):
         raise Rejected(f"validator {m.validator!r} was not sampled for {m.inference_id!r} (Gonka ShouldValidate)")
-    state.validations.append(dict(id=m.id, inference_id=m.inference_id, validator=m.validator, score=float(m.score),
-                                  passed=bool(m.passed), block=state.height))
+    state.validations.append((m.id, m.inference_id, m.validator, float(m.score), bool(m.passed), state.height))
     state.touch_inf(m.inference_id)
     inf["validations"] += 1
     if m.passed:
@@ -778,36 +808,39 @@ def _apply(conn: Connection, messages: Sequence[Any]) -> BlockReport:
 def run_block(state: _State, messages: Sequence[Any]) -> list[dict]:
     """Apply the messages and the end-of-block rules to `state` (nothing written); the block's
     applied-message rows."""
-    height = state.height
+    height, report, ledger = state.height, state.report, state.ledger
     # Idempotency: skip ids already on chain and repeats within the block.
-    seen = state.seen_ids([m.id for m in messages])
-    todo = []
-    for m in messages:
-        if m.id in seen:
-            state.report.duplicates += 1
-            continue
-        seen.add(m.id)
-        todo.append(m)
+    ids = [m.id for m in messages]
+    seen = state.seen_ids(ids)
+    if not seen and len(set(ids)) == len(ids):
+        todo = list(messages)
+    else:
+        todo = []
+        for m in messages:
+            if m.id in seen:
+                report.duplicates += 1
+                continue
+            seen.add(m.id)
+            todo.append(m)
 
-    state.load_inferences(getattr(m, "inference_id") for m in todo if hasattr(m, "inference_id"))
-    state.load_seeds({state.infs[m.inference_id]["epoch"] for m in todo
-                      if type(m) is SubmitValidation and m.inference_id in state.infs})
-    applied: list[dict] = []
+    state.prepare(todo)
+    applied: list[tuple] = []  # APPLIED_COLS
+    append, handlers, rejected = applied.append, _HANDLERS, report.rejected
     for m in todo:
-        handler = _HANDLERS.get(type(m))
+        handler = handlers.get(type(m))
         if handler is None:
             raise ChainApplyError(f"unknown message type {type(m).__name__}")
-        snapshot = len(state.ledger)
+        snapshot = len(ledger)
         try:
             handler(state, m)
         except Rejected as err:
-            if len(state.ledger) != snapshot:  # handlers check before they move money
+            if len(ledger) != snapshot:  # handlers check before they move money
                 raise ChainApplyError(f"internal: message {m.id} rejected after moving money: {err}") from None
-            state.report.rejected[m.id] = str(err)
-            applied.append(dict(id=m.id, block=height, kind=m.kind, accepted=False, reason=str(err)[:500]))
+            rejected[m.id] = str(err)
+            append((m.id, height, m.kind, False, str(err)[:500]))
             continue
-        state.report.accepted += 1
-        applied.append(dict(id=m.id, block=height, kind=m.kind, accepted=True, reason=""))
+        append((m.id, height, m.kind, True, ""))
+    report.accepted += len(applied) - len(rejected)
 
     _tally(state)
     _settle(state)
@@ -822,7 +855,11 @@ def run_block(state: _State, messages: Sequence[Any]) -> list[dict]:
     return applied
 
 
-def _flush(state: _State, applied: list[dict], next_price: int, utilisation: float, capacity: float) -> None:
+def _dicts(cols: tuple[str, ...], rows: list[tuple]) -> list[dict]:
+    return [dict(zip(cols, r)) for r in rows]
+
+
+def _flush(state: _State, applied: list[tuple], next_price: int, utilisation: float, capacity: float) -> None:
     conn, meta, h = state.conn, state.meta, state.height
     if state.parts_new:
         conn.execute(insert(_PART), [state.parts[p] for p in sorted(state.parts_new)])
@@ -836,10 +873,11 @@ def _flush(state: _State, applied: list[dict], next_price: int, utilisation: flo
     if dirty:
         stmt = update(_INF).where(_INF.c.id == bindparam("_id")).values({c: bindparam(c) for c in _INF_MUTABLE})
         conn.execute(stmt, [{"_id": i, **{c: state.infs[i][c] for c in _INF_MUTABLE}} for i in dirty])
-    for table, rows in ((T.Validation, state.validations), (T.InvalidationVote, state.votes),
+    for table, rows in ((T.Validation, _dicts(VALIDATION_COLS, state.validations)), (T.InvalidationVote, state.votes),
                         (T.PocCommit, state.poc_commits), (T.PocValidation, state.poc_validations),
                         (T.SeedCommit, state.seed_commits), (T.ConfirmationPocResult, state.confirmations),
-                        (T.LedgerEntry, state.ledger), (T.AppliedMessage, applied)):
+                        (T.LedgerEntry, _dicts(LEDGER_COLS, state.ledger)),
+                        (T.AppliedMessage, _dicts(APPLIED_COLS, applied))):
         if rows:
             conn.execute(insert(table.__table__), rows)
     conn.execute(insert(T.Block.__table__).values(

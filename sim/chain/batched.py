@@ -22,9 +22,15 @@ database equals what `apply_block` would have written block by block (up to the 
 within a block's phase and the ledger's autoincrement ids), so `check_invariants` holds there and
 the per-message path can be compared with this one (tests/test_network_batched.py).
 
+`writer="process"` (sim/chain/writer.py) writes the flushes in a writer process with its own
+connection, while this process applies the next blocks: the blocks' flush is handed over as plain
+parameter tuples and the next flush (or an explicit `flush()`, which every read of the database
+here makes first) waits for it to be written. `close()` stops the writer.
+
 Atomicity is per flush, not per block: a database error in a flush writes none of its blocks, and
 an internal error in a block leaves the in-memory state unusable; both raise `ChainApplyError`
-and the chain refuses further blocks (the database keeps the last flushed state).
+and the chain refuses further blocks (the database keeps the last flushed state). With a writer
+process, a flush's error is raised by the next flush.
 """
 
 from __future__ import annotations
@@ -37,8 +43,11 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from sim.chain import tables as T
-from sim.chain.apply import (_INF, _INF_MUTABLE, _PART, _PART_MUTABLE, BlockReport, ChainApplyError, _by_id, _chunks,
-                             _State, params_of, run_block)
+from sim.chain.apply import (_INF, _INF_MUTABLE, _PART, _PART_MUTABLE, APPLIED_COLS, LEDGER_COLS, VALIDATION_COLS,
+                             BlockReport, ChainApplyError, _by_id, _chunks, _State, params_of, run_block)
+from sim.chain.writer import InlineWriter, ProcessWriter, WriterError
+
+WRITERS = {"inline": InlineWriter, "process": ProcessWriter}
 
 OPEN = ("STARTED", "FINISHED", "VOTING")
 
@@ -57,6 +66,10 @@ class _CachedState(_State):
 
     def seen_ids(self, ids: list[str]) -> set[str]:
         return self.chain.seen_ids(ids)
+
+    def prepare(self, messages: Sequence[Any]) -> None:
+        # every seed commitment is in memory: only the inferences
+        self.load_inferences([i for i in (getattr(m, "inference_id", None) for m in messages) if i is not None])
 
     def load_inferences(self, ids: Iterable[str]) -> None:
         c = self.chain
@@ -146,9 +159,11 @@ class BatchedChain:
     """See the module docstring. `engine` must hold a chain no one else writes while this object
     is in use."""
 
-    def __init__(self, engine: Engine, flush_blocks: int = 10):
+    def __init__(self, engine: Engine, flush_blocks: int = 10, writer: str = "inline"):
         if not isinstance(flush_blocks, int) or isinstance(flush_blocks, bool) or flush_blocks < 1:
             raise ValueError(f"flush_blocks must be an integer >= 1, got {flush_blocks!r}")
+        if writer not in WRITERS:
+            raise ValueError(f"writer must be one of {', '.join(WRITERS)}, got {writer!r}")
         self.engine, self.flush_blocks = engine, flush_blocks
         self.broken: str | None = None
         with engine.connect() as c:
@@ -176,6 +191,7 @@ class BatchedChain:
         self.applied_ids: set[str] = set()
         self._reset_pending()
         self.blocks_since_flush = 0
+        self.writer = WRITERS[writer](engine)
 
     def _reset_pending(self) -> None:
         self.new_infs: dict[str, dict] = {}
@@ -244,7 +260,7 @@ class BatchedChain:
             raise ChainApplyError(f"block not applied (nothing since the last flush written): {self.broken}") from err
         self.blocks_since_flush += 1
         if self.blocks_since_flush >= self.flush_blocks:
-            self.flush()
+            self.flush(wait=False)
         return state.report
 
     def _commit(self, state: _CachedState, applied: list[dict]) -> None:
@@ -284,7 +300,7 @@ class BatchedChain:
                           ("seed_commit", state.seed_commits), ("confirmation_poc", state.confirmations),
                           ("ledger", state.ledger), ("applied_message", applied)):
             self.pending[key].extend(rows)
-        self.applied_ids.update(r["id"] for r in applied)
+        self.applied_ids.update(r[0] for r in applied)
         rep = state.report
         self.pending["block"].append(dict(height=h, epoch=rep.epoch, unit_price_ngonka=meta["unit_price_ngonka"],
                                           next_unit_price_ngonka=rep.next_unit_price_ngonka,
@@ -296,39 +312,56 @@ class BatchedChain:
         self.recent.append((h, float(state.block_units)))
         meta.update(height=h, unit_price_ngonka=rep.next_unit_price_ngonka)
 
-    def flush(self) -> None:
-        """Write every change since the last flush, in one transaction."""
+    def flush(self, wait: bool = True) -> None:
+        """Write every change since the last flush, in one transaction; with `wait` (the default)
+        return once the database holds every block applied so far (a writer process may still be
+        writing when `wait` is false: the next flush waits for it)."""
         if self.broken:
             raise ChainApplyError(f"the batched chain stopped after an error ({self.broken})")
         self.blocks_since_flush = 0
-        if not (self.new_infs or self.dirty_infs or any(self.pending.values()) or self.new_parts
-                or self.dirty_parts or self.pending_epochs):
-            return
         try:
-            with self.engine.begin() as conn:
-                _write(conn, self)
-        except Exception as err:
-            self.broken = f"{type(err).__name__}: {err}"
+            if self.new_infs or self.dirty_infs or any(self.pending.values()) or self.new_parts or \
+                    self.dirty_parts or self.pending_epochs:
+                ops = _ops(self, _placeholder(self.engine.dialect))
+                self._reset_pending()
+                self.writer.submit(ops)
+            if wait:
+                self.writer.wait()
+        except WriterError as err:
+            self.broken = str(err)
             raise ChainApplyError(f"flush failed (none of its blocks written): {self.broken}") from err
-        self._reset_pending()
+
+    def close(self) -> None:
+        """Stop the writer (after the flush in flight); unflushed blocks are not written."""
+        try:
+            self.writer.close()
+        except WriterError as err:
+            self.broken = self.broken or str(err)
+            raise ChainApplyError(f"flush failed (none of its blocks written): {self.broken}") from err
 
 
-def _placeholder(conn) -> str:
-    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+def _placeholder(dialect) -> str:
+    return "?" if dialect.paramstyle == "qmark" else "%s"
 
 
-def _insert_many(cur, ph: str, table: str, cols: Sequence[str], rows: Sequence[dict]) -> None:
+def _insert_many(ops: list, ph: str, table: str, cols: Sequence[str], rows: Sequence[dict]) -> None:
     if not rows:
         return
     sql = f'INSERT INTO {table} ({", ".join(_q(c) for c in cols)}) VALUES ({", ".join([ph] * len(cols))})'
-    cur.executemany(sql, list(map(itemgetter(*cols), rows)) if len(cols) > 1 else [(r[cols[0]],) for r in rows])
+    ops.append((sql, list(map(itemgetter(*cols), rows)) if len(cols) > 1 else [(r[cols[0]],) for r in rows]))
 
 
-def _update_many(cur, ph: str, table: str, cols: Sequence[str], key: str, rows: Sequence[dict]) -> None:
+def _insert_tuples(ops: list, ph: str, table: str, cols: Sequence[str], rows: list[tuple]) -> None:
+    if rows:
+        ops.append((f'INSERT INTO {table} ({", ".join(_q(c) for c in cols)}) VALUES ({", ".join([ph] * len(cols))})',
+                    rows))
+
+
+def _update_many(ops: list, ph: str, table: str, cols: Sequence[str], key: str, rows: Sequence[dict]) -> None:
     if not rows:
         return
     sql = f'UPDATE {table} SET {", ".join(f"{_q(c)} = {ph}" for c in cols)} WHERE {_q(key)} = {ph}'
-    cur.executemany(sql, list(map(itemgetter(*cols, key), rows)))
+    ops.append((sql, list(map(itemgetter(*cols, key), rows))))
 
 
 def _q(name: str) -> str:
@@ -338,38 +371,33 @@ def _q(name: str) -> str:
 _COLS = {name: [c.name for c in T.SQLModel.metadata.tables[name].columns] for name in
          ("inference", "participant", "validation", "invalidation_vote", "poc_commit", "poc_validation", "seed_commit",
           "confirmation_poc", "applied_message", "block", "price_history")}
-_LEDGER_COLS = [c.name for c in T.LedgerEntry.__table__.columns if c.name != "id"]
 
 
-def _write(conn, chain: BatchedChain) -> None:
-    ph = _placeholder(conn)
-    cur = conn.connection.cursor()
-    try:
-        if conn.dialect.name == "sqlite":  # a page cache that holds the indices being appended to (256 MiB)
-            cur.execute("PRAGMA cache_size = -262144")
-        parts = chain.parts
-        _insert_many(cur, ph, "participant", _COLS["participant"], [parts[p] for p in sorted(chain.new_parts)])
-        _update_many(cur, ph, "participant", list(_PART_MUTABLE), "id",
-                     [parts[p] for p in sorted(chain.dirty_parts - chain.new_parts)])
-        _insert_many(cur, ph, "inference", _COLS["inference"], list(chain.new_infs.values()))
-        _update_many(cur, ph, "inference", list(_INF_MUTABLE), "id", list(chain.dirty_infs.values()))
-        for table in ("validation", "invalidation_vote", "poc_commit", "poc_validation", "seed_commit",
-                      "confirmation_poc"):
-            _insert_many(cur, ph, table, _COLS[table], chain.pending[table])
-        _insert_many(cur, ph, "ledger", _LEDGER_COLS, chain.pending["ledger"])
-        _insert_many(cur, ph, "applied_message", _COLS["applied_message"], chain.pending["applied_message"])
-        _insert_many(cur, ph, "block", _COLS["block"], chain.pending["block"])
-        _insert_many(cur, ph, "price_history", _COLS["price_history"], chain.pending["price_history"])
-        for epoch, height, requests, reward in chain.pending_epochs:
-            cur.execute(f'UPDATE epoch SET end_block = {ph}, requests = {ph}, reward_ngonka = {ph}, settled = {ph} '
-                        f'WHERE "index" = {ph}', (height, requests, reward, True, epoch))
-            cur.execute(f'INSERT INTO epoch ("index", start_block, requests, reward_ngonka, settled) '
-                        f'VALUES ({ph}, {ph}, {ph}, {ph}, {ph})', (epoch + 1, height + 1, 0, 0, False))
-        m = chain.meta
-        cur.execute(f"UPDATE chain_meta SET height = {ph}, epoch = {ph}, epoch_start_block = {ph}, "
-                    f"unit_price_ngonka = {ph}, previous_epoch_requests = {ph}, epoch_requests = {ph}, "
-                    f"epoch_finished = {ph}, supply_ngonka = {ph} WHERE id = 1",
-                    (m["height"], m["epoch"], m["epoch_start_block"], m["unit_price_ngonka"],
-                     m["previous_epoch_requests"], m["epoch_requests"], m["epoch_finished"], m["supply_ngonka"]))
-    finally:
-        cur.close()
+def _ops(chain: BatchedChain, ph: str) -> list:
+    """The flush's writes as (sql, parameter tuples), in the order the database receives them."""
+    ops: list = []
+    parts = chain.parts
+    _insert_many(ops, ph, "participant", _COLS["participant"], [parts[p] for p in sorted(chain.new_parts)])
+    _update_many(ops, ph, "participant", list(_PART_MUTABLE), "id",
+                 [parts[p] for p in sorted(chain.dirty_parts - chain.new_parts)])
+    _insert_many(ops, ph, "inference", _COLS["inference"], list(chain.new_infs.values()))
+    _update_many(ops, ph, "inference", list(_INF_MUTABLE), "id", list(chain.dirty_infs.values()))
+    _insert_tuples(ops, ph, "validation", VALIDATION_COLS, chain.pending["validation"])
+    for table in ("invalidation_vote", "poc_commit", "poc_validation", "seed_commit", "confirmation_poc"):
+        _insert_many(ops, ph, table, _COLS[table], chain.pending[table])
+    _insert_tuples(ops, ph, "ledger", LEDGER_COLS, chain.pending["ledger"])
+    _insert_tuples(ops, ph, "applied_message", APPLIED_COLS, chain.pending["applied_message"])
+    for table in ("block", "price_history"):
+        _insert_many(ops, ph, table, _COLS[table], chain.pending[table])
+    for epoch, height, requests, reward in chain.pending_epochs:
+        ops.append((f'UPDATE epoch SET end_block = {ph}, requests = {ph}, reward_ngonka = {ph}, settled = {ph} '
+                    f'WHERE "index" = {ph}', [(height, requests, reward, True, epoch)]))
+        ops.append((f'INSERT INTO epoch ("index", start_block, requests, reward_ngonka, settled) '
+                    f'VALUES ({ph}, {ph}, {ph}, {ph}, {ph})', [(epoch + 1, height + 1, 0, 0, False)]))
+    m = chain.meta
+    ops.append((f"UPDATE chain_meta SET height = {ph}, epoch = {ph}, epoch_start_block = {ph}, "
+                f"unit_price_ngonka = {ph}, previous_epoch_requests = {ph}, epoch_requests = {ph}, "
+                f"epoch_finished = {ph}, supply_ngonka = {ph} WHERE id = 1",
+                [(m["height"], m["epoch"], m["epoch_start_block"], m["unit_price_ngonka"],
+                  m["previous_epoch_requests"], m["epoch_requests"], m["epoch_finished"], m["supply_ngonka"])]))
+    return ops

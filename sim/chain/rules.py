@@ -460,6 +460,28 @@ def consecutive_limit(p: ChainParams) -> int | None:
     return consecutive_cutoff(p.sprt_p0, p.quick_failure_threshold)
 
 
+_STATUS_RULES: dict[int, tuple] = {}
+
+
+def _status_rules(p: ChainParams) -> tuple:
+    """compute_status's parameters derived from `p` (frozen), memoised per object: (consecutive
+    limit, the two SPRTs, confirmation-PoC alpha). The entry keeps `p`, so an id is never reused."""
+    hit = _STATUS_RULES.get(id(p))
+    if hit is not None and hit[0] is p:
+        return hit[1]
+    # (scope bit, LLR field, failures, passes, P0, P1, H, status on Fail, reason, restart on Pass, has increments)
+    sprts = tuple(s + (sprt_log_increments_e12(s[4], s[5]) is not None,) for s in (
+        (ONLY_INVALIDATION, "invalid_llr_e12", "invalidated_epoch", "validated_epoch", p.sprt_p0, p.sprt_p1,
+         p.sprt_llr_threshold, "INVALID", STATISTICAL_INVALIDATIONS, p.sprt_restart_on_accept),
+        (ONLY_INACTIVE, "inactive_llr_e12", "missed_requests", "inference_count", p.downtime_good_percentage,
+         p.downtime_bad_percentage, p.downtime_h_threshold, "INACTIVE", DOWNTIME, False)))
+    out = (consecutive_limit(p), sprts, dec(p.confirmation_poc_alpha_threshold))
+    if len(_STATUS_RULES) > 64:
+        _STATUS_RULES.clear()
+    _STATUS_RULES[id(p)] = (p, out)
+    return out
+
+
 def compute_status(part: dict, old: dict, p: ChainParams, scope: int = RUN_ALL) -> tuple[str, str]:
     """Gonka ComputeStatus on a participant row (`part`, changed) and its epoch statistics before the
     change (`old`: inference_count, missed_requests, validated_epoch, invalidated_epoch). Updates the
@@ -467,21 +489,15 @@ def compute_status(part: dict, old: dict, p: ChainParams, scope: int = RUN_ALL) 
     the invalidation SPRT, the downtime SPRT, the confirmation-PoC ratio."""
     if part["status"] in ("INVALID", "INACTIVE"):
         return part["status"], ALREADY_SET
+    limit, sprts, alpha = _status_rules(p)
     run_all = scope == RUN_ALL
     if run_all or scope & ONLY_CONSECUTIVE_FAILURES:
-        limit = consecutive_limit(p)
         if limit is not None and part["consecutive_invalid"] >= limit:
             return "INVALID", CONSECUTIVE_FAILURES
-    # (scope bit, LLR field, failures, passes, P0, P1, H, status on Fail, reason, restart on Pass)
-    sprts = ((ONLY_INVALIDATION, "invalid_llr_e12", "invalidated_epoch", "validated_epoch", p.sprt_p0, p.sprt_p1,
-              p.sprt_llr_threshold, "INVALID", STATISTICAL_INVALIDATIONS, p.sprt_restart_on_accept),
-             (ONLY_INACTIVE, "inactive_llr_e12", "missed_requests", "inference_count", p.downtime_good_percentage,
-              p.downtime_bad_percentage, p.downtime_h_threshold, "INACTIVE", DOWNTIME, False))
-    for bit, llr_key, fail_key, pass_key, p0, p1, h, bad, reason, restart in sprts:
+    for bit, llr_key, fail_key, pass_key, p0, p1, h, bad, reason, restart, has_inc in sprts:
         if not (run_all or scope & bit):
             continue
-        if part[fail_key] == old[fail_key] and part[pass_key] == old[pass_key] and \
-                sprt_log_increments_e12(p0, p1) is not None:
+        if part[fail_key] == old[fail_key] and part[pass_key] == old[pass_key] and has_inc:
             continue  # no new counts: the decision on the stored LLR was taken when it last changed
         llr, decision = sprt_step(part[llr_key], part[fail_key] - old[fail_key], part[pass_key] - old[pass_key],
                                   p0, p1, h)
@@ -491,7 +507,6 @@ def compute_status(part: dict, old: dict, p: ChainParams, scope: int = RUN_ALL) 
         if decision == ERROR:
             return "ACTIVE", ALGORITHM_ERROR
     if run_all or scope & ONLY_CONFIRMATION_POC:
-        alpha = dec(p.confirmation_poc_alpha_threshold)
         ratio = part.get("confirmation_poc_ratio")
         if alpha != 0 and ratio not in (None, "") and Decimal(ratio) < alpha:
             return "INACTIVE", FAILED_CONFIRMATION_POC

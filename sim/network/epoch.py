@@ -22,6 +22,7 @@ settled, so the per-epoch table counts every request of the epoch.
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -170,6 +171,7 @@ class NetworkSimulation:
                                        seconds_per_unit=g.seconds_per_unit or unit_s,
                                        collateral_ngonka=int(g.collateral_gnk * NGONKA_PER_GNK), gpu_type=g.gpu_type))
         self.by_id = {h.id: h for h in self.hosts}
+        self._code = {h.id: k for k, h in enumerate(self.hosts)}  # host -> index (numpy comparisons on ints)
         self.authority = params.chain.module_authority
         ss = np.random.SeedSequence(params.seed)
         # (spawn(5)'s first four children are spawn(4)'s: adding the order stream changed no other draw)
@@ -331,18 +333,18 @@ class NetworkSimulation:
         ids = [m.inference_id for m in finished]
         numbers = np.array([int(i.split("-", 1)[1]) for i in ids], dtype=np.uint64)
         epochs = np.array([int(i[1:].split("-", 1)[0]) for i in ids], dtype=np.int64)
-        execs = np.array([m.executor for m in finished], dtype=object)
+        codes = self._codes([m.executor for m in finished])
         info = [self.finish_info[i] for i in ids]
         traffic = np.array([t for t, _ in info], dtype=np.int64)
         reps = np.array([r for _, r in info], dtype=np.int64)
         truth = [m.truth_deviation for m in finished]
-        total_w, exec_w = self._powers(execs)
+        total_w, exec_w = self._powers(codes)
         cp = self.p.chain
         pairs_i: list[int] = []
         pairs_v: list[str] = []
         pairs_seed: list[int] = []
         groups = [(ep, np.nonzero(epochs == ep)[0]) for ep in np.unique(epochs).tolist()]
-        for vid, prob in self.check_probabilities(execs, reps, traffic).items():
+        for vid, prob in self._probabilities(codes, total_w, exec_w, reps, traffic).items():
             for ep, sel in groups:
                 seed = self.seeds_by_epoch[ep][vid]
                 sub_ids = ids if len(groups) == 1 else [ids[i] for i in sel]
@@ -362,7 +364,7 @@ class NetworkSimulation:
                         return rules.should_validate_exact(seed, ids[i], int(traffic[i]), int(reps[i]), int(total_w),
                                                            self.weights[vid], int(exec_w[i]), cp, "splitmix64")
                 hit = rules.decide(u, prob[sel], exact)
-                pick = sel[np.nonzero(hit & (execs[sel] != vid))[0]]
+                pick = sel[np.nonzero(hit & (codes[sel] != self._code[vid]))[0]]
                 pairs_i.extend(pick.tolist())
                 pairs_v.extend([vid] * len(pick))
                 pairs_seed.extend([seed] * len(pick))
@@ -370,16 +372,22 @@ class NetworkSimulation:
             return []
         sel_ids = [ids[i] for i in pairs_i]
         scores, passed = self.backend.validate(sel_ids, [truth[i] for i in pairs_i], pairs_v, self.rng_valid)
-        self._account_validation(pairs_v, [finished[i] for i in pairs_i])
+        self._account_validation(pairs_v, sel_ids)
         return [_construct(SubmitValidation, dict(id=f"val:{iid}:{v}", kind="validation", inference_id=iid, validator=v,
                                                   seed=seed, score=s, passed=ok))
                 for iid, v, seed, s, ok in zip(sel_ids, pairs_v, pairs_seed, scores.tolist(), passed.tolist())]
 
-    def _powers(self, execs: np.ndarray) -> tuple[float, np.ndarray]:
-        """(W, w_e): the ACTIVE participants' power and each executor's (0 unless ACTIVE)."""
+    def _codes(self, execs) -> np.ndarray:
+        """Each executor's host index (-1 for an id that is no host)."""
+        code = self._code
+        return np.array([code.get(e, -1) for e in execs], dtype=np.int64)
+
+    def _powers(self, codes: np.ndarray) -> tuple[float, np.ndarray]:
+        """(W, w_e): the ACTIVE participants' power and each executor's (0 unless ACTIVE), executors
+        given by host index."""
         total_w = float(sum(self.weights.get(h.id, 0) for h in self.hosts if self.status[h.id] == "ACTIVE"))
-        exec_w = np.array([self.weights.get(e, 0) if self.status[e] == "ACTIVE" else 0 for e in execs], float)
-        return total_w, exec_w
+        by_host = [float(self.weights.get(h.id, 0) if self.status[h.id] == "ACTIVE" else 0) for h in self.hosts]
+        return total_w, np.array(by_host + [0.0])[codes]
 
     def check_probabilities(self, executors: Sequence[str], reputations: Sequence[int] | None = None,
                             traffic: Sequence[int] | None = None) -> dict[str, np.ndarray]:
@@ -389,31 +397,33 @@ class NetworkSimulation:
         W), 0 when W <= w_e. Reputation and traffic basis per inference (as recorded at finish),
         default: the executor's reputation and the traffic at the epoch's start. The executor's own
         entry is 0 (it cannot validate itself)."""
-        cp: ChainParams = self.p.chain
         execs = np.asarray(executors, dtype=object)
-        total_w, exec_w = self._powers(execs)
+        codes = self._codes(execs)
         reps = [self.reputation[e] for e in execs] if reputations is None else reputations
         traf = [self.traffic] * len(execs) if traffic is None else traffic
-        target = np.broadcast_to(rules.target_validators(np.asarray(reps), np.asarray(traf), cp), (len(execs),))
+        return self._probabilities(codes, *self._powers(codes), reps, traf)
+
+    def _probabilities(self, codes: np.ndarray, total_w: float, exec_w: np.ndarray, reps, traffic) -> dict:
+        cp: ChainParams = self.p.chain
+        target = np.broadcast_to(rules.target_validators(np.asarray(reps), np.asarray(traffic), cp), (len(codes),))
         out = {}
-        for h in self.hosts:
+        for k, h in enumerate(self.hosts):
             if self.status[h.id] != "ACTIVE" or self.weights.get(h.id, 0) <= 0:
                 continue
             prob = rules.validation_probability(target, self.weights[h.id], total_w, exec_w)
-            out[h.id] = np.where(execs == h.id, 0.0, prob)
+            out[h.id] = np.where(codes == k, 0.0, prob)
         return out
 
-    def _finish_of(self, inference_id: str):
-        return FinishInference.model_construct(inference_id=inference_id)
-
-    def _account_validation(self, validators: list[str], finished: list) -> None:
+    def _account_validation(self, validators: list[str], inference_ids: list[str]) -> None:
+        """GPU seconds of each (validator, inference) check, on the validator's GPU."""
         share = getattr(self.backend, "validator_share", 1.0)
         pricing = self.p.chain.pricing
-        for v, m in zip(validators, finished):
-            r = m.request if hasattr(m, "request") else self._req_of.get(m.inference_id)
+        req_of, by_id, seconds = self._req_of, self.by_id, self.validation_seconds
+        for v, iid in zip(validators, inference_ids):
+            r = req_of.get(iid)
             if r is None:
                 continue
-            self.validation_seconds[v] += request_units(pricing, r) * self.by_id[v].seconds_per_unit * share
+            seconds[v] += request_units(pricing, r) * by_id[v].seconds_per_unit * share
 
     def _checks(self, to_validate: list, to_vote: list[str]) -> list:
         """The block's validations and votes in one random order, as transactions from many
@@ -449,7 +459,7 @@ class NetworkSimulation:
         if not ids:
             return []
         scores, passed = self.backend.validate(ids, devs, voters, self.rng_valid)
-        self._account_validation(voters, [self._finish_of(i) for i in ids])
+        self._account_validation(voters, ids)
         return [SubmitVote.model_construct(id=f"vote:{iid}:{v}", kind="vote", inference_id=iid, voter=v,
                                            invalid=not bool(ok)) for iid, v, ok in zip(ids, voters, passed)]
 
@@ -457,11 +467,23 @@ class NetworkSimulation:
     def run(self, progress: Callable[[dict], None] | None = None) -> NetworkResult:
         t0 = time.perf_counter()
         self.engine = create_chain(self.db_url, self.p.chain_params)
-        self.chain = BatchedChain(self.engine, self.p.flush_blocks) if self.p.chain_writes == "batched" else None
+        gc_was_enabled = gc.isenabled()
         try:
+            if self.p.chain_writes == "batched":
+                self.chain = BatchedChain(self.engine, self.p.flush_blocks, writer=chain_writer(self.p, self.engine))
+            # The run keeps millions of live rows and messages; the cyclic collector would rescan them
+            # over and over (a sixth of a large run's time) for garbage the loop does not make
+            # (reference counting frees it). Off for the run (process-wide), back on after it.
+            gc.disable()
             return self._run(progress, t0)
         finally:
-            self.engine.dispose()
+            try:
+                if self.chain is not None:
+                    self.chain.close()
+            finally:
+                self.engine.dispose()
+                if gc_was_enabled:
+                    gc.enable()
 
     def _run(self, progress, t0) -> NetworkResult:
         p = self.p
@@ -623,6 +645,19 @@ def _count(items) -> dict:
     for x in items:
         out[x] = out.get(x, 0) + 1
     return out
+
+
+# Below this many requests a writer process (about a second to start) saves less than it costs.
+PROCESS_WRITER_MIN_REQUESTS = 100_000
+
+
+def chain_writer(params: NetworkParams, engine) -> str:
+    """How a batched chain writes its flushes: in a writer process beside the simulation (large runs
+    on a database another process can open), else inline."""
+    url = engine.url
+    in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+    big = params.requests_per_epoch * params.epochs >= PROCESS_WRITER_MIN_REQUESTS
+    return "process" if big and not in_memory else "inline"
 
 
 def run_network(params: NetworkParams, db_url: str, *, weights_fn: WeightsFn | None = None,
