@@ -32,8 +32,11 @@ import pandas as pd
 
 from sim.stats import clopper_pearson
 
-# Runtime changes a protocol can pin (rule "pinned": batch of one, TF32 off) and those it cannot.
-PINNABLE = ("batch", "tf32")
+# Runtime changes a protocol can pin (rule "pinned": batch of one, TF32 off, eager execution) and
+# those it cannot (attention kernels: the card and library choose them).
+PINNABLE = ("batch", "tf32", "compile", "regional-compile")
+# what a rule that lets executors compile pins
+PINNABLE_EXCEPT_COMPILE = ("batch", "tf32")
 
 
 @dataclass(frozen=True)
@@ -317,23 +320,30 @@ class Rule:
     pinned: bool
     compute: str
     description: str
+    pins: tuple[str, ...] = PINNABLE  # the config families a pinned rule need not tolerate
 
 
 RULES = (
     Rule("full-final", "final", False, "1", "full replay, final latent rel-L2; runtime not pinned"),
-    Rule("full-final-pinned", "final", True, "1", "full replay, final latent rel-L2; batch 1 and TF32 off pinned"),
-    Rule("full-video-pinned", "video_1mssim", True, "1", "full replay, 1-SSIM of the committed MP4; pinned"),
+    Rule("full-final-pinned", "final", True, "1", "full replay, final latent rel-L2; batch 1, TF32 off and eager execution pinned"),
+    Rule("full-video-pinned", "video_1mssim", True, "1", "full replay, 1-SSIM of the committed MP4; pinned (batch 1, TF32 off, eager)"),
     Rule("local-1step", "local_max", False, "|K|/N", "one replayed step at each challenged K, worst rel-L2; not pinned"),
-    Rule("local-1step-pinned", "local_max", True, "|K|/N", "one replayed step at each challenged K, worst rel-L2; pinned"),
+    Rule("local-1step-pinned", "local_max", True, "|K|/N", "one replayed step at each challenged K, worst rel-L2; pinned (batch 1, TF32 off, eager)"),
     Rule("local-ratio-pinned", "local_ratio", True, "2|K|/N",
          "each challenged step replayed with two kernels; mean of executor error / own kernel spread; pinned"),
+    Rule("full-final-pinned-compile-ok", "final", True, "1",
+         "full replay, final latent rel-L2; batch 1 and TF32 off pinned, compiled executors tolerated",
+         PINNABLE_EXCEPT_COMPILE),
+    Rule("local-1step-pinned-compile-ok", "local_max", True, "|K|/N",
+         "one replayed step at each challenged K, worst rel-L2; batch 1 and TF32 off pinned, compile tolerated",
+         PINNABLE_EXCEPT_COMPILE),
 )
 
 
 def _benign_for(rule: Rule, df: pd.DataFrame) -> pd.Series:
     fam = df["config"].map(_family)
     benign = df["class"].eq("benign")
-    return benign & ~fam.isin(PINNABLE) if rule.pinned else benign
+    return benign & ~fam.isin(rule.pins) if rule.pinned else benign
 
 
 def evaluate_rules(df: pd.DataFrame, rules: Iterable[Rule] = RULES,

@@ -148,6 +148,23 @@ def test_rules_use_calibration_prompts_only_and_report_zero_effect_apart(tmp_pat
     assert sep["full-final-pinned"]["ratio_per_family"]["fp8"] == pytest.approx(0.05 / 0.015)
 
 
+def test_pinned_rules_pin_eager_execution_and_the_compile_ok_rules_tolerate_it(tmp_path):
+    """A compiled executor moves the result beyond the kernel spread: the pinned rules leave it out
+    of the tolerated set (eager is pinned), the `-compile-ok` rules tolerate it and so accept a
+    cheat that lies between the two."""
+    rows = []
+    for pid in range(4):
+        rows += [_row(pid, "canonical", "canonical", 0.0), _row(pid, "attention:x", "benign", 0.01),
+                 _row(pid, "regional-compile", "benign", 0.03), _row(pid, "int8-wo", "malign", 0.02)]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = {r["rule"]: r for r in at_scale.evaluate_rules(at_scale.load_rows([path]))}
+    pinned, ok = res["full-final-pinned"], res["full-final-pinned-compile-ok"]
+    assert "regional-compile" not in pinned["benign_configs"] and pinned["far"] == (0, 2)
+    assert "regional-compile" in ok["benign_configs"] and ok["threshold"] == pytest.approx(0.03)
+    assert ok["far"] == (2, 2) and ok["frr"] == (0, 4)
+
+
 def test_cpu_executor_of_a_gpu_validator_drops_gpu_only_attention():
     from models.request import Runtime
 
