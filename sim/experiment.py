@@ -369,7 +369,11 @@ def stored_result_fields(stored: dict[str, Any]) -> dict[str, Any]:
     """`result_fields` of a stored params.json, compared without validating it (so nothing it names
     is imported); a field the file predates takes its default."""
     defaults = json.loads(ExperimentParams.model_construct().model_dump_json())
-    return {k: v for k, v in {**defaults, **stored}.items() if k not in NON_RESULT_FIELDS}
+    out = {**defaults, **stored}
+    for k, f in ExperimentParams.model_fields.items():  # a runtime that predates one of its fields
+        if f.annotation is Runtime and isinstance(stored.get(k), dict):
+            out[k] = {**json.loads(Runtime().model_dump_json()), **stored[k]}
+    return {k: v for k, v in out.items() if k not in NON_RESULT_FIELDS}
 
 
 def open_run(params: ExperimentParams) -> Path:

@@ -129,6 +129,25 @@ def test_a_run_directory_refuses_other_parameters(finished):
     ex.open_run(params)
 
 
+def test_a_run_made_before_a_runtime_field_existed_still_resumes(finished):
+    """A params.json whose nested runtime lacks a field added since (here `vae_dtype`) takes its
+    default, so an upgrade does not refuse the run; a stored non-default value still differs."""
+    params, _, _ = finished
+    pfile = Path(params.out) / ex.RUN_MARKER
+    saved = pfile.read_text()
+    try:
+        old = json.loads(saved)
+        assert old["validator_runtime"].pop("vae_dtype") == "float32"
+        pfile.write_text(json.dumps(old))
+        ex.open_run(params)
+        old["validator_runtime"]["vae_dtype"] = "bfloat16"
+        pfile.write_text(json.dumps(old))
+        with pytest.raises(ex.ExperimentError, match="validator_runtime"):
+            ex.open_run(params)
+    finally:
+        pfile.write_text(saved)
+
+
 def test_tampered_artifacts_fail_validation_with_a_reason(finished, tmp_path):
     import shutil
 
