@@ -61,22 +61,31 @@ def _sizes_section(res: dict, names: list[str]) -> list[str]:
 
 
 def _verdicts_section(res: dict, names: list[str]) -> list[str]:
-    md = ["", "## Best policy per cheat on held-out prompts (chosen on calibration prompts)", "",
-          "| deviation | " + " | ".join(f"{n}: policy / metric | {n}: FRR at FAR<=1% [95%]" for n in names) + " |",
-          "|---|" + "---|---|" * len(names)]
-    verd = {n: {v["deviation"]: v for v in r["verdicts"]} for n, r in res.items()}
+    """Per cheat and run: its best policy (an oracle view), the experiment's verdict, and on held-out
+    prompts at the calibration threshold (FAR <= 1% there) the honest rows rejected and the cheat
+    rows accepted, with exact 95% bounds."""
+    md = ["", "## Best policy per cheat on held-out prompts (an oracle view: each cheat its own policy, "
+              "chosen on calibration prompts)", "",
+          "| deviation | " + " | ".join(f"{n}: policy / metric | {n}: verdict | {n}: test FRR | {n}: test FAR"
+                                       for n in names) + " |",
+          "|---|" + "---|---|---|---|" * len(names)]
+    verd = {n: {v["deviation"]: v for v in r["verdicts"] if v.get("is_best", True)} for n, r in res.items()}
     for dev in dict.fromkeys(d for n in names for d in verd[n]):
         cells = []
         for n in names:
             v = verd[n].get(dev)
-            if v is None:
-                cells += ["", ""]
-                continue
-            cells += [f"{v['policy']} / {v['metric']}",
-                      f"{v['frr_at_far']:.0%} [{v['frr_at_far_lo']:.0%}, {v['frr_at_far_hi']:.0%}]"
-                      if v.get("frr_at_far") is not None else "n/a"]
+            cells += ["", "", "", ""] if v is None else [
+                f"{v['policy']} / {v['metric']}", v.get("separation", ""),
+                _count(v, "frr_at_far"), _count(v, "test_far_at_far")]
         md.append(f"| {dev} | " + " | ".join(cells) + " |")
     return md
+
+
+def _count(v: dict, key: str) -> str:
+    k, n = v.get(f"{key}_k"), v.get(f"{key}_n")
+    if k is None or not n:
+        return "n/a"
+    return f"{k}/{n} [{v[f'{key}_cp_lo']:.0%}, {v[f'{key}_cp_hi']:.0%}]"
 
 
 def _distributions_section(res: dict, names: list[str]) -> list[str]:
@@ -111,7 +120,8 @@ def main() -> None:
     md = ["# The experiment on trained `shapes` beside random `tiny`", "",
           "Same templated prompts; " + "; ".join(
               f"{n}: preset `{r['preset']}`, {r['n_prompts']} prompts, request {r['request']}, stages "
-              + ", ".join(f"{k} {v:.0f} s" for k, v in r["timing"].items()) for n, r in res.items()), ""]
+              + ", ".join(f"{k} {v:.2f}" if "_over_" in k else f"{k} {v:.0f} s" for k, v in r["timing"].items()
+                         if isinstance(v, (int, float))) for n, r in res.items()), ""]
     md += _sizes_section(res, names) + _verdicts_section(res, names) + _distributions_section(res, names)
     for n in names:
         md += ["", f"## Prompt following of every committed video: {n}", "",

@@ -14,22 +14,14 @@ from pydantic import ValidationError
 
 from sim import experiment as ex
 from sim.policies import Claim, ValidationContext, get_policy
+from tests.experiment_helpers import experiment_params, run_all
 
 DEVS = ("threads:1", "splitk:2", "fp8", "steps:6", "seed:+1")
 
 
 def small_params(out, **kw):
-    base = dict(prompts=3, out=str(out), deviations=DEVS, hwnoise_eps=(3e-3,), bootstrap=50, strips=1)
-    base.update(kw)
-    return ex.ExperimentParams(**base)
-
-
-def run_all(params):
-    ex.open_run(params)
-    prompts = ex.load_prompts(params)
-    for i, p in enumerate(prompts):
-        ex.run_prompt(params, i, p, len(prompts))
-    return ex.analyse(params, len(prompts))
+    return experiment_params(out, kw.pop("deviations", DEVS), prompts=kw.pop("prompts", 3),
+                             bootstrap=kw.pop("bootstrap", 50), **kw)
 
 
 @pytest.fixture(scope="module")

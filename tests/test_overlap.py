@@ -12,22 +12,14 @@ import pytest
 
 from sim import experiment as ex
 from sim.overlap import Background
+from tests.experiment_helpers import experiment_params, run_all
 
 DEVS = ("threads:1", "steps:6", "seed:+1")
 
 
 def params_of(out, **kw):
-    base = dict(prompts=2, out=str(out), deviations=DEVS, hwnoise_eps=(3e-3,), bootstrap=20, strips=1)
-    base.update(kw)
-    return ex.ExperimentParams(**base)
-
-
-def run_all(params):
-    ex.open_run(params)
-    prompts = ex.load_prompts(params)
-    for i, p in enumerate(prompts):
-        ex.run_prompt(params, i, p, len(prompts))
-    return ex.analyse(params, len(prompts))
+    return experiment_params(out, kw.pop("deviations", DEVS), prompts=kw.pop("prompts", 2),
+                             bootstrap=kw.pop("bootstrap", 20), **kw)
 
 
 def scores(out):
