@@ -10,39 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
+import gpu_timing  # the benchmarks folder: on the path when the script runs
+from gpu_timing import peak_gb, reset_peak, sync, timed
+
 
 DEVICE = "cuda"
-
-
-def sync():
-    if DEVICE.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def peak_gb():
-    return torch.cuda.max_memory_allocated() / 1e9 if DEVICE.startswith("cuda") else float("nan")
-
-
-def reset_peak():
-    if DEVICE.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-
-
-def cuda_time(fn, n=3):
-    times = []
-    for _ in range(n):
-        sync()
-        t0 = time.perf_counter()
-        out = fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def main() -> None:
@@ -58,6 +35,7 @@ def main() -> None:
     args = ap.parse_args()
     global DEVICE
     DEVICE = args.device
+    gpu_timing.use(DEVICE)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     from models.presets import build_pipeline, preset_spec, seeded_tensor
@@ -115,7 +93,7 @@ def forward_differences(args, pipe, spec, rt, res, diffs) -> None:
             return expert(hidden_states=xx, timestep=tt, encoder_hidden_states=ee, return_dict=False)[0]
 
     reset_peak()
-    sec, ref = cuda_time(fwd)
+    sec, ref = timed(fwd, repeats=3, warmup=0)
     ref = ref.float()
     flops = None
     from models.engine import block_flops
@@ -128,32 +106,32 @@ def forward_differences(args, pipe, spec, rt, res, diffs) -> None:
     def rel(o):
         return float((o.float() - ref).norm() / ref.norm())
 
-    sec2, again = cuda_time(fwd, 1)
+    sec2, again = timed(fwd, repeats=1, warmup=0)
     diffs["rerun"] = {"rel_l2": rel(again), "seconds": sec2}
     for backend in ("_native_cudnn", "_native_flash", "_native_efficient", "_native_math"):
         try:
             with pipeline_attention_backend(pipe, backend):
-                s, o = cuda_time(fwd, 1)
+                s, o = timed(fwd, repeats=1, warmup=0)
             diffs[f"attention:{backend}"] = {"rel_l2": rel(o), "seconds": s}
         except Exception as err:  # a kernel unavailable for this shape/card is a finding, not a crash
             diffs[f"attention:{backend}"] = {"error": str(err)[:200]}
         print(backend, diffs[f"attention:{backend}"], flush=True)
     # back on the default kernel?
-    s, o = cuda_time(fwd, 1)
+    s, o = timed(fwd, repeats=1, warmup=0)
     diffs["default again after switches"] = {"rel_l2": rel(o), "seconds": s}
     with torch.no_grad():
         xb = torch.cat([x, x.roll(1, 2)])
-        s, o = cuda_time(lambda: expert(hidden_states=xb, timestep=ts.expand(2), encoder_hidden_states=emb.expand(2, -1, -1),
-                                        return_dict=False)[0], 1)
+        s, o = timed(lambda: expert(hidden_states=xb, timestep=ts.expand(2), encoder_hidden_states=emb.expand(2, -1, -1),
+                                    return_dict=False)[0], repeats=1, warmup=0)
     diffs["batch:2"] = {"rel_l2": rel(o[:1]), "seconds": s}
     ctx = {"run_seed": 1, "runtime": rt}
     for spec_ in ("splitk:2", "fp8", "hwnoise:0.001", "hwnoise:0.003", "hwnoise:0.01"):
         dev = parse_deviation(spec_)
         with dev.patch(pipe, ctx):
-            s, o = cuda_time(fwd, 1)
+            s, o = timed(fwd, repeats=1, warmup=0)
         diffs[spec_] = {"rel_l2": rel(o), "seconds": s}
         print(spec_, diffs[spec_], flush=True)
-    s, o = cuda_time(lambda: fwd(tt=torch.tensor([690.0], device=DEVICE)), 1)
+    s, o = timed(lambda: fwd(tt=torch.tensor([690.0], device=DEVICE)), repeats=1, warmup=0)
     diffs["timestep 690 instead of 700"] = {"rel_l2": rel(o), "seconds": s}
     res["per_forward"] = diffs
 

@@ -17,34 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
+import gpu_timing  # the benchmarks folder: on the path when the script runs
+from gpu_timing import timed
+
 T0 = time.perf_counter()
 SIZES = ((832, 480), (1280, 720))
 FRAMES = (17, 33, 49, 65, 81)
 DEVICE = "cuda"
-
-
-def sync():
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, repeats=2, warmup=1):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _parse() -> argparse.Namespace:
@@ -86,7 +70,7 @@ def _expert_passes(pipe, spec, sizes, g, results: _Results) -> None:
             x = torch.randn(1, spec.z_dim, *shape, generator=g).to(DEVICE, torch.bfloat16)
             experts = [("high", pipe.transformer)] + ([("low", pipe.transformer_2)] if (f, w) == (17, sizes[0][0]) else [])
             for name, m in experts:
-                sec = timed(lambda: m(hidden_states=x, timestep=ts, encoder_hidden_states=emb, return_dict=False))
+                sec, _ = timed(lambda: m(hidden_states=x, timestep=ts, encoder_hidden_states=emb, return_dict=False), repeats=2)
                 res["passes"].append({"width": w, "height": h, "frames": f, "latent": list(shape), "tokens": tokens,
                                       "expert": name, "seconds": sec})
                 print(res["passes"][-1], flush=True)
@@ -105,7 +89,7 @@ def _vae_decodes(pipe, sizes, g, results: _Results) -> None:
             try:
                 if DEVICE == "cuda":
                     torch.cuda.reset_peak_memory_stats()
-                sec = timed(lambda: pipe.vae.decode(z, return_dict=False), repeats=1, warmup=1 if first else 0)
+                sec, _ = timed(lambda: pipe.vae.decode(z, return_dict=False), repeats=1, warmup=1 if first else 0)
                 first = False
                 peak = torch.cuda.max_memory_allocated() / 1e9 if DEVICE == "cuda" else None
                 res["vae"].append({"width": w, "height": h, "frames": f, "seconds": sec, "peak_gb": peak})
@@ -141,6 +125,7 @@ def main() -> None:
     args = _parse()
     global DEVICE
     DEVICE = args.device
+    gpu_timing.use(DEVICE)
     import diffusers
 
     from models.presets import build_pipeline, preset_spec

@@ -28,11 +28,13 @@ import contextlib
 import copy
 import json
 import math
-import statistics
 import time
 from pathlib import Path
 
 import torch
+
+import gpu_timing  # the benchmarks folder: on the path when the script runs
+from gpu_timing import peak_gb, reset_peak, sync, timed
 
 T0 = time.perf_counter()
 
@@ -42,34 +44,6 @@ DEVICE = "cuda"
 # VAE's latent; --preset tiny on a CPU is a dry run of the script with the tiny preset's shapes.
 SHAPES = {"a14b-random": ((21, 60, 104), (2, 32, 32), (21, 60, 104)), "tiny": ((5, 16, 32), (2, 8, 8), (5, 16, 32))}
 PRESET = "a14b-random"
-
-
-def sync():
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
-def peak_gb() -> float:
-    return torch.cuda.max_memory_allocated() / 1e9 if DEVICE == "cuda" else float("nan")
-
-
-def reset_peak():
-    if DEVICE == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-
-
-def timed(fn, repeats=3, warmup=1):
-    for _ in range(warmup):
-        fn()
-    times = []
-    out = None
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        out = fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def rel(a, b) -> float:
@@ -388,6 +362,7 @@ def main() -> None:
         ap.error("--out is required")
     global DEVICE, PRESET
     DEVICE, PRESET = args.device, args.preset
+    gpu_timing.use(DEVICE)
     skip = set(filter(None, args.skip.split(",")))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
