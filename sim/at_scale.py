@@ -37,6 +37,8 @@ from sim.stats import clopper_pearson
 PINNABLE = ("batch", "tf32", "compile", "regional-compile")
 # what a rule that lets executors compile pins
 PINNABLE_EXCEPT_COMPILE = ("batch", "tf32")
+# the columns of `load_rows` holding the latent distance at each captured checkpoint (the profile)
+PROFILE_PREFIX = "lat:"
 
 
 @dataclass(frozen=True)
@@ -268,6 +270,7 @@ def load_rows(paths: Iterable[str | Path]) -> pd.DataFrame:
                                      "gen_s", "card")}
             row["size"] = f"{r['width']}x{r['height']}x{r['frames']}"
             row["switch"], row["final"] = lat.get("switch", math.nan), lat.get("final", math.nan)
+            row.update({f"{PROFILE_PREFIX}{name}": v for name, v in lat.items()})
             row["video_psnr_db"] = r.get("video_psnr_db", math.nan)
             row["video_1mssim"] = r.get("video_1mssim", math.nan)
             row["class"] = r["kind"]
@@ -310,6 +313,9 @@ def size_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+PROFILE = "profile"  # the statistic of a rule scored from the whole distance profile (`profile_scores`)
+
+
 @dataclass(frozen=True)
 class Rule:
     """A deployable validation rule: one statistic (larger = further from honest), the benign
@@ -337,6 +343,10 @@ RULES = (
     Rule("local-1step-pinned-compile-ok", "local_max", True, "|K|/N",
          "one replayed step at each challenged K, worst rel-L2; batch 1 and TF32 off pinned, compile tolerated",
          PINNABLE_EXCEPT_COMPILE),
+    Rule("profile-pinned-compile-ok", PROFILE, True, "1",
+         "full replay, the latent distance at every captured step as one profile, scored by a logistic "
+         "regression fitted on calibration prompts against the measured cheats; compile tolerated",
+         PINNABLE_EXCEPT_COMPILE),
 )
 
 
@@ -344,6 +354,31 @@ def _benign_for(rule: Rule, df: pd.DataFrame) -> pd.Series:
     fam = df["config"].map(_family)
     benign = df["class"].eq("benign")
     return benign & ~fam.isin(rule.pins) if rule.pinned else benign
+
+
+def profile_scores(g: pd.DataFrame, benign_fit: pd.Series, malign_fit: pd.Series) -> pd.Series:
+    """Per row, how cheat-like its whole distance profile is: the log latent distance at every
+    checkpoint all fitted rows share (the switch and final included), standardised and scored by a
+    logistic regression fitted on `benign_fit` against `malign_fit` rows only (the calibration
+    prompts). Rows lacking a feature score NaN (no claim of the rule). It learns the measured
+    cheats' profiles: a cheat that shapes its error like an honest one is not covered."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    fit = benign_fit | malign_fit
+    # the checkpoints nearly every fitted row has (a cheat with fewer steps lacks the late ones)
+    cols = [c for c in g.columns if c.startswith(PROFILE_PREFIX) and g.loc[fit, c].notna().mean() >= 0.9]
+    out = pd.Series(math.nan, index=g.index)
+    x = np.log(g[cols].astype(float).clip(lower=1e-12))
+    fit = fit & x.notna().all(axis=1)
+    if not cols or (benign_fit & fit).sum() < 2 or (malign_fit & fit).sum() < 2:
+        return out
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000))
+    model.fit(x[fit].to_numpy(), malign_fit[fit].to_numpy())
+    ok = x.notna().all(axis=1) & g["class"].isin(("benign", "malign"))
+    out[ok] = model.decision_function(x[ok].to_numpy())
+    return out
 
 
 def evaluate_rules(df: pd.DataFrame, rules: Iterable[Rule] = RULES,
@@ -355,11 +390,11 @@ def evaluate_rules(df: pd.DataFrame, rules: Iterable[Rule] = RULES,
     for (preset, size), g in df.groupby(["preset", "size"], sort=False):
         calib = g["prompt_id"].map(is_calibration)
         for rule in rules:
-            if rule.statistic not in g or g[rule.statistic].isna().all():
-                continue
-            s = g[rule.statistic]
             benign = _benign_for(rule, g)
             malign = g["class"].eq("malign")
+            s = profile_scores(g, benign & calib, malign & calib) if rule.statistic == PROFILE else g.get(rule.statistic)
+            if s is None or s.isna().all():
+                continue
             cal_b = s[benign & calib].dropna()
             if cal_b.empty:
                 continue

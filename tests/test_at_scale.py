@@ -4,6 +4,7 @@ CPU) and the analysis (rates with exact bounds, rules chosen on calibration prom
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -163,6 +164,34 @@ def test_pinned_rules_pin_eager_execution_and_the_compile_ok_rules_tolerate_it(t
     assert "regional-compile" not in pinned["benign_configs"] and pinned["far"] == (0, 2)
     assert "regional-compile" in ok["benign_configs"] and ok["threshold"] == pytest.approx(0.03)
     assert ok["far"] == (2, 2) and ok["frr"] == (0, 4)
+
+
+def _profile_row(pid, config, kind, early, final):
+    r = _row(pid, config, kind, final)
+    r["latent_rel_l2"] = {"step:3": early, "step:7": 2 * early, "switch": 3 * early, "final": final}
+    return r
+
+
+def test_the_profile_rule_tells_apart_what_the_final_distance_cannot(tmp_path):
+    """Compile and int8 weights end equally far from the validator but diverge differently on the
+    way (the cheat's error enters from the first step): the final-latent rule that tolerates
+    compile accepts the cheat, the profile rule fitted on calibration prompts rejects it."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for pid in range(12):
+        j = lambda: float(rng.uniform(0.9, 1.1))  # noqa: E731  (per-claim spread)
+        rows += [_row(pid, "canonical", "canonical", 0.0),
+                 _profile_row(pid, "attention:x", "benign", 1e-4 * j(), 0.01 * j()),
+                 _profile_row(pid, "regional-compile", "benign", 1.5e-4 * j(), 0.03 * j()),
+                 _profile_row(pid, "int8-wo", "malign", 5e-4 * j(), 0.025 * j())]
+    rows.append(_row(1, "steps:3", "malign", 0.3))  # no profile: left out of that rule, not accepted
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = {r["rule"]: r for r in at_scale.evaluate_rules(at_scale.load_rows([path]))}
+    assert res["full-final-pinned-compile-ok"]["far_per_family"]["int8-wo"] == (6, 6)
+    prof = res["profile-pinned-compile-ok"]
+    assert prof["far"] == (0, 6) and prof["frr"] == (0, 12)
+    assert "regional-compile" in prof["benign_configs"]
 
 
 def test_cpu_executor_of_a_gpu_validator_drops_gpu_only_attention():
