@@ -2,7 +2,8 @@
 
     python benchmarks/at_scale_report.py benchmarks/results/at_scale/*.jsonl --out benchmarks/results/at_scale/at_scale
 
-Writes OUT.md (the tables) and OUT.json (the rule rates); runs on any machine, no GPU.
+Writes OUT.md (the tables), OUT.html (the same with a strip plot per statistic, in the experiment
+report's style) and OUT.json (the rule rates); runs on any machine, no GPU.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="output path without suffix")
     args = ap.parse_args()
     from sim.at_scale import evaluate_rules, load_rows, markdown
+    from sim.at_scale_html import html
 
     df = load_rows(args.lines)
     rules = evaluate_rules(df)
     out = Path(args.out)
     out.with_suffix(".md").write_text("# Evidence at scale (measured)\n\n" + markdown(df, rules))
+    out.with_suffix(".html").write_text(html(df, rules, {"source": ", ".join(Path(p).name for p in args.lines)}))
     out.with_suffix(".json").write_text(json.dumps({"rules": rules, "generations": len(df)}, indent=1))
     print(out.with_suffix(".md").read_text())
 

@@ -194,6 +194,28 @@ def test_the_profile_rule_tells_apart_what_the_final_distance_cannot(tmp_path):
     assert "regional-compile" in prof["benign_configs"]
 
 
+def test_html_report_gives_each_rule_its_rates_and_a_plot_per_statistic(tmp_path):
+    from sim.at_scale_html import html
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for pid in range(6):
+        rows += [_row(pid, "canonical", "canonical", 0.0, local=0.0),
+                 _profile_row(pid, "attention:x", "benign", 1e-4 * rng.uniform(0.9, 1.1), 0.01),
+                 _profile_row(pid, "int8-wo", "malign", 5e-4 * rng.uniform(0.9, 1.1), 0.02)]
+        rows[-1]["local"] = [{"k": 1, "local_err": 0.004}]
+        rows[-2]["local"] = [{"k": 1, "local_err": 0.001}]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    df = at_scale.load_rows([path])
+    rules = at_scale.evaluate_rules(df)
+    page = html(df, rules, {"source": "r.jsonl"})
+    pinned = next(r for r in rules if r["rule"] == "full-final-pinned")
+    assert at_scale.rate_str(*pinned["far"]) in page and at_scale.rate_str(*pinned["frr"]) in page
+    assert page.count("data:image/png;base64,") == 3  # final, one-step, profile
+    assert "profile-pinned-compile-ok" in page and "Emulation" in page and "int8-wo" in page
+
+
 def test_cpu_executor_of_a_gpu_validator_drops_gpu_only_attention():
     from models.request import Runtime
 
