@@ -36,6 +36,7 @@ def test_the_cpu_smoke_run_has_every_section_and_needs_only_the_gpu_wheels(tmp_p
     res = json.loads((tmp_path / "gpu_end_to_end.json").read_text())
     video = res["video"]
     assert set(video["stages"]) == {"text_encoder", "high", "low", "vae"}
+    assert video["mp4_encode_seconds"] > 0 and video["mp4_same_bytes"] and video["mp4_bytes"] > 0
     assert all(v > 0 for v in video["stages"].values())
     assert video["passes"] == {"high": 6, "low": 2} and video["graphs_compiled_during_run"] == 0
     assert video["warmup"]["graphs_compiled"] >= 1 and video["runtime"]["compile"] == "regional"
