@@ -276,6 +276,20 @@ def end_to_end(rec: Recorder, skip):
         rec.put("generate_256_5f_40", out)
 
 
+def _pass_rows(variants: dict, seconds, mfu_fmt: str, last: str, last_fmt: str) -> list[str]:
+    """One table row per measured pass variant (or its error / reason it did not run)."""
+    rows = []
+    for k, v in variants.items():
+        if not isinstance(v, dict):
+            continue
+        if "seconds" in v:
+            rows.append(f"| {k} | {seconds(v)} | {format(v['mfu'], mfu_fmt)} | {v.get('rel_l2_vs_default', 0):.2e} | "
+                        f"{format(v.get(last, 0), last_fmt)} |")
+        else:
+            rows.append(f"| {k} | {v.get('error') or v.get('not_run')} | | | |")
+    return rows
+
+
 def markdown(res: dict) -> str:
     lines = [f"# A14B speed variants on {res['device']} (bf16, torch {res['torch']}, diffusers {res['diffusers']})", "",
              f"`{res['preset']}` (random weights), built in {res['build_seconds']:.0f} s. bf16 matrix rate "
@@ -285,25 +299,12 @@ def markdown(res: dict) -> str:
     if p:
         lines += [f"## One expert pass (latent {p['latent']}, {p['tokens']} tokens)", "",
                   "| variant | seconds | MFU | rel-L2 vs default | first call (s) |", "|---|---|---|---|---|"]
-        for k, v in p.items():
-            if not isinstance(v, dict):
-                continue
-            if "seconds" in v:
-                lines.append(f"| {k} | {v['seconds']:.3f} | {v['mfu']:.0%} | {v['rel_l2_vs_default']:.2e} | "
-                             f"{v['first_call_seconds']:.1f} |")
-            else:
-                lines.append(f"| {k} | {v.get('error') or v.get('not_run')} | | | |")
+        lines += _pass_rows(p, lambda v: f"{v['seconds']:.3f}", ".0%", "first_call_seconds", ".1f")
     q = res.get("pass_256_5f", {})
     if "default" in q:
         lines += ["", f"## One small expert pass (latent {q['latent']}, {q['tokens']} tokens: launch-bound)", "",
                   "| variant | seconds | MFU | rel-L2 vs default | compile + warm-up (s) |", "|---|---|---|---|---|"]
-        for k, v in q.items():
-            if isinstance(v, dict):
-                if "seconds" in v:
-                    lines.append(f"| {k} | {v['seconds'] * 1e3:.1f} ms | {v['mfu']:.1%} | {v.get('rel_l2_vs_default', 0):.2e} | "
-                                 f"{v.get('compile_and_warmup_seconds', 0):.0f} |")
-                else:
-                    lines.append(f"| {k} | {v.get('error') or v.get('not_run')} | | | |")
+        lines += _pass_rows(q, lambda v: f"{v['seconds'] * 1e3:.1f} ms", ".1%", "compile_and_warmup_seconds", ".0f")
     v = res.get("vae_480p_81f", {})
     if "float32" in v:
         lines += ["", f"## VAE decode (latent {v['latent']}, random N(0,1))", "",
