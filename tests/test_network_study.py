@@ -167,6 +167,23 @@ def test_closed_form_and_simulation_agree_where_they_must(run_dir, tmp_path):
     assert caught.loc[(3.0, 0.5)] < caught.loc[(3.0, 0.0)]
 
 
+def test_closed_form_gives_invalidated_hosts_reward_to_the_others(run_dir, tmp_path):
+    """The chain splits the epoch reward among the hosts still active at its end, so where a cheat's
+    hosts are always invalidated an honest host earns more than 1/n of it: the closed form's honest
+    profit follows the simulated one (it was ~75% short of it before it counted this)."""
+    from sim.network.study import simulate
+
+    p = _small(run_dir, epochs=2, rate_multipliers=(3.0,), slash_fractions=(0.0,), threshold_quantiles=(1.0,),
+               hosts_per_cheat=4)
+    ev = evidence(p)
+    pt = grid(p, ev)[0]
+    cf, sim = closed_form(p, ev, pt), simulate(p, ev, pt)
+    assert cf["steps:2_measured"]["p_invalid_epoch"] > 0.9  # the caught cheat leaves the reward to others
+    active = cf["honest_measured"]["active_share"]
+    assert active < 0.9
+    assert abs(cf["honest_measured"]["profit_gnk"] / sim["honest"]["profit_gnk"] - 1) < 0.15
+
+
 def test_cheapest_safe_picks_the_lowest_cost_point():
     rows = []
     idx = 0

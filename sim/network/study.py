@@ -384,26 +384,42 @@ class RatesBackend:
 
 
 def closed_form(p: StudyParams, ev: Evidence, point: dict, params=None) -> dict:
-    """Expected one-epoch profit of honest work and of each cheat (measured and conservative)."""
-    from sim.network.economics import expected_profit, setting_from
+    """Expected one-epoch profit of honest work and of each cheat (measured and conservative).
+
+    The chain pays the epoch reward to the hosts still active at the epoch's end, by weight, so an
+    invalidated host's share goes to the others: each view is solved twice, the second time with
+    the reward scaled by the expected active share of the network from the first."""
+    from sim.network.economics import setting_from
 
     params = params or network_params(p, ev, point)
     s = setting_from(params)
-    chain = params.chain
-    tl = point["threshold_label"]
-    frr = ev.frr[tl]
     out = {}
-    for view, q_h in (("measured", frr.rate), ("conservative", frr.hi)):
-        honest = expected_profit(q_h, q_h, 1.0, 0.0, chain, s, p.trials, p.seed)
-        out[f"honest_{view}"] = dict(profit_gnk=honest["profit_ngonka"] / 1e9, p_invalid_epoch=honest["p_invalid_epoch"],
-                                     frr=q_h)
-        for d in ev.cheats:
-            r = ev.fail[tl][d]
-            q = r.rate if view == "measured" else r.lo  # conservative: FAR at its upper bound
-            o = expected_profit(q, q_h, ev.compute_share[d], p.cheat_rate, chain, s, p.trials, p.seed)
-            gain = (o["profit_ngonka"] - honest["profit_ngonka"]) / 1e9
-            out[f"{d}_{view}"] = dict(profit_gnk=o["profit_ngonka"] / 1e9, gain_gnk=gain, pays=bool(gain > 0),
-                                      p_invalid_epoch=o["p_invalid_epoch"], fail_rate=q, far=1 - q)
+    for view in ("measured", "conservative"):
+        first = _view_profits(p, ev, point, params.chain, s, view)
+        active = (p.honest_hosts * (1 - first[f"honest_{view}"]["p_invalid_epoch"]) + p.hosts_per_cheat * sum(
+            1 - first[f"{d}_{view}"]["p_invalid_epoch"] for d in ev.cheats)) / (p.honest_hosts + p.hosts_per_cheat * len(ev.cheats))
+        scaled = type(s)(**{**s.__dict__, "reward_ngonka": s.reward_ngonka / max(active, 1e-9)})
+        out.update(_view_profits(p, ev, point, params.chain, scaled, view, active_share=active))
+    return out
+
+
+def _view_profits(p: StudyParams, ev: Evidence, point: dict, chain, s, view: str, active_share: float = 1.0) -> dict:
+    """One view's expected profits: `measured` (the rates as measured) or `conservative` (each
+    cheat's FAR and the honest FRR at their upper bounds)."""
+    from sim.network.economics import expected_profit
+
+    frr = ev.frr[point["threshold_label"]]
+    q_h = frr.rate if view == "measured" else frr.hi
+    honest = expected_profit(q_h, q_h, 1.0, 0.0, chain, s, p.trials, p.seed)
+    out = {f"honest_{view}": dict(profit_gnk=honest["profit_ngonka"] / 1e9, p_invalid_epoch=honest["p_invalid_epoch"],
+                                  frr=q_h, active_share=active_share)}
+    for d in ev.cheats:
+        r = ev.fail[point["threshold_label"]][d]
+        q = r.rate if view == "measured" else r.lo  # conservative: FAR at its upper bound
+        o = expected_profit(q, q_h, ev.compute_share[d], p.cheat_rate, chain, s, p.trials, p.seed)
+        gain = (o["profit_ngonka"] - honest["profit_ngonka"]) / 1e9
+        out[f"{d}_{view}"] = dict(profit_gnk=o["profit_ngonka"] / 1e9, gain_gnk=gain, pays=bool(gain > 0),
+                                  p_invalid_epoch=o["p_invalid_epoch"], fail_rate=q, far=1 - q)
     return out
 
 
