@@ -59,6 +59,7 @@ class Block:
     offload: str = "none"
     seed: int = 0
     min_left_s: float = 60.0
+    validator_compile: bool | str = False  # the validator's own Runtime.compile (False: eager)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Block":
@@ -71,6 +72,9 @@ class Block:
             d[key] = tuple(d.get(key, ()))
         if not d["configs"] or d["configs"][0] != "canonical":
             raise ValueError("plan block: configs must start with 'canonical' (the validator's own generation)")
+        if d.get("validator_compile", False) not in (False, True, "regional"):
+            raise ValueError(f"plan block: validator_compile must be false, true or 'regional', "
+                             f"got {d['validator_compile']!r}")
         if any(k < 0 or k + 1 >= d["steps"] for k in d["challenge"]):
             raise ValueError(f"plan block: challenged steps must be in 0..{d['steps'] - 2}, got {list(d['challenge'])}")
         return cls(**d)
@@ -94,7 +98,14 @@ def _cosine(a, b) -> float:
 
 def record_key(rec: dict[str, Any]) -> tuple:
     """What identifies a generation across runs (for resuming a plan)."""
-    return (rec["preset"], rec["width"], rec["height"], rec["frames"], rec["steps"], rec["prompt_id"], rec["config"])
+    return (rec["preset"], rec["width"], rec["height"], rec["frames"], rec["steps"], rec["prompt_id"], rec["config"],
+            validator_of(rec))
+
+
+def validator_of(rec: dict[str, Any]) -> str:
+    """How the record's validator ran: 'eager' (every record before the field existed) or its compile."""
+    v = rec.get("validator_compile", False)
+    return "eager" if v is False else ("whole" if v is True else str(v))
 
 
 def done_keys(paths: Iterable[str | Path]) -> set[tuple]:
@@ -130,15 +141,17 @@ def measure(blocks: Iterable[Block], *, device: str = "cuda", attention: str = "
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     for block in blocks:
-        runtime = Runtime(device=device, attention_backend=attention, offload=block.offload)
+        runtime = Runtime(device=device, attention_backend=attention, offload=block.offload,
+                          compile=block.validator_compile)
         other_kernel = runtime.model_copy(update={"attention_backend": block.benign_attention})
         prompts = load_prompts(ExperimentParams(prompts=max(2, max(block.prompts) + 1), seed=block.seed))
         every = {*range(3, block.steps, 4), *block.challenge, *(k + 1 for k in block.challenge)}
         cheat = parse_deviation(block.cheat_direction) if block.selfnorm and block.cheat_direction else None
         per_prompt = block.min_left_s
+        vtag = validator_of({"validator_compile": block.validator_compile})
         for pi in block.prompts:
             key = (block.preset, block.width, block.height, block.frames, block.steps, pi)
-            pending = [c for c in block.configs if (*key, c) not in done]
+            pending = [c for c in block.configs if (*key, c, vtag) not in done]
             if not pending:
                 continue
             if deadline_s - (time.perf_counter() - t_start) < per_prompt:
@@ -190,6 +203,8 @@ def _generation(block: Block, req, runtime, dev, config: str, every: set[int], c
         "peak_gb": round(torch.cuda.max_memory_allocated() / 1e9, 1) if cuda else None,
         "mp4_bytes": len(g.mp4), "sha256": g.sha256, "compute_share": g.cost.compute_share, "card": card,
     }
+    if runtime.compile:
+        rec["validator_compile"] = runtime.compile
     return g, rec
 
 
@@ -269,6 +284,8 @@ def load_rows(paths: Iterable[str | Path]) -> pd.DataFrame:
             row = {k: r[k] for k in ("preset", "width", "height", "frames", "steps", "prompt_id", "config", "kind",
                                      "gen_s", "card")}
             row["size"] = f"{r['width']}x{r['height']}x{r['frames']}"
+            if validator_of(r) != "eager":  # another validator runtime: its own group, never pooled
+                row["size"] += f", validator compile {validator_of(r)}"
             row["switch"], row["final"] = lat.get("switch", math.nan), lat.get("final", math.nan)
             row.update({f"{PROFILE_PREFIX}{name}": v for name, v in lat.items()})
             row["video_psnr_db"] = r.get("video_psnr_db", math.nan)

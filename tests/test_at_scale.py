@@ -107,6 +107,7 @@ def test_measure_skips_prompts_that_do_not_fit_the_deadline():
     ({"configs": ["batch:2"]}, "must start with 'canonical'"),
     ({"challenge": [3]}, "challenged steps"),
     ({"colour": 1}, "unknown keys"),
+    ({"validator_compile": "max-autotune"}, "validator_compile must be"),
 ])
 def test_bad_plans(spec, needle):
     base = {"preset": "tiny", "width": 64, "height": 64, "frames": 5, "steps": 4, "prompts": [0],
@@ -214,6 +215,24 @@ def test_html_report_gives_each_rule_its_rates_and_a_plot_per_statistic(tmp_path
     assert at_scale.rate_str(*pinned["far"]) in page and at_scale.rate_str(*pinned["frr"]) in page
     assert page.count("data:image/png;base64,") == 3  # final, one-step, profile
     assert "profile-pinned-compile-ok" in page and "Emulation" in page and "int8-wo" in page
+
+
+def test_a_compiling_validator_is_its_own_group_and_its_own_resume_key(tmp_path):
+    """Records of a validator that compiles are never pooled with an eager validator's (their own
+    preset/size group) and resume apart (the same generation under the other validator is not done)."""
+    eager = [_row(pid, c, k, f) for pid in range(4) for c, k, f in
+             (("canonical", "canonical", 0.0), ("attention:x", "benign", 0.01), ("int8-wo", "malign", 0.02))]
+    compiled = [dict(r, validator_compile="regional") for r in eager]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in eager + compiled))
+    df = at_scale.load_rows([path])
+    assert sorted(df["size"].unique()) == ["8x8x1", "8x8x1, validator compile regional"]
+    groups = {(r["size"], r["rule"]) for r in at_scale.evaluate_rules(df)}
+    assert ("8x8x1, validator compile regional", "full-final-pinned") in groups and ("8x8x1", "full-final-pinned") in groups
+    assert at_scale.record_key(eager[0]) != at_scale.record_key(compiled[0])
+    assert at_scale.record_key(eager[0])[-1] == "eager"
+    assert at_scale.Block.from_dict({"preset": "tiny", "width": 64, "height": 64, "frames": 5, "steps": 4, "prompts": [0],
+                                     "configs": ["canonical"], "validator_compile": "regional"}).validator_compile == "regional"
 
 
 def test_cpu_executor_of_a_gpu_validator_drops_gpu_only_attention():
