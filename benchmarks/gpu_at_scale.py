@@ -9,6 +9,9 @@ A plan is a JSON list of blocks, run in order in one process (a preset's pipelin
      "prompts": [0], "configs": ["canonical", "batch:2", "fp8-scaled", ...],
      "challenge": [4, 20, 32], "selfnorm": false, "cheat_direction": "fp8-scaled"}
 
+(`"validator_compile": "regional"` makes the validator itself compile: its records form their own
+group in the report.)
+
 What each line holds is described in `sim/at_scale.py`. Lines are appended to DIR/at_scale.jsonl as
 soon as each generation is measured, so a run cut short keeps what it did. Needs only torch,
 diffusers, transformers, piq, av and pydantic (the GPU wheel set). `benchmarks/at_scale_report.py`
