@@ -398,8 +398,21 @@ def profile_scores(g: pd.DataFrame, benign_fit: pd.Series, malign_fit: pd.Series
     return out
 
 
+def is_calibration_prompt(pid: int) -> bool:
+    """The calibration split of the at-scale prompts: even ids (odd ids are held out)."""
+    return pid % 2 == 0
+
+
+def rule_statistic(rule: Rule, g: pd.DataFrame, calib: pd.Series) -> pd.Series | None:
+    """The rule's statistic per row of one preset/size group (None: not measured there); the
+    profile is fitted on the `calib` rows only."""
+    if rule.statistic == PROFILE:
+        return profile_scores(g, _benign_for(rule, g) & calib, g["class"].eq("malign") & calib)
+    return g.get(rule.statistic)
+
+
 def evaluate_rules(df: pd.DataFrame, rules: Iterable[Rule] = RULES,
-                   is_calibration: Callable[[int], bool] = lambda pid: pid % 2 == 0) -> list[dict[str, Any]]:
+                   is_calibration: Callable[[int], bool] = is_calibration_prompt) -> list[dict[str, Any]]:
     """Per rule and preset/size group: the threshold is the largest benign statistic on calibration
     prompts (accept at or below it); FRR over held-out benign claims and FAR over held-out malign
     claims (pooled and per family), each with exact 95% bounds."""
@@ -409,7 +422,7 @@ def evaluate_rules(df: pd.DataFrame, rules: Iterable[Rule] = RULES,
         for rule in rules:
             benign = _benign_for(rule, g)
             malign = g["class"].eq("malign")
-            s = profile_scores(g, benign & calib, malign & calib) if rule.statistic == PROFILE else g.get(rule.statistic)
+            s = rule_statistic(rule, g, calib)
             if s is None or s.isna().all():
                 continue
             cal_b = s[benign & calib].dropna()

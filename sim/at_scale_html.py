@@ -17,16 +17,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sim.at_scale import PROFILE, RULES, profile_scores, rate_str, size_table
+from sim.at_scale import PROFILE, RULES, is_calibration_prompt, rate_str, rule_statistic, size_table
 
+PROFILE_RULE = next(r.name for r in RULES if r.statistic == PROFILE)
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "at_scale.html.j2"
 CLASS_COLOURS = {"benign": "#2b7bba", "malign": "#c0392b", "zero-effect": "#999999"}
-# the statistics drawn, each with the rules whose thresholds are drawn on it
-PLOTS = (("final", "Final latent rel-L2 (full replay)", "final latent rel-L2",
+# the statistics drawn (each that of the first rule named), each with the rules whose thresholds are drawn on it
+PLOTS = (("Final latent rel-L2 (full replay)", "final latent rel-L2",
           ("full-final", "full-final-pinned", "full-final-pinned-compile-ok")),
-         ("local_max", "Worst one-step replay error over the challenged steps K", "one-step replay rel-L2",
+         ("Worst one-step replay error over the challenged steps K", "one-step replay rel-L2",
           ("local-1step", "local-1step-pinned", "local-1step-pinned-compile-ok")),
-         (PROFILE, "Profile score: a logistic regression on the distance at every captured step", "profile score (logit)",
+         ("Profile score: a logistic regression on the distance at every captured step", "profile score (logit)",
           ("profile-pinned-compile-ok",)))
 
 
@@ -36,24 +37,22 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _statistic(g: pd.DataFrame, stat: str) -> pd.Series:
-    if stat != PROFILE:
-        return g[stat] if stat in g else pd.Series(math.nan, index=g.index)
-    rule = next(r for r in RULES if r.statistic == PROFILE)
-    from sim.at_scale import _benign_for
-
-    calib = g["prompt_id"] % 2 == 0
-    return profile_scores(g, _benign_for(rule, g) & calib, g["class"].eq("malign") & calib)
+def _statistic(g: pd.DataFrame, rule_name: str) -> pd.Series:
+    """The statistic of the named rule per row of one group, as `evaluate_rules` computes it."""
+    rule = next(r for r in RULES if r.name == rule_name)
+    s = rule_statistic(rule, g, g["prompt_id"].map(is_calibration_prompt))
+    return pd.Series(math.nan, index=g.index) if s is None else s
 
 
-def strip_plot(g: pd.DataFrame, stat: str, label: str, thresholds: dict[str, float]) -> str | None:
-    """Each config's claims (calibration prompts hollow, held-out filled) and the rules' thresholds."""
+def strip_plot(g: pd.DataFrame, rule_name: str, label: str, thresholds: dict[str, float]) -> str | None:
+    """Each config's claims under the statistic of rule `rule_name` (calibration prompts hollow,
+    held-out filled) and the rules' thresholds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    s = _statistic(g, stat)
+    s = _statistic(g, rule_name)
     keep = s.notna() & np.isfinite(s) & g["class"].ne("canonical")
     if not keep.any():
         return None
@@ -65,12 +64,12 @@ def strip_plot(g: pd.DataFrame, stat: str, label: str, thresholds: dict[str, flo
         m = sub["config"] == c
         colour = CLASS_COLOURS.get(sub.loc[m, "class"].iloc[0], "#333")
         x = i + np.linspace(-0.2, 0.2, int(m.sum())) if m.sum() > 1 else np.array([float(i)])
-        held = (sub.loc[m, "prompt_id"] % 2 == 1).to_numpy()
+        held = ~sub.loc[m, "prompt_id"].map(is_calibration_prompt).to_numpy(bool)
         ax.scatter(x[held], vals[m].to_numpy()[held], s=16, color=colour)
         ax.scatter(x[~held], vals[m].to_numpy()[~held], s=16, facecolors="none", edgecolors=colour)
     for (name, thr), style in zip(thresholds.items(), ("--", "-", ":")):
         ax.axhline(thr, color="#444", linestyle=style, linewidth=1, label=f"{name} threshold")
-    if stat != PROFILE and (vals > 0).all():
+    if rule_name != PROFILE_RULE and (vals > 0).all():
         ax.set_yscale("log")
     ax.set_xticks(range(len(order)), order, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel(label, fontsize=8)
@@ -89,8 +88,8 @@ def groups(df: pd.DataFrame, rules: list[dict[str, Any]]) -> list[dict[str, Any]
                    accepted=", ".join(f"{f} {k}/{n}" for f, (k, n) in r["far_per_family"].items() if k) or "none")
               for r in rules if r["preset"] == preset and r["size"] == size]
         thr = {r["rule"]: r["threshold"] for r in rs}
-        plots = [(heading, img) for stat, heading, label, names in PLOTS
-                 if (img := strip_plot(g, stat, label, {n: thr[n] for n in names if n in thr})) is not None]
+        plots = [(heading, img) for heading, label, names in PLOTS
+                 if (img := strip_plot(g, names[0], label, {n: thr[n] for n in names if n in thr})) is not None]
         sizes = size_table(g).drop(columns=["preset", "size"]).map(_cell)
         out.append(dict(preset=preset, size=size, rules=rs, plots=plots, n=len(g),
                         cards=sorted(g["card"].dropna().unique()),
