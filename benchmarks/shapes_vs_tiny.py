@@ -82,10 +82,10 @@ def _verdicts_section(res: dict, names: list[str]) -> list[str]:
 
 
 def _count(v: dict, key: str) -> str:
+    from sim.at_scale import rate_str
+
     k, n = v.get(f"{key}_k"), v.get(f"{key}_n")
-    if k is None or not n:
-        return "n/a"
-    return f"{k}/{n} [{v[f'{key}_cp_lo']:.0%}, {v[f'{key}_cp_hi']:.0%}]"
+    return "n/a" if k is None or not n else rate_str(int(k), int(n))
 
 
 def _distributions_section(res: dict, names: list[str]) -> list[str]:
