@@ -111,3 +111,22 @@ def test_the_calibration_json_round_trips_the_stage_terms(tmp_path):
         old.pop(k)
     (tmp_path / "old.json").write_text(__import__("json").dumps(old))
     assert PricingParams.from_calibration(tmp_path / "old.json").stage_seconds(832, 480, 81) == 0.0
+
+
+def test_the_report_script_writes_its_files(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "measured.json"
+    src.write_text(json.dumps({**fake_measurements(), "runtime": "test", "measured": "now"}))
+    out = tmp_path / "report"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "pricing_measured.py"), str(src), "--out", str(out),
+                    "--calibration", str(tmp_path / "cal.json")], check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": str(root)})
+    md = (tmp_path / "report.md").read_text()
+    assert "almost by construction" in md and "(d) + non-model overhead" in md and "Held-out" in md
+    assert PricingParams.from_calibration(tmp_path / "cal.json").overhead_points == 2
