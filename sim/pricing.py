@@ -163,8 +163,9 @@ class PricingParams(BaseModel):
             raise PricingError(f"charge_stages names a stage twice: {self.charge_stages}")
         for stage in self.charge_stages:
             if not any(getattr(self, f) for f in STAGE_FIELDS[stage]):
-                raise PricingError(f"charge_stages: {stage!r} is charged but {' and '.join(STAGE_FIELDS[stage])} "
-                                   "0: it would price nothing")
+                fields = STAGE_FIELDS[stage]
+                raise PricingError(f"charge_stages: {stage!r} is charged but {' and '.join(fields)} "
+                                   f"{'is' if len(fields) == 1 else 'are'} 0: it would price nothing")
         return self
 
     def stage_seconds(self, width: int, height: int, frames: int, charged_only: bool = False) -> float:

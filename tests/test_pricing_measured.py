@@ -130,3 +130,19 @@ def test_the_report_script_writes_its_files(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "almost by construction" in md and "(d) + non-model overhead" in md and "Held-out" in md
     assert PricingParams.from_calibration(tmp_path / "cal.json").overhead_points == 2
+
+
+def test_the_cli_fairness_charges_a_stage_calibration(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from sim.pricing import fairness_summary, fairness_table
+
+    path = stage_calibration(fake_measurements()).save(tmp_path / "stage.json")
+    args = ["pricing", "fairness", "--calibration", str(path)]
+    res = CliRunner().invoke(app, args + ["--charge-stages", "text_encoder, vae,overhead", "--charge-constant"])
+    assert res.exit_code == 0, res.output
+    full = PricingParams.from_calibration(path, charge_stages=("text_encoder", "vae", "overhead"), charge_constant=True)
+    spread = fairness_summary(fairness_table(full)).set_index("scheme").loc["dit", "max_over_min"]
+    today = fairness_summary(fairness_table(PricingParams.from_calibration(path))).set_index("scheme")
+    assert spread == pytest.approx(1.0) and today.loc["dit", "max_over_min"] > 1.2
