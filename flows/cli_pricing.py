@@ -48,14 +48,17 @@ def fairness(
     calibration: Annotated[Optional[Path], typer.Option(help="calibration JSON (default: docs/facts.md A14B on "
                                                              "H100)")] = None,
     charge_constant: Annotated[bool, typer.Option(help="also charge the per-pass constant")] = False,
+    charge_stages: Annotated[str, typer.Option(help="comma-separated stages also charged (text_encoder, vae, "
+                                                    "overhead), from a stage calibration "
+                                                    "(benchmarks/pricing_measured.py --calibration)")] = "",
     out: Annotated[Optional[Path], typer.Option(help="write the tidy table as Parquet")] = None,
 ):
     """Revenue per GPU-second across sizes, frames, steps: DiT units vs naive prices (flat is fair)."""
     from models.io import check_out_file, write_parquet_atomic
     from sim.pricing import PricingParams, fairness_summary, fairness_table
 
-    p = (PricingParams.from_calibration(calibration, charge_constant=charge_constant) if calibration
-         else PricingParams(charge_constant=charge_constant))
+    kw = dict(charge_constant=charge_constant, charge_stages=tuple(s.strip() for s in charge_stages.split(",") if s.strip()))
+    p = PricingParams.from_calibration(calibration, **kw) if calibration else PricingParams(**kw)
     if out:
         check_out_file(out)
     table = fairness_table(p)

@@ -188,6 +188,9 @@ CASES = [
     (["network", "sweep", "--run-dir", "exp", "--out", "sub"], 1, "error: out: sub is a directory; give a file path"),
     (["pricing", "calibrate", "--preset", "huge"], 1, "error: unknown preset 'huge'"),
     (["pricing", "calibrate", "--device", "cuda"], 1, "error: device: 'cuda' asked for but no CUDA device"),
+    (["pricing", "fairness", "--charge-stages", "vae"], 1,
+     "error: charge_stages: 'vae' is charged but vae_seconds_per_pixel is 0"),
+    (["pricing", "fairness", "--charge-stages", "gpu"], 1, "error: charge_stages"),
 ]
 
 

@@ -117,3 +117,71 @@ def test_fairness_dit_is_flat_and_naive_prices_are_not():
     assert exact.loc["dit", "max_over_min"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="4k\\+1"):
         FairnessGrid(frames=(16,))
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage-complete pricing (off by default)
+
+A14B = dict(width=832, height=480, frames=81, steps=40, guidance_high=4.0, guidance_low=3.0, shift=12.0)
+
+
+def _proposal_units(w, h, f, steps, gh, gl, shift, a=1.454e-9, b=5.557e-5, g=0.020):
+    """The proposal's formula written out here: passes x (a P^2 + b P) / (a P0^2 + b P0), and the true
+    seconds with the constant."""
+    p = ((f - 1) // 4 + 1) * (h // 16) * (w // 16)
+    p0 = ((5 - 1) // 4 + 1) * (480 // 16) * (480 // 16)
+    passes = forward_passes_for(steps, shift, gh > 1, gl > 1)
+    return passes * (a * p * p + b * p) / (a * p0 * p0 + b * p0), passes * (a * p * p + b * p + g)
+
+
+@pytest.mark.parametrize("w,h", [(832, 480), (1280, 720), (480, 832)])
+@pytest.mark.parametrize("f,steps,gh,gl", [(81, 40, 4.0, 3.0), (17, 10, 1.0, 1.0), (49, 25, 4.0, 1.0)])
+def test_the_default_is_the_proposals_formula(w, h, f, steps, gh, gl):
+    from sim.chain.params import ChainParams
+
+    units, seconds = _proposal_units(w, h, f, steps, gh, gl, 12.0)
+    for p in (PricingParams(), ChainParams().pricing):
+        kw = dict(width=w, height=h, frames=f, steps=steps, guidance_high=gh, guidance_low=gl, shift=12.0)
+        assert p.units(**kw) == pytest.approx(units, rel=1e-12)
+        assert p.gpu_seconds(**kw) == pytest.approx(seconds, rel=1e-12)
+        assert p.charge_stages == () and p.stage_seconds(w, h, f) == 0.0
+
+
+def test_a_priced_vae_follows_pixels_not_steps():
+    k = 3e-7
+    base, vae = PricingParams(), PricingParams(vae_seconds_per_pixel=k, charge_stages=("vae",))
+    held = PricingParams(vae_seconds_per_pixel=k)  # held (true time), not charged
+
+    def extra(**kw):
+        return vae.units(**{**A14B, **kw}) - base.units(**{**A14B, **kw})
+
+    assert held.units(**A14B) == base.units(**A14B)
+    assert held.gpu_seconds(**A14B) == pytest.approx(base.gpu_seconds(**A14B) + k * 832 * 480 * 81)
+    assert extra() == pytest.approx(k * 832 * 480 * 81 / base.unit_seconds)
+    assert extra(steps=10) == pytest.approx(extra()) and extra(steps=50) == pytest.approx(extra())
+    assert extra(guidance_high=1.0, guidance_low=1.0) == pytest.approx(extra())
+    assert extra(width=1280, height=720) == pytest.approx(extra() * (1280 * 720) / (832 * 480))
+    assert extra(frames=17) == pytest.approx(extra() * 17 / 81)
+    assert vae.unit_seconds == base.unit_seconds  # the unit is still one pass at the smallest setting
+
+
+@pytest.mark.parametrize("field,value", [("vae_seconds_per_pixel", -1e-9), ("text_encoder_seconds", float("nan")),
+                                         ("overhead_seconds", float("inf")), ("overhead_seconds_per_pixel", -1.0),
+                                         ("overhead_points", -1), ("charge_stages", ("gpu",))])
+def test_bad_stage_values_are_refused_naming_the_field(field, value):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=field):
+        PricingParams(**{field: value})
+
+
+def test_a_charged_stage_must_hold_seconds():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="vae_seconds_per_pixel"):
+        PricingParams(charge_stages=("vae",))
+    with pytest.raises(ValidationError, match="overhead_seconds and overhead_seconds_per_pixel"):
+        PricingParams(charge_stages=("overhead",))
+    with pytest.raises(ValidationError, match="twice"):
+        PricingParams(vae_seconds_per_pixel=1e-7, charge_stages=("vae", "vae"))
+    assert PricingParams(overhead_seconds_per_pixel=1e-7, charge_stages=("overhead",)).charge_stages == ("overhead",)
