@@ -61,12 +61,13 @@ class Deviation:
     kind: ClassVar[Kind]
     description: ClassVar[str]
     arg_help: ClassVar[str | None] = None  # None: takes no argument
+    arg_optional: ClassVar[bool] = False  # True: the argument may be left out
     speed_factor: float = 1.0
 
     def __init__(self, arg: str | None = None):
         if self.arg_help is None and arg not in (None, ""):
             raise DeviationError(f"deviation {self.name!r} takes no argument, got {arg!r}")
-        if self.arg_help is not None and arg in (None, ""):
+        if self.arg_help is not None and arg in (None, "") and not self.arg_optional:
             raise DeviationError(f"deviation {self.name!r} needs an argument: {self.name}:{self.arg_help}")
         self.arg = arg or None
         self.parse(self.arg)
@@ -83,6 +84,10 @@ class Deviation:
 
     def apply_request(self, request: GenerationRequest) -> GenerationRequest:
         return request
+
+    def speed_factor_for(self, request: GenerationRequest) -> float:
+        """The factor on the measured transformer work of `request` (`speed_factor` by default)."""
+        return self.speed_factor
 
     def apply_runtime(self, runtime: Runtime) -> Runtime:
         return runtime
@@ -421,8 +426,40 @@ class LowRes(Deviation):
         return frames, out
 
 
+class _WeightCheat(Deviation):
+    """A weight cheat on both experts, or with `:high` / `:low` on that expert alone: the other
+    expert's steps stay honest, so the error starts only at (or stops at) the expert switch. That
+    is the cheat that knows a validator reading the trajectory's shape (`sim/at_scale.py`'s profile
+    rule); it saves the quantised expert's share of the saving (compute, or that expert's memory)."""
+
+    arg_help = "[high|low]"
+    arg_optional = True
+
+    def parse(self, arg):
+        if arg not in (None, "high", "low"):
+            raise DeviationError(f"deviation {self.name}: argument must be high or low (or left out: both "
+                                 f"experts), got {arg!r}")
+        self.which = arg
+
+    def targets(self, pipe) -> list:
+        """The experts this cheat changes."""
+        if self.which is None:
+            return experts(pipe)
+        if pipe.transformer_2 is None or pipe.transformer_2 is pipe.transformer:
+            raise DeviationError(f"deviation {self.spec}: this preset has one expert")
+        return [pipe.transformer if self.which == "high" else pipe.transformer_2]
+
+    def speed_factor_for(self, request):
+        if self.which is None:
+            return self.speed_factor
+        from models.plan import expert_passes
+
+        passes = expert_passes(request)
+        return 1 - (1 - self.speed_factor) * passes[self.which] / max(1, sum(passes.values()))
+
+
 @register_deviation
-class FP8(Deviation):
+class FP8(_WeightCheat):
     name, kind = "fp8", "malign"
     description = ("EMULATION of FP8 weights: transformer linear weights rounded through float8_e4m3fn with a "
                    "per-tensor scale, products still in the model dtype (see fp8-scaled for FP8 as deployed)")
@@ -431,11 +468,11 @@ class FP8(Deviation):
     speed_factor = 0.6
 
     def patch_session(self, stack, pipe, ctx):
-        stack.enter_context(rounded_weights(experts(pipe), fp8_round))
+        stack.enter_context(rounded_weights(self.targets(pipe), fp8_round))
 
 
 @register_deviation
-class FP8Scaled(Deviation):
+class FP8Scaled(_WeightCheat):
     name, kind = "fp8-scaled", "malign"
     description = (
         "FP8 as deployed: transformer linear weights (a scale per output channel) and activations (a scale "
@@ -447,7 +484,7 @@ class FP8Scaled(Deviation):
         import torch
 
         with torch.no_grad():
-            for mod in linear_layers(experts(pipe)):
+            for mod in linear_layers(self.targets(pipe)):
                 if "forward" not in mod.__dict__:
                     wq, ws = rowwise_fp8(mod.weight)
                     patch_forward(stack, mod, _fp8_linear(mod, wq, ws.t().contiguous()))
@@ -473,7 +510,7 @@ def _fp8_linear(mod, wq, ws):
 
 
 @register_deviation
-class Int8WeightOnly(Deviation):
+class Int8WeightOnly(_WeightCheat):
     name, kind = "int8-wo", "malign"
     description = (
         "int8 weight-only quantisation: transformer linear weights stored as int8 with a scale per output "
@@ -481,7 +518,7 @@ class Int8WeightOnly(Deviation):
     )
 
     def patch_session(self, stack, pipe, ctx):
-        stack.enter_context(rounded_weights(experts(pipe), int_round))
+        stack.enter_context(rounded_weights(self.targets(pipe), int_round))
 
 
 @register_deviation

@@ -108,10 +108,16 @@ def honest_work(request: GenerationRequest) -> float:
 
 def forward_passes(request: GenerationRequest) -> int:
     """Transformer passes of the honest run: per step 2 with CFG, 1 without, per expert."""
+    return sum(expert_passes(request).values())
+
+
+def expert_passes(request: GenerationRequest) -> dict[str, int]:
+    """The honest run's transformer passes per expert ("high": timesteps at or above the boundary)."""
     boundary = preset_spec(request.model).boundary_ratio * 1000
-    passes = 0
+    passes = {"high": 0, "low": 0}
     for t in schedule(request, SCHEDULER_CONFIG):
-        passes += 2 if (request.uses_cfg_high if t >= boundary else request.uses_cfg_low) else 1
+        high = t >= boundary
+        passes["high" if high else "low"] += 2 if (request.uses_cfg_high if high else request.uses_cfg_low) else 1
     return passes
 
 
@@ -121,5 +127,5 @@ def compute_share(request, block_tokens: list[int], batch_size: int, dev, spec) 
     base = honest_work(request)
     share = work / base if base > 0 else 1.0
     if dev is not None:
-        share *= dev.speed_factor
+        share *= dev.speed_factor_for(request)
     return float(share)

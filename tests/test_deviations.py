@@ -13,6 +13,7 @@ from models.deviations import (
     parse_deviation,
 )
 from models.engine import generate
+from models.plan import expert_passes
 from models.presets import build_pipeline, weights_digest
 from models.request import GenerationRequest
 
@@ -68,6 +69,25 @@ def test_fp8_changes_weights_not_shapes_and_is_undone(honest):
     assert weights_digest(pipe.transformer) == before
     assert g.latents["final"].shape == honest.latents["final"].shape
     assert rel(honest.latents["final"], g.latents["final"]) > 0
+
+
+@pytest.mark.parametrize("spec", ["int8-wo", "fp8-scaled"])
+def test_weight_cheat_on_one_expert_leaves_the_other_experts_steps_honest(honest, spec):
+    """`:low` keeps every high-noise step bit-identical (the error starts at the switch), `:high`
+    changes them; both move the end less than or as much as the cheat on both experts, and the
+    compute share counts the FP8 saving on the cheating expert's passes only."""
+    both = generate(REQ, deviation=spec)
+    low, high = generate(REQ, deviation=f"{spec}:low"), generate(REQ, deviation=f"{spec}:high")
+    assert torch.equal(low.latents["switch"], honest.latents["switch"])
+    assert rel(honest.latents["switch"], high.latents["switch"]) > 0
+    assert torch.equal(high.latents["switch"], both.latents["switch"])
+    for g in (low, high):
+        assert 0 < rel(honest.latents["final"], g.latents["final"])
+    passes = expert_passes(REQ)
+    full = parse_deviation(spec).speed_factor
+    for which, g in (("low", low), ("high", high)):
+        saved = (1 - full) * passes[which] / sum(passes.values())
+        assert g.cost.compute_share == pytest.approx(both.cost.compute_share / full * (1 - saved))
 
 
 def test_steps_lowres_seed_prompt_model(honest):
@@ -143,6 +163,8 @@ def test_import_path_deviation():
         ("no-cfg:2", "takes no argument"),
         ("lowres:33x32", "multiples of 16"),
         ("one-expert:middle", "high or low"),
+        ("int8-wo:middle", "high or low"),
+        ("fp8-scaled:2", "high or low"),
         ("model:huge", "unknown preset"),
         ("attention:fast", "attention_backend must be one of"),
         ("nosuch.module:X", "'nosuch.module' is not an allowed plugin"),

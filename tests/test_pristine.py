@@ -17,7 +17,7 @@ REQ = GenerationRequest(prompt="a lantern floating on a river", seed=11, steps=4
 # One spec for every registered deviation (and a second where the argument picks another code path).
 EXAMPLES = (
     "batch:2", "threads:1", "attention:_native_math", "tf32", "device:cpu", "engine:diffusers", "compile",
-    "splitk:2", "hwnoise:0.01", "steps:3", "lowres:16x16", "fp8", "fp8-scaled", "int8-wo", "seed:+1",
+    "splitk:2", "hwnoise:0.01", "steps:3", "lowres:16x16", "fp8", "fp8-scaled", "int8-wo", "int8-wo:low", "fp8-scaled:high", "seed:+1",
     "one-expert:high", "one-expert:low", "no-cfg", "guidance:3.5", "cache:0.5", "prompt-swap",
     "model:tiny-lite", "quant:4", "one-expert-last:1", "guidance-scale:0.9", "reuse:2", "mp4-from:steps:2",
     "regional-compile", "vae-dtype:bfloat16", "vae-dtype:float32",
