@@ -60,6 +60,10 @@ class Block:
     seed: int = 0
     min_left_s: float = 60.0
     validator_compile: bool | str = False  # the validator's own Runtime.compile (False: eager)
+    # cheats designed against the rules (e.g. a weight cheat on one expert only, `int8-wo:low`):
+    # never used to fit a rule, and reported apart from the cheats the rules were built against
+    adapted: tuple[str, ...] = ()
+    prompt_file: str | None = None  # prompts from this file (one a line; ids index it), else the seeded VBench sample
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Block":
@@ -68,13 +72,16 @@ class Block:
         if unknown:
             raise ValueError(f"plan block: unknown keys {unknown}; allowed: {sorted(known)}")
         d = dict(d)
-        for key in ("prompts", "configs", "challenge"):
+        for key in ("prompts", "configs", "challenge", "adapted"):
             d[key] = tuple(d.get(key, ()))
         if not d["configs"] or d["configs"][0] != "canonical":
             raise ValueError("plan block: configs must start with 'canonical' (the validator's own generation)")
         if d.get("validator_compile", False) not in (False, True, "regional"):
             raise ValueError(f"plan block: validator_compile must be false, true or 'regional', "
                              f"got {d['validator_compile']!r}")
+        if set(d["adapted"]) - set(d["configs"][1:]):
+            raise ValueError(f"plan block: adapted must name configs of the block, got "
+                             f"{sorted(set(d['adapted']) - set(d['configs'][1:]))}")
         if any(k < 0 or k + 1 >= d["steps"] for k in d["challenge"]):
             raise ValueError(f"plan block: challenged steps must be in 0..{d['steps'] - 2}, got {list(d['challenge'])}")
         return cls(**d)
@@ -144,7 +151,10 @@ def measure(blocks: Iterable[Block], *, device: str = "cuda", attention: str = "
         runtime = Runtime(device=device, attention_backend=attention, offload=block.offload,
                           compile=block.validator_compile)
         other_kernel = runtime.model_copy(update={"attention_backend": block.benign_attention})
-        prompts = load_prompts(ExperimentParams(prompts=max(2, max(block.prompts) + 1), seed=block.seed))
+        prompts = load_prompts(ExperimentParams(prompts=block.prompt_file or max(2, max(block.prompts) + 1),
+                                                seed=block.seed))
+        if max(block.prompts) >= len(prompts):
+            raise ValueError(f"plan block: prompt id {max(block.prompts)} but {block.prompt_file} holds {len(prompts)}")
         every = {*range(3, block.steps, 4), *block.challenge, *(k + 1 for k in block.challenge)}
         cheat = parse_deviation(block.cheat_direction) if block.selfnorm and block.cheat_direction else None
         per_prompt = block.min_left_s
@@ -205,6 +215,8 @@ def _generation(block: Block, req, runtime, dev, config: str, every: set[int], c
     }
     if runtime.compile:
         rec["validator_compile"] = runtime.compile
+    if config in block.adapted:
+        rec["adapted"] = True
     return g, rec
 
 
@@ -291,6 +303,7 @@ def load_rows(paths: Iterable[str | Path]) -> pd.DataFrame:
             row["video_psnr_db"] = r.get("video_psnr_db", math.nan)
             row["video_1mssim"] = r.get("video_1mssim", math.nan)
             row["class"] = r["kind"]
+            row["adapted"] = bool(r.get("adapted", False))
             row["_zero"] = bool(lat) and max(lat.values()) == 0.0
             ratios, coss = [], []
             for item in r.get("local", []):
@@ -398,6 +411,11 @@ def profile_scores(g: pd.DataFrame, benign_fit: pd.Series, malign_fit: pd.Series
     return out
 
 
+def _adapted(g: pd.DataFrame) -> pd.Series:
+    """Rows of cheats designed against the rules (plan key `adapted`)."""
+    return g["adapted"].astype(bool) if "adapted" in g else pd.Series(False, index=g.index)
+
+
 def is_calibration_prompt(pid: int) -> bool:
     """The calibration split of the at-scale prompts: even ids (odd ids are held out)."""
     return pid % 2 == 0
@@ -407,7 +425,7 @@ def rule_statistic(rule: Rule, g: pd.DataFrame, calib: pd.Series) -> pd.Series |
     """The rule's statistic per row of one preset/size group (None: not measured there); the
     profile is fitted on the `calib` rows only."""
     if rule.statistic == PROFILE:
-        return profile_scores(g, _benign_for(rule, g) & calib, g["class"].eq("malign") & calib)
+        return profile_scores(g, _benign_for(rule, g) & calib, g["class"].eq("malign") & calib & ~_adapted(g))
     return g.get(rule.statistic)
 
 
@@ -415,13 +433,14 @@ def evaluate_rules(df: pd.DataFrame, rules: Iterable[Rule] = RULES,
                    is_calibration: Callable[[int], bool] = is_calibration_prompt) -> list[dict[str, Any]]:
     """Per rule and preset/size group: the threshold is the largest benign statistic on calibration
     prompts (accept at or below it); FRR over held-out benign claims and FAR over held-out malign
-    claims (pooled and per family), each with exact 95% bounds."""
+    claims (pooled and per family), each with exact 95% bounds. Cheats marked `adapted` (designed
+    against the rules) are left out of FAR and of every fit, and counted apart, per config
+    (`far_adapted`, `far_adapted_per_config`)."""
     out = []
     for (preset, size), g in df.groupby(["preset", "size"], sort=False):
         calib = g["prompt_id"].map(is_calibration)
         for rule in rules:
             benign = _benign_for(rule, g)
-            malign = g["class"].eq("malign")
             s = rule_statistic(rule, g, calib)
             if s is None or s.isna().all():
                 continue
@@ -431,19 +450,26 @@ def evaluate_rules(df: pd.DataFrame, rules: Iterable[Rule] = RULES,
             thr = float(cal_b.max())
             # NaN: the statistic was not measured for that claim (a plan without it), so it is no
             # claim of this rule; a committed latent that is missing is +inf and always rejected
-            tb, tm = s[benign & ~calib].dropna(), s[malign & ~calib].dropna()
-            fr, fa = int((tb > thr).sum()), int((tm <= thr).sum())
-            per_family = {}
-            for fam, gm in g.loc[tm.index].groupby(g.loc[tm.index, "config"].map(_family)):
-                sm = s[gm.index]
-                per_family[fam] = (int((sm <= thr).sum()), len(sm))
+            tb = s[benign & ~calib].dropna()
+            malign, adapted = g["class"].eq("malign") & ~calib, _adapted(g)
+            far, per_family = _accepted(g, s[malign & ~adapted].dropna(), thr, _family)
+            far_adapted, per_config = _accepted(g, s[malign & adapted].dropna(), thr, str)
             out.append({"preset": preset, "size": size, "rule": rule.name, "statistic": rule.statistic,
                         "pinned": rule.pinned, "compute": rule.compute, "threshold": thr,
                         "calibration_benign": len(cal_b),
-                        "frr": (fr, len(tb)), "far": (fa, len(tm)), "far_per_family": per_family,
+                        "frr": (int((tb > thr).sum()), len(tb)), "far": far, "far_per_family": per_family,
+                        "far_adapted": far_adapted, "far_adapted_per_config": per_config,
                         "benign_configs": sorted(g.loc[benign, "config"].unique()),
                         "description": rule.description})
     return out
+
+
+def _accepted(g: pd.DataFrame, s: pd.Series, thr: float, group: Callable[[str], str]):
+    """Claims of `s` accepted at `thr`: (accepted, claims) pooled and per `group(config)`."""
+    per = {}
+    for key, gm in g.loc[s.index].groupby(g.loc[s.index, "config"].map(group)):
+        per[key] = (int((s[gm.index] <= thr).sum()), len(gm))
+    return (int((s <= thr).sum()), len(s)), per
 
 
 def separation(df: pd.DataFrame, rules: Iterable[Rule] = RULES) -> list[dict[str, Any]]:
@@ -460,7 +486,8 @@ def separation(df: pd.DataFrame, rules: Iterable[Rule] = RULES) -> list[dict[str
                 continue
             worst = float(benign.max())
             fams = {}
-            for fam, gm in g[g["class"].eq("malign")].groupby(g["config"].map(_family)):
+            key = g["config"].where(_adapted(g), g["config"].map(_family))  # adapted cheats: their own column
+            for fam, gm in g[g["class"].eq("malign")].groupby(key):
                 sm = s[gm.index].dropna()
                 if sm.empty:
                     continue
@@ -509,13 +536,18 @@ def markdown(df: pd.DataFrame, rules: list[dict[str, Any]], meta: dict[str, Any]
     lines.append("### Rules (threshold = largest benign statistic on calibration prompts, even prompt ids; "
                  "rates on held-out prompts, exact 95% bounds)")
     lines.append("")
+    adapted = any(r.get("far_adapted", (0, 0))[1] for r in rules)
     lines.append("| preset, size | rule | validator compute | benign tolerated | threshold | FRR | FAR (all cheats) | "
-                 "cheats accepted (held-out) |")
-    lines.append("|---|---|---|---|---|---|---|---|")
+                 "cheats accepted (held-out) |" + (" FAR, cheats that know the rules (never fitted on) |" if adapted else ""))
+    lines.append("|---|---|---|---|---|---|---|---|" + ("---|" if adapted else ""))
     for r in rules:
         acc = ", ".join(f"{f} {a}/{n}" for f, (a, n) in sorted(r["far_per_family"].items()) if a) or "none"
-        lines.append(f"| {r['preset']}, {r['size']} | {r['rule']} | {r['compute']} | {', '.join(r['benign_configs'])} | "
-                     f"{r['threshold']:.4g} | {rate_str(*r['frr'])} | {rate_str(*r['far'])} | {acc} |")
+        row = (f"| {r['preset']}, {r['size']} | {r['rule']} | {r['compute']} | {', '.join(r['benign_configs'])} | "
+               f"{r['threshold']:.4g} | {rate_str(*r['frr'])} | {rate_str(*r['far'])} | {acc} |")
+        if adapted:
+            per = ", ".join(f"{c} {a}/{n}" for c, (a, n) in sorted(r.get("far_adapted_per_config", {}).items()))
+            row += f" {rate_str(*r['far_adapted'])}" + (f" ({per})" if per else "") + " |"
+        lines.append(row)
     lines.append("")
     sep = separation(df)
     fams = sorted({f for r in sep for f in r["ratio_per_family"]})

@@ -22,6 +22,7 @@ from sim.at_scale import PROFILE, RULES, is_calibration_prompt, rate_str, rule_s
 PROFILE_RULE = next(r.name for r in RULES if r.statistic == PROFILE)
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "at_scale.html.j2"
 CLASS_COLOURS = {"benign": "#2b7bba", "malign": "#c0392b", "zero-effect": "#999999"}
+ADAPTED_COLOUR = "#e67e22"  # cheats designed against the rules (plan key `adapted`)
 # the statistics drawn (each that of the first rule named), each with the rules whose thresholds are drawn on it
 PLOTS = (("Final latent rel-L2 (full replay)", "final latent rel-L2",
           ("full-final", "full-final-pinned", "full-final-pinned-compile-ok")),
@@ -63,6 +64,8 @@ def strip_plot(g: pd.DataFrame, rule_name: str, label: str, thresholds: dict[str
     for i, c in enumerate(order):
         m = sub["config"] == c
         colour = CLASS_COLOURS.get(sub.loc[m, "class"].iloc[0], "#333")
+        if "adapted" in sub and bool(sub.loc[m, "adapted"].iloc[0]):
+            colour = ADAPTED_COLOUR
         x = i + np.linspace(-0.2, 0.2, int(m.sum())) if m.sum() > 1 else np.array([float(i)])
         held = ~sub.loc[m, "prompt_id"].map(is_calibration_prompt).to_numpy(bool)
         ax.scatter(x[held], vals[m].to_numpy()[held], s=16, color=colour)
@@ -85,13 +88,16 @@ def groups(df: pd.DataFrame, rules: list[dict[str, Any]]) -> list[dict[str, Any]
     out = []
     for (preset, size), g in df.groupby(["preset", "size"], sort=False):
         rs = [dict(r, frr_text=rate_str(*r["frr"]), far_text=rate_str(*r["far"]),
-                   accepted=", ".join(f"{f} {k}/{n}" for f, (k, n) in r["far_per_family"].items() if k) or "none")
+                   accepted=", ".join(f"{f} {k}/{n}" for f, (k, n) in r["far_per_family"].items() if k) or "none",
+                   adapted_text=rate_str(*r.get("far_adapted", (0, 0))) + "".join(
+                       f"; {c} {k}/{n}" for c, (k, n) in sorted(r.get("far_adapted_per_config", {}).items())))
               for r in rules if r["preset"] == preset and r["size"] == size]
         thr = {r["rule"]: r["threshold"] for r in rs}
         plots = [(heading, img) for heading, label, names in PLOTS
                  if (img := strip_plot(g, names[0], label, {n: thr[n] for n in names if n in thr})) is not None]
         sizes = size_table(g).drop(columns=["preset", "size"]).map(_cell)
         out.append(dict(preset=preset, size=size, rules=rs, plots=plots, n=len(g),
+                        adapted=any(r.get("far_adapted", (0, 0))[1] for r in rs),
                         cards=sorted(g["card"].dropna().unique()),
                         sizes=sizes.to_html(index=False, classes="sizes", border=0)))
     return out

@@ -108,6 +108,7 @@ def test_measure_skips_prompts_that_do_not_fit_the_deadline():
     ({"challenge": [3]}, "challenged steps"),
     ({"colour": 1}, "unknown keys"),
     ({"validator_compile": "max-autotune"}, "validator_compile must be"),
+    ({"adapted": ["int8-wo:low"]}, "adapted must name configs"),
 ])
 def test_bad_plans(spec, needle):
     base = {"preset": "tiny", "width": 64, "height": 64, "frames": 5, "steps": 4, "prompts": [0],
@@ -259,3 +260,34 @@ def test_unmeasured_statistic_is_no_claim_and_a_missing_latent_is_rejected(tmp_p
     assert local["far"] == (0, 2)  # the unmeasured fp8 claim is left out, not counted as accepted
     assert local["far_per_family"] == {"fp8": (0, 1), "steps": (0, 1)}
     assert res["full-final-pinned"]["far"] == (0, 3)
+
+
+def test_cheats_that_know_the_rules_are_never_fitted_on_and_are_counted_apart(tmp_path):
+    """A weight cheat on the low-noise expert only is bit-identical to the validator up to the
+    switch: the profile rule, fitted on the cheat on both experts, must meet it unseen. Adding
+    adapted rows leaves every other score, threshold and rate as it was."""
+    rng = np.random.default_rng(1)
+    rows, adapted = [], []
+    for pid in range(12):
+        j = lambda: float(rng.uniform(0.9, 1.1))  # noqa: E731
+        rows += [_row(pid, "canonical", "canonical", 0.0),
+                 _profile_row(pid, "attention:x", "benign", 1e-4 * j(), 0.01 * j()),
+                 _profile_row(pid, "regional-compile", "benign", 1.5e-4 * j(), 0.03 * j()),
+                 _profile_row(pid, "int8-wo", "malign", 5e-4 * j(), 0.025 * j())]
+        late = _profile_row(pid, "int8-wo:low", "malign", 0.0, 0.02 * j())
+        adapted.append(dict(late, adapted=True))
+    path, both = tmp_path / "r.jsonl", tmp_path / "both.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    both.write_text("".join(json.dumps(r) + "\n" for r in rows + adapted))
+    alone = {r["rule"]: r for r in at_scale.evaluate_rules(at_scale.load_rows([path]))}
+    res = {r["rule"]: r for r in at_scale.evaluate_rules(at_scale.load_rows([both]))}
+    for name, r in alone.items():
+        assert (res[name]["threshold"], res[name]["far"], res[name]["frr"]) == (r["threshold"], r["far"], r["frr"])
+        assert r["far_adapted"] == (0, 0) and res[name]["far_adapted"][1] == 6
+        assert set(res[name]["far_adapted_per_config"]) == {"int8-wo:low"}
+    assert "int8-wo:low" not in res["full-final-pinned"]["far_per_family"]
+    # zero distance before the switch reads as "more honest than honest" to the profile rule
+    assert res["profile-pinned-compile-ok"]["far_adapted"] == (6, 6)
+    df = at_scale.load_rows([both])
+    md = at_scale.markdown(df, at_scale.evaluate_rules(df))
+    assert "cheats that know the rules" in md and "int8-wo:low 6/6" in md
