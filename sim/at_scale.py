@@ -139,7 +139,6 @@ def measure(blocks: Iterable[Block], *, device: str = "cuda", attention: str = "
     from models.deviations import parse_deviation
     from models.request import GenerationRequest, Runtime
     from models.video import decode_mp4
-    from sim.experiment import ExperimentParams, load_prompts
 
     t_start = time.perf_counter()
     cuda = device.startswith("cuda")
@@ -151,10 +150,7 @@ def measure(blocks: Iterable[Block], *, device: str = "cuda", attention: str = "
         runtime = Runtime(device=device, attention_backend=attention, offload=block.offload,
                           compile=block.validator_compile)
         other_kernel = runtime.model_copy(update={"attention_backend": block.benign_attention})
-        prompts = load_prompts(ExperimentParams(prompts=block.prompt_file or max(2, max(block.prompts) + 1),
-                                                seed=block.seed))
-        if max(block.prompts) >= len(prompts):
-            raise ValueError(f"plan block: prompt id {max(block.prompts)} but {block.prompt_file} holds {len(prompts)}")
+        prompts = _block_prompts(block)
         every = {*range(3, block.steps, 4), *block.challenge, *(k + 1 for k in block.challenge)}
         cheat = parse_deviation(block.cheat_direction) if block.selfnorm and block.cheat_direction else None
         per_prompt = block.min_left_s
@@ -188,6 +184,17 @@ def measure(blocks: Iterable[Block], *, device: str = "cuda", attention: str = "
             per_prompt = time.perf_counter() - t_prompt
             if cuda:
                 torch.cuda.empty_cache()
+
+
+def _block_prompts(block: Block) -> list[str]:
+    """The prompts a block's ids index: its prompt file, or the seeded sample of the VBench set."""
+    from sim.experiment import ExperimentParams, load_prompts
+
+    prompts = load_prompts(ExperimentParams(prompts=block.prompt_file or max(2, max(block.prompts) + 1),
+                                            seed=block.seed))
+    if max(block.prompts) >= len(prompts):
+        raise ValueError(f"plan block: prompt id {max(block.prompts)} but {block.prompt_file} holds {len(prompts)}")
+    return prompts
 
 
 def _generation(block: Block, req, runtime, dev, config: str, every: set[int], card: str,
