@@ -351,6 +351,9 @@ def size_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 PROFILE = "profile"  # the statistic of a rule scored from the whole distance profile (`profile_scores`)
+# the profile with every distance floored at the honest calibration minimum, joined with the final
+# latent: a claim is rejected when either lies beyond its own calibrated threshold (`guarded_scores`)
+GUARDED = "profile+final"
 
 
 @dataclass(frozen=True)
@@ -384,6 +387,10 @@ RULES = (
          "full replay, the latent distance at every captured step as one profile, scored by a logistic "
          "regression fitted on calibration prompts against the measured cheats; compile tolerated",
          PINNABLE_EXCEPT_COMPILE),
+    Rule("guarded-profile-pinned-compile-ok", GUARDED, True, "1",
+         "the profile rule with each distance floored at its honest calibration minimum (no claim looks more "
+         "honest than honest work), and rejected as well when its final latent exceeds the largest honest "
+         "calibration value; compile tolerated", PINNABLE_EXCEPT_COMPILE),
 )
 
 
@@ -393,12 +400,15 @@ def _benign_for(rule: Rule, df: pd.DataFrame) -> pd.Series:
     return benign & ~fam.isin(rule.pins) if rule.pinned else benign
 
 
-def profile_scores(g: pd.DataFrame, benign_fit: pd.Series, malign_fit: pd.Series) -> pd.Series:
+def profile_scores(g: pd.DataFrame, benign_fit: pd.Series, malign_fit: pd.Series, floor: bool = False) -> pd.Series:
     """Per row, how cheat-like its whole distance profile is: the log latent distance at every
     checkpoint all fitted rows share (the switch and final included), standardised and scored by a
     logistic regression fitted on `benign_fit` against `malign_fit` rows only (the calibration
     prompts). Rows lacking a feature score NaN (no claim of the rule). It learns the measured
-    cheats' profiles: a cheat that shapes its error like an honest one is not covered."""
+    cheats' profiles: a cheat that shapes its error like an honest one is not covered. With `floor`,
+    each log distance is raised to its smallest value among the honest fitted rows, so a claim
+    closer to the validator than any honest one (a cheat bit-identical until the expert switch) is
+    scored as that honest one, not extrapolated past it."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -411,6 +421,8 @@ def profile_scores(g: pd.DataFrame, benign_fit: pd.Series, malign_fit: pd.Series
     fit = fit & x.notna().all(axis=1)
     if not cols or (benign_fit & fit).sum() < 2 or (malign_fit & fit).sum() < 2:
         return out
+    if floor:
+        x = x.clip(lower=x[benign_fit & fit].min(), axis=1)
     model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000))
     model.fit(x[fit].to_numpy(), malign_fit[fit].to_numpy())
     ok = x.notna().all(axis=1) & g["class"].isin(("benign", "malign"))
@@ -433,7 +445,21 @@ def rule_statistic(rule: Rule, g: pd.DataFrame, calib: pd.Series) -> pd.Series |
     profile is fitted on the `calib` rows only."""
     if rule.statistic == PROFILE:
         return profile_scores(g, _benign_for(rule, g) & calib, g["class"].eq("malign") & calib & ~_adapted(g))
+    if rule.statistic == GUARDED:
+        return guarded_scores(g, _benign_for(rule, g) & calib, g["class"].eq("malign") & calib & ~_adapted(g))
     return g.get(rule.statistic)
+
+
+def guarded_scores(g: pd.DataFrame, benign_fit: pd.Series, malign_fit: pd.Series) -> pd.Series:
+    """Per row, the larger of the floored profile score and the log final latent distance, each
+    less its largest honest calibration value: > 0 means beyond either threshold (the rule's own
+    threshold, the largest honest calibration statistic, is then 0)."""
+    prof = profile_scores(g, benign_fit, malign_fit, floor=True)
+    final = np.log(g["final"].astype(float).clip(lower=1e-12))
+    if prof.isna().all() or not (benign_fit & prof.notna()).any():
+        return prof
+    honest = benign_fit & prof.notna() & final.notna()
+    return np.maximum(prof - prof[honest].max(), final - final[honest].max()).where(prof.notna())
 
 
 def evaluate_rules(df: pd.DataFrame, rules: Iterable[Rule] = RULES,

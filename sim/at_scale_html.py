@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sim.at_scale import PROFILE, RULES, is_calibration_prompt, rate_str, rule_statistic, size_table
+from sim.at_scale import GUARDED, PROFILE, RULES, is_calibration_prompt, rate_str, rule_statistic, size_table
 
-PROFILE_RULE = next(r.name for r in RULES if r.statistic == PROFILE)
+SCORE_RULES = {r.name for r in RULES if r.statistic in (PROFILE, GUARDED)}  # scores, not distances: linear axis
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "at_scale.html.j2"
 CLASS_COLOURS = {"benign": "#2b7bba", "malign": "#c0392b", "zero-effect": "#999999"}
 ADAPTED_COLOUR = "#e67e22"  # cheats designed against the rules (plan key `adapted`)
@@ -29,7 +29,9 @@ PLOTS = (("Final latent rel-L2 (full replay)", "final latent rel-L2",
          ("Worst one-step replay error over the challenged steps K", "one-step replay rel-L2",
           ("local-1step", "local-1step-pinned", "local-1step-pinned-compile-ok")),
          ("Profile score: a logistic regression on the distance at every captured step", "profile score (logit)",
-          ("profile-pinned-compile-ok",)))
+          ("profile-pinned-compile-ok",)),
+         ("Guarded profile: floored profile score or log final distance, less its honest calibration maximum",
+          "guarded score (> 0: rejected)", ("guarded-profile-pinned-compile-ok",)))
 
 
 def _png(fig) -> str:
@@ -72,7 +74,7 @@ def strip_plot(g: pd.DataFrame, rule_name: str, label: str, thresholds: dict[str
         ax.scatter(x[~held], vals[m].to_numpy()[~held], s=16, facecolors="none", edgecolors=colour)
     for (name, thr), style in zip(thresholds.items(), ("--", "-", ":")):
         ax.axhline(thr, color="#444", linestyle=style, linewidth=1, label=f"{name} threshold")
-    if rule_name != PROFILE_RULE and (vals > 0).all():
+    if rule_name not in SCORE_RULES and (vals > 0).all():
         ax.set_yscale("log")
     ax.set_xticks(range(len(order)), order, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel(label, fontsize=8)

@@ -214,7 +214,7 @@ def test_html_report_gives_each_rule_its_rates_and_a_plot_per_statistic(tmp_path
     page = html(df, rules, {"source": "r.jsonl"})
     pinned = next(r for r in rules if r["rule"] == "full-final-pinned")
     assert at_scale.rate_str(*pinned["far"]) in page and at_scale.rate_str(*pinned["frr"]) in page
-    assert page.count("data:image/png;base64,") == 3  # final, one-step, profile
+    assert page.count("data:image/png;base64,") == 4  # final, one-step, profile, guarded profile
     assert "profile-pinned-compile-ok" in page and "Emulation" in page and "int8-wo" in page
 
 
@@ -291,3 +291,34 @@ def test_cheats_that_know_the_rules_are_never_fitted_on_and_are_counted_apart(tm
     df = at_scale.load_rows([both])
     md = at_scale.markdown(df, at_scale.evaluate_rules(df))
     assert "cheats that know the rules" in md and "int8-wo:low 6/6" in md
+
+
+def test_guarded_profile_floors_distances_and_checks_the_final_latent(tmp_path):
+    """The guarded rule scores a claim that is bit-identical to the validator before the switch as
+    the closest honest claim (not past it), and rejects a claim whose final latent lies beyond every
+    honest calibration one even when its profile looks honest."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for pid in range(12):
+        j = lambda: float(rng.uniform(0.9, 1.1))  # noqa: E731
+        rows += [_row(pid, "canonical", "canonical", 0.0),
+                 _profile_row(pid, "attention:x", "benign", 1e-4 * j(), 0.01 * j()),
+                 _profile_row(pid, "int8-wo", "malign", 5e-4 * j(), 0.025 * j()),
+                 dict(_profile_row(pid, "int8-wo:low", "malign", 0.0, 0.011), adapted=True),
+                 dict(_profile_row(pid, "fp8-scaled:low", "malign", 0.0, 0.05), adapted=True)]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    df = at_scale.load_rows([path])
+    calib = df["prompt_id"].map(at_scale.is_calibration_prompt)
+    benign, malign = df["class"].eq("benign") & calib, df["class"].eq("malign") & calib & ~df["adapted"]
+    raw = at_scale.profile_scores(df, benign, malign)
+    floored = at_scale.profile_scores(df, benign, malign, floor=True)
+    low = df["config"].eq("int8-wo:low")
+    assert (raw[low] < raw[df["class"].eq("benign")].min()).all()  # extrapolated past every honest claim
+    assert (floored[low] >= floored[df["class"].eq("benign")].min() - 1e-9).all()
+    res = {r["rule"]: r for r in at_scale.evaluate_rules(df)}
+    guarded = res["guarded-profile-pinned-compile-ok"]
+    assert guarded["threshold"] == pytest.approx(0.0)
+    assert guarded["far_adapted_per_config"]["fp8-scaled:low"] == (0, 6)  # its final latent is beyond honest
+    assert res["profile-pinned-compile-ok"]["far_adapted_per_config"]["fp8-scaled:low"] == (6, 6)
+    assert guarded["frr"] == (0, 6) and guarded["far"] == (0, 6)
