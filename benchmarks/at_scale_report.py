@@ -27,10 +27,23 @@ def main() -> None:
     df = load_rows(args.lines)
     rules = evaluate_rules(df)
     out = Path(args.out)
-    out.with_suffix(".md").write_text("# Evidence at scale (measured)\n\n" + markdown(df, rules))
+    meta = {"validator_attention": validator_attention(args.lines)}
+    out.with_suffix(".md").write_text("# Evidence at scale (measured)\n\n" + markdown(df, rules, meta))
     out.with_suffix(".html").write_text(html(df, rules, {"source": ", ".join(Path(p).name for p in args.lines)}))
     out.with_suffix(".json").write_text(json.dumps({"rules": rules, "generations": len(df)}, indent=1))
     print(out.with_suffix(".md").read_text())
+
+
+def validator_attention(lines: list[str]) -> list[str]:
+    """The validator's attention backends, from the `_meta.json` written beside each lines file
+    (`_native_cudnn`, gpu_at_scale.py's default, where none is)."""
+    seen = []
+    for path in lines:
+        meta = Path(path).with_name(Path(path).stem + "_meta.json")
+        a = json.loads(meta.read_text()).get("attention", "_native_cudnn") if meta.exists() else "_native_cudnn"
+        if a not in seen:
+            seen.append(a)
+    return seen
 
 
 if __name__ == "__main__":

@@ -322,3 +322,16 @@ def test_guarded_profile_floors_distances_and_checks_the_final_latent(tmp_path):
     assert guarded["far_adapted_per_config"]["fp8-scaled:low"] == (0, 6)  # its final latent is beyond honest
     assert res["profile-pinned-compile-ok"]["far_adapted_per_config"]["fp8-scaled:low"] == (6, 6)
     assert guarded["frr"] == (0, 6) and guarded["far"] == (0, 6)
+
+
+def test_every_committed_plan_loads_and_names_registered_deviations():
+    from pathlib import Path
+
+    plans = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "plans").glob("*.json"))
+    assert plans
+    for path in plans:
+        for block in at_scale.load_plan(path):
+            for config in block.configs[1:]:
+                parse_deviation(config)
+            if block.prompt_file:
+                assert len(at_scale._block_prompts(block)) > max(block.prompts), path.name
