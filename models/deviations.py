@@ -13,8 +13,11 @@ is not in the number or size of passes (FP8 kernels).
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
+import math
 import os
+import re
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Literal
 
 from models import seeds
@@ -162,12 +165,26 @@ def allow_plugins(modules: "Iterable[str]") -> Iterator[None]:
 
 
 def parse_deviation(spec: "str | Deviation") -> Deviation:
-    """A deviation from `name[:arg]` or `package.module:ClassName[:arg]` (module on the allow-list)."""
+    """A deviation from `name[:arg]` or `package.module:ClassName[:arg]` (module on the allow-list),
+    or several at once joined by `+` (`attention:_native_math+int8-wo:low`: `Combined`)."""
     if isinstance(spec, Deviation):
         return spec
     if not isinstance(spec, str) or not spec.strip():
         raise DeviationError(f"deviation must be a non-empty string, got {spec!r}")
     spec = spec.strip()
+    parts = COMBINE.split(spec)
+    if len(parts) > 1:
+        return Combined([_parse_one(p) for p in parts])
+    return _parse_one(spec)
+
+
+# `+` joins deviations where a name follows it (`seed:+1` keeps its sign: a digit follows)
+COMBINE = re.compile(r"\+(?=[A-Za-z_])")
+
+
+def _parse_one(spec: str) -> Deviation:
+    if not spec:
+        raise DeviationError("deviation: an empty part between '+' signs")
     head, _, rest = spec.partition(":")
     if "." in head:  # an import path
         cls_name, _, arg = rest.partition(":")
@@ -193,9 +210,51 @@ def parse_deviation(spec: "str | Deviation") -> Deviation:
     if cls is None:
         raise DeviationError(
             f"unknown deviation {head!r}; allowed: {', '.join(sorted(DEVIATIONS))} "
-            "or an import path package.module:ClassName[:arg]"
+            "or an import path package.module:ClassName[:arg] (several joined by '+')"
         )
     return cls(rest or None)
+
+
+class Combined(Deviation):
+    """Several deviations at once, applied in order: requests, runtimes and presets pass through each,
+    every part patches the pipeline session, outputs pass through each postprocess; malign when any
+    part is. The cheat that hides behind an honest difference (`attention:_native_math+int8-wo:low`:
+    another kernel from the first step, int8 weights on the low-noise expert)."""
+
+    name, kind, description = "combined", "benign", "several deviations at once (SPEC+SPEC...)"
+
+    def __init__(self, parts: list[Deviation]):
+        if any(isinstance(p, Combined) for p in parts) or len(parts) < 2:
+            raise DeviationError("deviation: combine two or more plain deviations with '+'")
+        self.parts, self.arg = parts, None
+        self.kind = "malign" if any(p.kind == "malign" for p in parts) else "benign"  # type: ignore[misc]
+        self.description = " + ".join(p.description for p in parts)  # type: ignore[misc]
+        self.video_from = next((p.video_from for p in reversed(parts) if p.video_from is not None), None)
+
+    @property
+    def spec(self) -> str:
+        return "+".join(p.spec for p in self.parts)
+
+    def apply_request(self, request):
+        return functools.reduce(lambda r, p: p.apply_request(r), self.parts, request)
+
+    def apply_runtime(self, runtime):
+        return functools.reduce(lambda r, p: p.apply_runtime(r), self.parts, runtime)
+
+    def preset(self, preset):
+        return functools.reduce(lambda r, p: p.preset(r), self.parts, preset)
+
+    def speed_factor_for(self, request):
+        return math.prod(p.speed_factor_for(request) for p in self.parts)
+
+    def patch_session(self, stack, pipe, ctx):
+        for p in self.parts:
+            p.patch_session(stack, pipe, ctx)
+
+    def postprocess(self, frames, checkpoints, request):
+        for p in self.parts:
+            frames, checkpoints = p.postprocess(frames, checkpoints, request)
+        return frames, checkpoints
 
 
 def _number_arg(name: str, arg: str, lo: float, hi: float) -> float:

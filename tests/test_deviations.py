@@ -90,6 +90,26 @@ def test_weight_cheat_on_one_expert_leaves_the_other_experts_steps_honest(honest
         assert g.cost.compute_share == pytest.approx(both.cost.compute_share / full * (1 - saved))
 
 
+def test_combined_deviations_apply_every_part_and_undo_every_patch(honest):
+    """`A+B` runs both: a kernel change from the first step with int8 weights on the low-noise expert
+    matches the kernel change alone up to the switch and differs after; requests pass through each
+    part; the pipeline is restored; any malign part makes it malign."""
+    pipe = build_pipeline("tiny")
+    before = weights_digest(pipe.transformer), weights_digest(pipe.transformer_2)
+    kernel = generate(REQ, deviation="attention:_native_math")
+    both = generate(REQ, deviation="attention:_native_math+int8-wo:low")
+    assert torch.equal(both.latents["switch"], kernel.latents["switch"])
+    assert not torch.equal(both.latents["final"], kernel.latents["final"])
+    assert (weights_digest(pipe.transformer), weights_digest(pipe.transformer_2)) == before
+    assert generate(REQ).sha256 == honest.sha256
+    d = parse_deviation("steps:3+seed:+1")
+    assert d.kind == "malign" and d.spec == "steps:3+seed:+1"
+    assert (d.apply_request(REQ).steps, d.apply_request(REQ).seed) == (3, REQ.seed + 1)
+    assert parse_deviation("attention:_native_math+splitk:2").kind == "benign"
+    fp8 = parse_deviation("fp8-scaled:low+no-cfg")
+    assert fp8.speed_factor_for(REQ) == pytest.approx(parse_deviation("fp8-scaled:low").speed_factor_for(REQ))
+
+
 def test_steps_lowres_seed_prompt_model(honest):
     s = generate(REQ, deviation="steps:4")
     assert s.cost.total_passes == 8 and s.effective_request.steps == 4 and s.request.steps == 8
@@ -165,6 +185,8 @@ def test_import_path_deviation():
         ("one-expert:middle", "high or low"),
         ("int8-wo:middle", "high or low"),
         ("fp8-scaled:2", "high or low"),
+        ("steps:3+warp", "unknown deviation 'warp'"),
+        ("+steps:3", "empty part"),
         ("model:huge", "unknown preset"),
         ("attention:fast", "attention_backend must be one of"),
         ("nosuch.module:X", "'nosuch.module' is not an allowed plugin"),
