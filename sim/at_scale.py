@@ -540,17 +540,26 @@ def _fmt(v, digits=4) -> str:
     return f(med) if lo == hi else f"{f(med)} [{f(lo)}, {f(hi)}]"
 
 
+PRESET_NOTES = {
+    "a14b-random": "`a14b-random`: the A14B architecture, random weights",
+    "small": "`small`: ~30 M parameters per expert, random weights",
+    "tiny": "`tiny`: diffusers' 2-layer test sizes, random weights",
+    "shapes": "`shapes`: TRAINED on the project's templated shape videos (models/weights/shapes), ~1 M parameters per expert",
+}
+
+
 def markdown(df: pd.DataFrame, rules: list[dict[str, Any]], meta: dict[str, Any] | None = None) -> str:
     """The size table and the rule table as markdown."""
     st = size_table(df)
     ks = sorted((c for c in st.columns if c.startswith("local_") and c[6:].isdigit()), key=lambda c: int(c[6:]))
     lines = []
     cards = ", ".join(sorted(df["card"].unique()))
-    lines.append(f"Card: {cards}. Random weights (`a14b-random` = the A14B architecture, `small` ~30 M parameters "
-                 "per expert), bf16, validator runtime cuDNN attention, batch 1, TF32 off, both experts resident. "
-                 "`hwnoise` rows are an EMULATION; every other row is a real runtime change or a real cheat "
-                 "(`fp8` rounds weights only: an emulation of FP8 weights; `fp8-scaled` is FP8 as deployed). "
-                 "Cells: median [min, max] over prompts.")
+    models = "; ".join(PRESET_NOTES.get(p, f"`{p}`") for p in df["preset"].unique())
+    attention = ", ".join(f"`{a}`" for a in (meta or {}).get("validator_attention", ["_native_cudnn"]))
+    lines.append(f"Card: {cards}. {models}; bf16, validator runtime {attention} attention, batch 1, TF32 off, both "
+                 "experts resident. `hwnoise` rows are an EMULATION; every other row is a real runtime change or a "
+                 "real cheat (`fp8` rounds weights only: an emulation of FP8 weights; `fp8-scaled` is FP8 as "
+                 "deployed; `:high` / `:low` cheat on that expert only). Cells: median [min, max] over prompts.")
     lines.append("")
     for (preset, size), g in st.groupby(["preset", "size"], sort=False):
         lines.append(f"### {preset}, {size} (W x H x frames), {int(df[df['preset'].eq(preset)]['steps'].iloc[0])} steps")
@@ -593,6 +602,6 @@ def markdown(df: pd.DataFrame, rules: list[dict[str, Any]], meta: dict[str, Any]
         cells = [f"{r['ratio_per_family'][f]:.2f}" if f in r["ratio_per_family"] else "" for f in fams]
         lines.append(f"| {r['preset']}, {r['size']} | {r['rule']} | {r['benign_claims']} | " + " | ".join(cells) + " |")
     lines.append("")
-    if meta:
+    if meta and set(meta) - {"validator_attention"}:
         lines.append(f"Measured with `benchmarks/gpu_at_scale.py`; {json.dumps(meta)}")
     return "\n".join(lines) + "\n"
