@@ -340,3 +340,19 @@ def test_at_scale_evidence_follows_the_gpu_rules(tmp_path):
         evidence(StudyParams(**base, at_scale_rule="no-such-rule"))
     with pytest.raises(StudyError, match="at_scale.json"):
         evidence(StudyParams(**{**base, "run_dir": str(tmp_path)}))
+
+
+def test_at_scale_evidence_studies_cheats_that_know_the_rule_by_their_own_config(tmp_path):
+    """Adapted cheats (plan key `adapted`) enter a study under their own config, with their own
+    compute share; the family they belong to keeps the share of the cheat the rule was built on."""
+    run = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "at_scale_cpu"
+    p = StudyParams(run_dir=str(run), source="at_scale", at_scale_rule="guarded-profile-pinned-compile-ok",
+                    at_scale_preset="shapes", at_scale_size="32x32x9", rate_multipliers=(1.0,), slash_fractions=(0.2,))
+    ev = evidence(p)
+    assert {"fp8-scaled", "fp8-scaled:low", "attention:_native_math+int8-wo:low"} <= set(ev.cheats)
+    assert ev.compute_share["fp8-scaled"] == pytest.approx(0.6)  # not averaged with the one-expert runs
+    assert 0.6 < ev.compute_share["fp8-scaled:low"] < 1.0
+    rules = json.loads((run / "at_scale.json").read_text())["rules"]
+    guarded = next(r for r in rules if r["rule"] == p.at_scale_rule and r["preset"] == "shapes")
+    k, n = guarded["far_adapted_per_config"]["int8-wo:low"]
+    assert (ev.fail["deployed"]["int8-wo:low"].k, ev.fail["deployed"]["int8-wo:low"].n) == (n - k, n)

@@ -250,6 +250,26 @@ def _replay_share(compute: str, challenged: float, steps: float) -> float:
     return 1.0 if per[compute] is None else min(1.0, per[compute] * challenged / steps)
 
 
+def _at_scale_shares(root: Path, p: StudyParams, cheats: list[str]):
+    """From the run's generation lines: each cheat's executor compute shares (an adapted cheat's
+    by its config, the others' by family), and the canonical runs' challenged steps and steps."""
+    share: dict[str, list[float]] = {d: [] for d in cheats}
+    challenged, steps = [], []
+    for gen_path in sorted(root.glob("*.jsonl")):
+        for line in gen_path.read_text().splitlines():
+            g = json.loads(line) if line.strip() else None
+            if not g or g.get("preset") != p.at_scale_preset or \
+                    f"{g['width']}x{g['height']}x{g['frames']}" != p.at_scale_size:
+                continue
+            key = g["config"] if g.get("adapted") else g["config"].split(":", 1)[0]
+            if g.get("kind") == "malign" and key in share:
+                share[key].append(float(g["compute_share"]))
+            if g.get("kind") == "canonical":
+                challenged.append(len(g.get("local", [])))
+                steps.append(int(g["steps"]))
+    return share, challenged, steps
+
+
 def _at_scale_evidence(p: StudyParams) -> Evidence:
     root = Path(p.run_dir).expanduser()
     path = root / "at_scale.json"
@@ -267,28 +287,15 @@ def _at_scale_evidence(p: StudyParams) -> Evidence:
         raise StudyError(f"at_scale_rule/at_scale_preset/at_scale_size: no rule {p.at_scale_rule!r} for "
                          f"{p.at_scale_preset} {p.at_scale_size} in {path}; allowed: {have}")
     rule = found[0]
-    measured = sorted(f for f, (_, n) in rule["far_per_family"].items() if n > 0)
-    cheats = _chosen(p, measured)
-    share: dict[str, list[float]] = {d: [] for d in cheats}
-    challenged, steps = [], []
-    for gen_path in sorted(root.glob("*.jsonl")):
-        for line in gen_path.read_text().splitlines():
-            g = json.loads(line) if line.strip() else None
-            if not g or g.get("preset") != p.at_scale_preset or \
-                    f"{g['width']}x{g['height']}x{g['frames']}" != p.at_scale_size:
-                continue
-            fam = g["config"].split(":", 1)[0]
-            if g.get("kind") == "malign" and fam in share:
-                share[fam].append(float(g["compute_share"]))
-            if g.get("kind") == "canonical":
-                challenged.append(len(g.get("local", [])))
-                steps.append(int(g["steps"]))
+    # the cheats the rule was built against, by family, and those that know it (plan key `adapted`), by config
+    far = {**rule["far_per_family"], **rule.get("far_adapted_per_config", {})}
+    cheats = _chosen(p, sorted(f for f, (_, n) in far.items() if n > 0))
+    share, challenged, steps = _at_scale_shares(root, p, cheats)
     missing = [d for d in cheats if not share[d]]
     if missing or not steps:
         raise StudyError(f"run_dir {p.run_dir!r}: no generations of {missing or 'the canonical config'} for "
                          f"{p.at_scale_preset} {p.at_scale_size} in its *.jsonl files")
     lab = "deployed"
-    far = rule["far_per_family"]
     fail = {lab: {d: Rate.of(int(far[d][1]) - int(far[d][0]), int(far[d][1]), p.level) for d in cheats}}
     frr = Rate.of(int(rule["frr"][0]), int(rule["frr"][1]), p.level)
     return Evidence(source="at_scale", run_dir=str(p.run_dir), policy=rule["rule"], metric=rule.get("statistic", ""),
