@@ -39,6 +39,7 @@ def _parse() -> argparse.Namespace:
                     help="evidence of --run-dir (at_scale: benchmarks/results/at_scale)")
     ap.add_argument("--rule", default="full-final-pinned", help="at_scale: the rule")
     ap.add_argument("--size", default="256x256x5", help="at_scale: the WxHxF size")
+    ap.add_argument("--preset", default="a14b-random", help="at_scale: the preset")
     ap.add_argument("--rates", default=None, help="sampling rate multipliers, comma-separated (default: the study's)")
     ap.add_argument("--slashes", default=None, help="slash fractions, comma-separated (default: the study's)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -57,7 +58,7 @@ def _study_params(args, tmp: Path):
         run_dir, label = Path(args.run_dir), args.label or Path(args.run_dir).name
     extra = {}
     if args.source == "at_scale":
-        extra = dict(at_scale_rule=args.rule, at_scale_size=args.size)
+        extra = dict(at_scale_rule=args.rule, at_scale_size=args.size, at_scale_preset=args.preset)
     if args.rates:
         extra["rate_multipliers"] = tuple(float(x) for x in args.rates.split(","))
     if args.slashes:
