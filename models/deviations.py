@@ -485,7 +485,7 @@ class LowRes(Deviation):
         return frames, out
 
 
-class _WeightCheat(Deviation):
+class WeightCheat(Deviation):
     """A weight cheat on both experts, or with `:high` / `:low` on that expert alone: the other
     expert's steps stay honest, so the error starts only at (or stops at) the expert switch. That
     is the cheat that knows a validator reading the trajectory's shape (`sim/at_scale.py`'s profile
@@ -518,7 +518,7 @@ class _WeightCheat(Deviation):
 
 
 @register_deviation
-class FP8(_WeightCheat):
+class FP8(WeightCheat):
     name, kind = "fp8", "malign"
     description = ("EMULATION of FP8 weights: transformer linear weights rounded through float8_e4m3fn with a "
                    "per-tensor scale, products still in the model dtype (see fp8-scaled for FP8 as deployed)")
@@ -531,7 +531,7 @@ class FP8(_WeightCheat):
 
 
 @register_deviation
-class FP8Scaled(_WeightCheat):
+class FP8Scaled(WeightCheat):
     name, kind = "fp8-scaled", "malign"
     description = (
         "FP8 as deployed: transformer linear weights (a scale per output channel) and activations (a scale "
@@ -569,7 +569,7 @@ def _fp8_linear(mod, wq, ws):
 
 
 @register_deviation
-class Int8WeightOnly(_WeightCheat):
+class Int8WeightOnly(WeightCheat):
     name, kind = "int8-wo", "malign"
     description = (
         "int8 weight-only quantisation: transformer linear weights stored as int8 with a scale per output "

@@ -111,6 +111,13 @@ def forward_passes(request: GenerationRequest) -> int:
     return sum(expert_passes(request).values())
 
 
+def expert_steps(request: GenerationRequest) -> dict[str, int]:
+    """The honest run's denoising steps per expert ("high" first: timesteps at or above the boundary)."""
+    boundary = preset_spec(request.model).boundary_ratio * 1000
+    high = sum(1 for t in schedule(request, SCHEDULER_CONFIG) if t >= boundary)
+    return {"high": high, "low": request.steps - high}
+
+
 def expert_passes(request: GenerationRequest) -> dict[str, int]:
     """The honest run's transformer passes per expert ("high": timesteps at or above the boundary)."""
     boundary = preset_spec(request.model).boundary_ratio * 1000

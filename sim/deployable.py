@@ -271,16 +271,31 @@ def resplit(prompts: np.ndarray, seed: int, calib_fraction: float = 0.5) -> np.n
     return np.array([int(p) in cal for p in prompts], bool)
 
 
-def cheated_segments(spec: str, every: int, segments: int) -> int:
+def cheated_segments(spec: str, every: int, segments: int, high_steps: int | None = None) -> int:
     """By design, how many committed segments a deviation cheats on: `reuse:STEPS` only those holding
-    the listed steps, `mp4-from`/`seed` none (caught, if at all, by the decode or the noise check),
-    every other one all of them."""
+    the listed steps, `mp4-from`/`seed` none (caught, if at all, by the decode or the noise check), a
+    weight cheat on one expert (`int8-wo:low`) those holding that expert's steps (the first
+    `high_steps` steps are the high-noise expert's; unknown: all), deviations joined with `+` the
+    union of their malign parts', every other one all of them."""
+    from models.deviations import COMBINE, parse_deviation
+
+    parts = [p for p in COMBINE.split(spec) if parse_deviation(p).kind == "malign"] if "+" in spec else [spec]
+    return len(set().union(*(_cheated_set(p, every, segments, high_steps) for p in parts)))
+
+
+def _cheated_set(spec: str, every: int, segments: int, high_steps: int | None) -> set[int]:
+    from models.deviations import WeightCheat, parse_deviation
+
     head, _, arg = spec.partition(":")
     if head == "reuse":
-        return len({(int(s) // every) for s in arg.split(",") if s.strip()} & set(range(segments)))
+        return {(int(s) // every) for s in arg.split(",") if s.strip()} & set(range(segments))
     if head in ("mp4-from", "seed"):
-        return 0
-    return segments
+        return set()
+    dev = parse_deviation(spec)
+    if isinstance(dev, WeightCheat) and dev.which is not None and high_steps is not None:
+        steps = range(high_steps) if dev.which == "high" else range(high_steps, every * segments)
+        return {s // every for s in steps} & set(range(segments))
+    return set(range(segments))
 
 
 FAMILIES = {"steps": "steps N", "guidance-scale": "guidance x F", "guidance": "guidance G", "quant": "weights, bits",
@@ -291,7 +306,7 @@ FAMILIES = {"steps": "steps N", "guidance-scale": "guidance x F", "guidance": "g
 def evaluate(df: pd.DataFrame, *, every: int, challenged: int = 1, benign_eps=None, frr_target: float = 0.01,
              secret_seed: int = 0, n_boot: int = 200, split_seeds: Sequence[int] = range(5),
              hwnoise_levels: Sequence[float] = (), run_dir: Path | None = None, level: float = 0.95,
-             calib_fraction: float = 0.5) -> Deployment:
+             calib_fraction: float = 0.5, high_steps: int | None = None) -> Deployment:
     c = claims_of(df)
     benign, malign, zero = classes(df, c, benign_eps)
     cfg = fit(c, benign, malign, every=every, challenged=challenged, frr_target=frr_target, secret_seed=secret_seed)
@@ -314,7 +329,7 @@ def evaluate(df: pd.DataFrame, *, every: int, challenged: int = 1, benign_eps=No
              "kept_bytes": kept, "a14b": a14b_bytes(max(1, round(A14B["steps"] / cfg.segments)), cfg.challenged),
              "benign": sorted(set(c.deviation[benign])), "malign": sorted(set(c.deviation[malign]))}
     per_dev = _per_deviation(c, cfg, verdict, test, benign, malign, level)
-    vs_m = _vs_segments(c, cfg, test & malign, every)
+    vs_m = _vs_segments(c, cfg, test & malign, every, high_steps)
     stab = _stability(df, c, cfg, split_seeds, hwnoise_levels, benign_eps, calib_fraction, level)
     sev = _severity(per_dev)
     adaptive = _adaptive(c, cfg, test & malign, vs_m, per_dev, run_dir)
@@ -370,7 +385,8 @@ def _per_deviation(c, cfg, verdict, test, benign, malign, level) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def _vs_segments(c: Claims, cfg: ValidatorConfig, sel: np.ndarray, every: int) -> pd.DataFrame:
+def _vs_segments(c: Claims, cfg: ValidatorConfig, sel: np.ndarray, every: int,
+                 high_steps: int | None = None) -> pd.DataFrame:
     """Per malign deviation and m = 1..n: detection per validation measured (Monte Carlo over 200
     challenge draws per claim, each from a fresh validator seed, on the claims' actual per-segment
     outcomes) and derived (hypergeometric, from the deviation's cheated-segment count by design and its
@@ -384,7 +400,7 @@ def _vs_segments(c: Claims, cfg: ValidatorConfig, sel: np.ndarray, every: int) -
         d = c.take(sel & (c.deviation == dev))
         seg = segment_flags(cfg, d)
         always = always_flags(cfg, d)
-        bad = cheated_segments(dev, every, n)
+        bad = cheated_segments(dev, every, n, high_steps)
         # mean detection of the segments the cheat touches (the `bad` most often failing ones)
         per_seg = float(np.sort(seg.mean(axis=0))[::-1][:bad].mean()) if bad else 0.0
         p_always = float(always.mean())

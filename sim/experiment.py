@@ -690,13 +690,16 @@ def _analyse(params: ExperimentParams, n_prompts: int) -> dict[str, Any]:
         _fetch_strip_videos(store, df, params)
     deployment = None
     if "segment" in params.policies:
+        from models.plan import expert_steps
         from sim.deployable import evaluate
 
         if not store.is_local:
             _fetch_commitment_files(store, df, params)
+        high_steps = expert_steps(params.base_request(str(df["prompt"].iloc[0]), 0))["high"]
         deployment = evaluate(df, every=params.commit_every, challenged=params.challenge_segments,
                               benign_eps=benign_eps, secret_seed=params.seed, n_boot=min(200, params.bootstrap),
-                              hwnoise_levels=params.hwnoise_eps, run_dir=run, calib_fraction=params.calib_fraction)
+                              hwnoise_levels=params.hwnoise_eps, run_dir=run, calib_fraction=params.calib_fraction,
+                              high_steps=high_steps)
         summary["deployable"] = deployment.summary()
         store.write_bytes("validator.json", json.dumps(deployment.summary(), indent=1, default=str))
     store.write_bytes("summary.json", json.dumps(summary, indent=1, default=str))

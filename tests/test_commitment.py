@@ -169,3 +169,9 @@ def test_cheated_segments_by_design():
     assert dp.cheated_segments("reuse:3,5,7", 2, 4) == 3
     assert dp.cheated_segments("mp4-from:steps:4", 2, 4) == 0
     assert dp.cheated_segments("fp8", 2, 4) == 4
+    # a weight cheat on one expert: the segments holding its steps (3 high-noise steps of 8)
+    assert dp.cheated_segments("int8-wo:high", 2, 4, high_steps=3) == 2
+    assert dp.cheated_segments("int8-wo:low", 2, 4, high_steps=3) == 3
+    assert dp.cheated_segments("int8-wo:low", 2, 4) == 4  # boundary unknown: every segment
+    assert dp.cheated_segments("attention:_native_math+fp8-scaled:high", 2, 4, high_steps=3) == 2
+    assert dp.cheated_segments("reuse:1+seed:+1", 2, 4) == 1
