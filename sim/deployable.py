@@ -277,23 +277,25 @@ def cheated_segments(spec: str, every: int, segments: int, high_steps: int | Non
     weight cheat on one expert (`int8-wo:low`) those holding that expert's steps (the first
     `high_steps` steps are the high-noise expert's; unknown: all), deviations joined with `+` the
     union of their malign parts', every other one all of them."""
-    from models.deviations import COMBINE, parse_deviation
+    from models.deviations import COMBINE, DEVIATIONS
 
-    parts = [p for p in COMBINE.split(spec) if parse_deviation(p).kind == "malign"] if "+" in spec else [spec]
+    parts = COMBINE.split(spec)
+    if len(parts) > 1:  # the malign parts (a name not registered here counts as malign)
+        parts = [p for p in parts if getattr(DEVIATIONS.get(p.partition(":")[0]), "kind", "malign") == "malign"]
     return len(set().union(*(_cheated_set(p, every, segments, high_steps) for p in parts)))
 
 
 def _cheated_set(spec: str, every: int, segments: int, high_steps: int | None) -> set[int]:
-    from models.deviations import WeightCheat, parse_deviation
+    from models.deviations import DEVIATIONS, WeightCheat
 
     head, _, arg = spec.partition(":")
     if head == "reuse":
         return {(int(s) // every) for s in arg.split(",") if s.strip()} & set(range(segments))
     if head in ("mp4-from", "seed"):
         return set()
-    dev = parse_deviation(spec)
-    if isinstance(dev, WeightCheat) and dev.which is not None and high_steps is not None:
-        steps = range(high_steps) if dev.which == "high" else range(high_steps, every * segments)
+    cls = DEVIATIONS.get(head)
+    if isinstance(cls, type) and issubclass(cls, WeightCheat) and arg in ("high", "low") and high_steps is not None:
+        steps = range(high_steps) if arg == "high" else range(high_steps, every * segments)
         return {s // every for s in steps} & set(range(segments))
     return set(range(segments))
 
