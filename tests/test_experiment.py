@@ -270,3 +270,18 @@ def test_a_run_made_under_other_numerics_is_refused(tmp_path):
     pfile.write_text(json.dumps(data))
     with pytest.raises(ex.ExperimentError, match="numerics"):
         ex.open_run(params)
+
+
+def test_every_committed_experiment_config_validates():
+    """The configs under benchmarks/configs are what the README and docs tell users to run."""
+    from pathlib import Path
+
+    from models.deviations import parse_deviation
+    from sim.experiment import ExperimentParams
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "configs").glob("*.json"))
+    assert configs
+    for path in configs:
+        params = ExperimentParams.model_validate_json(path.read_text())
+        for spec in params.all_deviations():
+            parse_deviation(spec)
