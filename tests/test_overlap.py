@@ -195,3 +195,51 @@ def test_a_background_failure_surfaces_and_the_run_resumes(runs, tmp_path, monke
     run_all(params_of(tmp_path / "run", overlap=not overlap))  # resumed, the other way round
     pd.testing.assert_frame_equal(scores(serial.out), scores(params.out), check_exact=True)
     assert generation_files(serial.out) == generation_files(params.out)
+
+
+# ---------------------------------------------------------------------------------------------
+# What runs beside the generation: the replaying policies' CPU-side parts, the MP4 encode and save
+
+
+def _claims(out, prompt_id=0):
+    from models.engine import Generation
+    from sim.policies import Claim
+
+    params = params_of(out)
+    request = params.base_request(ex.load_prompts(params)[prompt_id], prompt_id)
+    gens = Path(out) / "gens" / f"p{prompt_id:04d}"
+    claims = [Claim(request, json.loads((gens / ex.slug(d) / "record.json").read_text())["sha256"], gens / ex.slug(d))
+              for d in ("threads:1", "seed:+1")]
+    return request, Generation.load(gens / "canonical"), claims
+
+
+@pytest.mark.slow
+def test_a_prepared_score_run_on_another_thread_equals_the_score(runs, tmp_path):
+    """`prepare` runs the device part at once and hands back the rest, which gives `score`'s result
+    float for float on another thread, and touches neither the replay timers nor the regenerations."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sim.policies import Claim, ValidationContext, get_policy
+
+    request, canonical, claims = _claims(runs[0].out)
+    tampered = tmp_path / "tampered"  # the committed MP4 no longer matches: the decode check fails
+    shutil.copytree(claims[0].directory, tampered)
+    (tampered / "video.mp4").write_bytes((tampered / "video.mp4").read_bytes()[:-7] + b"tamper!")
+    claims.append(Claim(request, claims[0].sha256, tampered))
+    for name in ("full", "checkpoint", "fingerprint", "segment"):
+        policy = get_policy(name)
+        one, two = ValidationContext(), ValidationContext()
+        one.replays[request.key()] = two.replays[request.key()] = canonical
+        expected = [policy.score(c, one) for c in claims]
+        parts = [policy.prepare(c, two) for c in claims]
+        timers = (two.replay_seconds, two.device_seconds)
+        with ThreadPoolExecutor(1) as pool:
+            got = [pool.submit(part).result() for part in parts]
+        assert (two.replay_seconds, two.device_seconds) == timers, name  # the device work was done in prepare
+        assert [list(r.scores.items()) for r in got] == [list(r.scores.items()) for r in expected], name
+        assert [(r.reason, r.validator_compute_share, r.bytes_kept) for r in got] == \
+            [(r.reason, r.validator_compute_share, r.bytes_kept) for r in expected], name
+        assert (one.replay_seconds > 0) == (two.replay_seconds > 0) == (name in ("checkpoint", "segment")), name
+    assert got[2].scores["decode.mad"] == float("inf") and got[0].scores["decode.mad"] < 1.0
+
