@@ -4,8 +4,9 @@ machine that has no Prefect installed:
     python benchmarks/run_experiment.py --preset small --prompts 6 --device cuda --out runs/small-gpu
 
 Prints the verdict table and the time per stage (RUN/timing.json): wall against device seconds,
-and every prompt's wall time over its generation time (`wall/generation`; `--no-overlap` scores
-each prompt after its generations instead of beside them).
+the MP4 encode and save seconds, and every prompt's wall time over its generation time
+(`wall/generation`; `--no-overlap` encodes and scores each generation after it instead of beside
+the next one).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/direct")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--no-overlap", action="store_true",
-                    help="score after the generations instead of on a background thread beside them")
+                    help="encode and score after each generation instead of on a background thread beside the next")
     ap.add_argument("--config", help="a JSON file of ExperimentParams (the other options are then ignored)")
     args = ap.parse_args()
     from pathlib import Path
@@ -62,8 +63,10 @@ def print_stages(t: dict, overlap: bool) -> None:
     for name in ("generation", "validator_replay"):
         print(f"{name}: wall {t[name]:.1f} s, device {t.get(name + '_device', 0):.1f} s, "
               f"wall/device {_r(t.get(name + '_wall_over_device'))}")
+    print(f"MP4 encode ({'overlapped' if overlap else 'serial'}): {t.get('encode', 0):.1f} s, "
+          f"saving the generations {t.get('save', 0):.1f} s (neither in the generation time)")
     print(f"scoring ({'overlapped' if overlap else 'serial'}): {t['scoring']:.1f} s, "
-          f"waited for {t.get('scoring_waited', 0):.1f} s")
+          f"waited for the background {t.get('scoring_waited', 0):.1f} s")
     gen = t["generation"] + t["validator_replay"]
     dev = t.get("generation_device", 0) + t.get("validator_replay_device", 0)
     print(f"prompts: wall {t.get('wall', 0):.1f} s, generation {gen:.1f} s, device {dev:.1f} s, "

@@ -63,8 +63,9 @@ def experiment(
                                                         "the command line override it")] = None,
     allow_plugin: AllowPlugin = None,
     progress: Annotated[bool, typer.Option(help="log each generation (progress is also a Prefect artifact)")] = True,
-    overlap: Annotated[Optional[bool], typer.Option("--overlap/--no-overlap", help="score each video on a background "
-                                                    "thread while the next one generates (same results)")] = None,
+    overlap: Annotated[Optional[bool], typer.Option("--overlap/--no-overlap", help="encode, save and score each "
+                                                    "video on a background thread while the next one generates "
+                                                    "(same results)")] = None,
     workers: Annotated[int, typer.Option(help="Ray workers (0: every prompt in this process)")] = 0,
     ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster to join (default: start a local one)")]
     = None,

@@ -5,6 +5,7 @@ latents.safetensors, record.json, every artifact hashed in the record).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from models.request import GenerationRequest, Runtime
-from models.video import CODEC_SETTINGS, decode_mp4
+from models.video import CODEC_SETTINGS, decode_mp4, encode_mp4
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -97,8 +98,8 @@ class Generation:
     runtime: Runtime
     deviation: str | None
     frames: np.ndarray
-    mp4: bytes
-    sha256: str
+    mp4: bytes | None  # None: not encoded yet (`generate(..., encode=False)`; `encoded()` encodes it)
+    sha256: str  # of the MP4 ("" while it is not encoded)
     checkpoints: dict[str, Checkpoint]
     cost: Cost
     prompt_truncated: bool = False
@@ -111,6 +112,18 @@ class Generation:
     @property
     def capture_steps(self) -> dict[str, int]:
         return {k: c.step for k, c in self.checkpoints.items()}
+
+    @property
+    def is_encoded(self) -> bool:
+        return self.mp4 is not None
+
+    def encoded(self) -> "Generation":
+        """This generation with its frames encoded (`models.video.encode_mp4`, the encode `generate`
+        runs by default: the same bytes) and hashed; itself when it already is. Touches no file."""
+        if self.mp4 is not None:
+            return self
+        mp4 = encode_mp4(self.frames, self.request.fps)
+        return dataclasses.replace(self, mp4=mp4, sha256=hashlib.sha256(mp4).hexdigest())
 
     def record(self) -> dict[str, Any]:
         return {
@@ -135,6 +148,8 @@ class Generation:
 
         from models.io import staged_dir
 
+        if self.mp4 is None:
+            raise ValueError("Generation.save: the video is not encoded yet (save `encoded()`)")
         with staged_dir(directory, GENERATION_FILES) as tmp:
             (tmp / "video.mp4").write_bytes(self.mp4)
             tensors, meta = {}, {}

@@ -11,7 +11,8 @@ It runs in five stages: the plan (`plan_generation`: every check, before anythin
 initial latents (`initial_latents`), the step controller (`StepController`: resume, capture,
 substitute, stop), the pipeline session (`pipeline_session`: one `ExitStack` holding everything
 that changes the cached pipeline, so closing it restores the pipeline however the run ends), and
-the finish (`finish`: cost, the deviation's output, the encoded video).
+the finish (`finish`: cost, the deviation's output, the encoded video, unless the caller
+encodes it later: `encode=False`, `Generation.encoded()`).
 
 Step numbering: checkpoint `s` is the latent after denoising step `s` (0-based), i.e. the input of
 step `s+1`; `-1` is the initial noise. Named captures: `init` (-1), `switch` (after the last
@@ -45,7 +46,7 @@ from models.plan import (  # noqa: F401  (re-exported for the callers of this mo
 )
 from models.presets import PipelineCache, build_pipeline, preset_spec
 from models.request import GenerationRequest, Runtime
-from models.video import encode_mp4, frames_to_uint8
+from models.video import frames_to_uint8
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -438,8 +439,10 @@ def _run_pipeline(pipe, plan: Plan, batch: Batch, steps: StepController):
     )
 
 
-def finish(plan: Plan, frames, steps: StepController, pipelines: PipelineCache | None = None) -> Generation:
-    """The generation's record: its cost, the deviation's output, the video encoded and hashed."""
+def finish(plan: Plan, frames, steps: StepController, pipelines: PipelineCache | None = None,
+           encode: bool = True) -> Generation:
+    """The generation's record: its cost, the deviation's output, the video encoded and hashed
+    (with `encode` False, left for `Generation.encoded()`: the frames, no MP4 yet)."""
     request, dev, meter = plan.request, plan.dev, steps.meter
     cost = meter.cost
     cost.latent_tokens = plan.eff_request.latent_tokens(plan.spec.vae_stride, plan.spec.patch_size)
@@ -449,17 +452,17 @@ def finish(plan: Plan, frames, steps: StepController, pipelines: PipelineCache |
     if dev is not None:
         frames, checkpoints = dev.postprocess(frames, checkpoints, request)
         if dev.video_from is not None and frames is not None:
-            frames = generate(request, deviation=dev.video_from, capture=(), pipelines=pipelines).frames
+            frames = generate(request, deviation=dev.video_from, capture=(), pipelines=pipelines, encode=False).frames
+    mp4 = None
     if frames is None:
         frames, mp4 = np.zeros((0, request.height, request.width, 3), np.uint8), b""
-    else:
-        mp4 = encode_mp4(frames, request.fps)
-    return Generation(
+    gen = Generation(
         request=request, effective_request=plan.eff_request, runtime=plan.runtime,
         deviation=dev.spec if dev else None, frames=frames, mp4=mp4,
-        sha256=hashlib.sha256(mp4).hexdigest(), checkpoints=checkpoints, cost=cost,
+        sha256=hashlib.sha256(mp4).hexdigest() if mp4 is not None else "", checkpoints=checkpoints, cost=cost,
         prompt_truncated=plan.truncated, run_seed=plan.run_seed,
     )
+    return gen.encoded() if encode else gen
 
 
 def generate(
@@ -475,6 +478,7 @@ def generate(
     weights_seed: int = 0,
     decode: bool = True,
     pipelines: PipelineCache | None = None,
+    encode: bool = True,
 ) -> Generation:
     """Run `request` as an executor would (optionally cheating with `deviation`).
 
@@ -487,6 +491,9 @@ def generate(
     - `run_seed`: seeds whatever the executor's hardware chooses (emulated hardware noise, filler
       prompts of a batch); never the request's noise.
     - `pipelines`: the cache of loaded pipelines to run on (default: the process's `PIPELINES`).
+    - `encode`: False returns the frames without the MP4 (`mp4` None, `sha256` ""): the caller
+      encodes them with `Generation.encoded()`, e.g. beside the next generation (another engine
+      returns its server's MP4 either way).
     """
     dev, eff_request, eff_runtime, preset = _effective(request, runtime, deviation)
     if eff_runtime.engine != "diffusers":  # another engine (models/engines/): same request, same weights
@@ -503,4 +510,4 @@ def generate(
         steps = pipeline_session(stack, pipe, plan, batch.noise)
         result = _run_pipeline(pipe, plan, batch, steps)
         frames = frames_to_uint8(result.frames[0]) if plan.decodes else None
-    return finish(plan, frames, steps, pipelines)
+    return finish(plan, frames, steps, pipelines, encode=encode)

@@ -144,9 +144,10 @@ class ExperimentParams(BaseModel):
     bootstrap: int = Field(1000, ge=0, le=MAX_BOOTSTRAP, description="bootstrap resamples for confidence intervals")
     strips: int = Field(3, ge=0, description="prompts shown as frame strips in the report")
     out: str = Field("runs/experiment", description="run directory")
-    overlap: bool = Field(True, description="score each claim's video (the full policy's decode and frame metrics) "
-                                            "on a background thread while the device runs the next generation "
-                                            "(False: one after the other; the results are the same)")
+    overlap: bool = Field(True, description="encode and save each generation's MP4 and run the CPU-side part of "
+                                            "every policy's scoring (MP4 decode, frame metrics, latent distances, "
+                                            "fingerprints) on a background thread while the device runs the next "
+                                            "generation (False: one after the other; the results are the same)")
     numerics: str = Field("", description="fingerprint of the preset, scheduler, codec and library versions "
                                           "(filled in; a run directory made under another one is refused)")
 
@@ -428,7 +429,23 @@ def load_or_generate(directory: Path, request: GenerationRequest, runtime: Runti
     """The generation stored in `directory` if complete, made from these inputs and with every
     artifact's hash matching its record; else a new one (which replaces the stored one, and is then
     passed to `on_saved`)."""
-    from models.engine import ArtifactError, Generation, generate
+    from models.engine import generate
+
+    gen = load_stored(directory, request, runtime, spec, run_seed)
+    if gen is not None:
+        return gen
+    gen = generate(request, runtime, spec, capture=tuple(capture), run_seed=run_seed)
+    gen.save(directory)
+    if on_saved is not None:
+        on_saved(directory)
+    return gen
+
+
+def load_stored(directory: Path, request: GenerationRequest, runtime: Runtime, spec: str | None, run_seed: int):
+    """The generation stored in `directory` if complete, made from these inputs and with every
+    artifact's hash matching its record; else None (partial, stale or edited: to be redone, and
+    replaced only when complete)."""
+    from models.engine import ArtifactError, Generation
 
     if directory.exists():
         try:
@@ -438,12 +455,22 @@ def load_or_generate(directory: Path, request: GenerationRequest, runtime: Runti
                     and all(_normalise(rec.get(k)) == _normalise(v) for k, v in exp.items()):
                 return Generation.load(directory)
         except (OSError, ValueError, ArtifactError, KeyError):
-            pass  # partial, stale or edited: redone below, and replaced only when complete
-    gen = generate(request, runtime, spec, capture=tuple(capture), run_seed=run_seed)
+            pass
+    return None
+
+
+def save_generation(gen, directory: Path):
+    """A background job of the experiment: encode and hash the generation's video
+    (`Generation.encoded`, the bytes `generate` would have made) and write its directory
+    atomically (`Generation.save`: complete or absent). Returns the encoded generation and the
+    seconds of each part."""
+    import time
+
+    t0 = time.perf_counter()
+    gen = gen.encoded()
+    t1 = time.perf_counter()
     gen.save(directory)
-    if on_saved is not None:
-        on_saved(directory)
-    return gen
+    return gen, {"encode": t1 - t0, "save": time.perf_counter() - t1}
 
 
 def _normalise(x):
@@ -463,8 +490,9 @@ def kind_of(spec: str) -> str:
 def run_prompt(params: ExperimentParams, prompt_id: int, prompt: str, n_prompts: int,
                on_generation: Callable[[str], None] | None = None):
     """Generate and score one prompt; returns its rows (a DataFrame). Skips work already on disk.
-    With `params.overlap`, the CPU-side scoring runs beside the device work (`sim.overlap`); the
-    prompt's files are written here, after every job has finished."""
+    With `params.overlap`, the MP4 encodes and saves and the CPU-side scoring run beside the device
+    work (`sim.overlap`, `_PromptScoring`); a generation directory is written by its save job
+    (`Generation.save`: complete or absent), the prompt's score files here, after every job."""
     import time
 
     import pandas as pd
@@ -505,7 +533,14 @@ class _PromptScoring:
     """One prompt's generations (the canonical one, then one per deviation) and every policy's
     score of every claim, with the time spent on each: wall seconds per stage, the device seconds
     of the generations run here (`Cost.seconds`: text encoder, experts, VAE), and how long the
-    prompt waited for its background scoring."""
+    prompt waited for its background jobs.
+
+    The work goes to a `sim.overlap.Background` (run at once when it is disabled): each new
+    generation's MP4 encode and save (`save_generation`), and per claim the CPU-side part of every
+    policy's score (`ValidationPolicy.prepare`). The device parts (generations, the validator's
+    replays) stay on this thread. With the background enabled a claim is scored one generation
+    late, so its encode runs beside the next generation; disabled, the order is the serial one
+    (generate, encode and save, score) and the full policy scores all claims after the last one."""
 
     def __init__(self, params: ExperimentParams, store, prompt_id: int, prompt: str,
                  on_generation: Callable[[str], None] | None):
@@ -514,27 +549,43 @@ class _PromptScoring:
         self.request = params.base_request(prompt, prompt_id)
         self.grel = f"gens/p{prompt_id:04d}"
         self.capture = params.executor_capture()
-        self.timing = {"generation": 0.0, "validator_replay": 0.0, "scoring": 0.0,
+        self.timing = {"generation": 0.0, "validator_replay": 0.0, "scoring": 0.0, "encode": 0.0, "save": 0.0,
                        "generation_device": 0.0, "validator_replay_device": 0.0, "scoring_waited": 0.0}
 
-    def generation(self, name: str, spec: str | None, rseed: int):
+    def generation(self, name: str, spec: str | None, rseed: int, background):
+        """`(generation, saved)`: the stored generation `name` when it is complete and current, else
+        a new one off the device, its frames not yet encoded; `saved` is the future of the encoded
+        and saved one (`save_generation` queued on `background`; done when it was stored)."""
         import time
+        from concurrent.futures import Future
 
-        rel = f"{self.grel}/{name}"
-        made = []
+        from models.engine import generate
 
-        def saved(d):
-            made.append(d)
-            self.store.publish_dir(rel, d)
-
+        directory = self.store.fetch_dir(f"{self.grel}/{name}")
         t0 = time.perf_counter()
-        gen = load_or_generate(self.store.fetch_dir(rel), self.request, self.params.validator_runtime, spec, rseed,
-                               self.capture, on_saved=saved)
-        self.timing["generation"] += time.perf_counter() - t0
-        if made:  # run here, not loaded: its device time counts
+        gen = load_stored(directory, self.request, self.params.validator_runtime, spec, rseed)
+        if gen is None:  # run here: its device time counts, its encode and save are a job
+            gen = generate(self.request, self.params.validator_runtime, spec, capture=tuple(self.capture),
+                           run_seed=rseed, encode=False)
+            self.timing["generation"] += time.perf_counter() - t0
             self.timing["generation_device"] += device_seconds(gen)
+            saved = background.submit(save_generation, gen, directory)
+        else:
+            self.timing["generation"] += time.perf_counter() - t0
+            saved = Future()
+            saved.set_result((gen, {}))
         if self.on_generation:
             self.on_generation(spec if spec is not None else name)
+        return gen, saved
+
+    def landed(self, name: str, saved, background):
+        """The encoded generation of `saved` (waiting for its job), published to the store when it
+        was made here."""
+        gen, seconds = background.result(saved)
+        for k, v in seconds.items():
+            self.timing[k] += v
+        if seconds:
+            self.store.publish_dir(f"{self.grel}/{name}", self.store.local(f"{self.grel}/{name}"))
         return gen
 
     def timed(self, score, *args):
@@ -547,50 +598,70 @@ class _PromptScoring:
         self.timing["scoring"] += time.perf_counter() - t0 - (self.ctx.replay_seconds - r0)
         return out
 
-    def start(self):
-        """The canonical generation, the validator's context holding it, the policies."""
+    def start(self, background):
+        """The canonical generation (its save queued), the validator's context, the policies."""
         from sim.policies import ValidationContext, get_policy
 
         p = self.params
-        canonical = self.generation("canonical", None, 0)
+        canonical, self.canonical_saved = self.generation("canonical", None, 0, background)
         self.ctx = ValidationContext(runtime=p.validator_runtime, fingerprint_k=p.fingerprint_k,
                                      fingerprint_seed=p.seed, metrics=p.metrics, aggregations=p.aggregations,
                                      weights_dir=p.weights_dir, capture=p.capture, commit_every=p.commit_every)
-        self.ctx.replays[self.request.key()] = canonical
         self.policies = [get_policy(name) for name in p.policies]
         self.specs = p.all_deviations()
         self.executor = []  # per deviation: (executor compute share, deviation size)
+        self.claims: list = []
+        self.pending: dict[int, Any] = {}  # deviation index -> future of its policies' results
         self.results: dict[tuple[int, int], Any] = {}  # (deviation index, policy index) -> PolicyResult
         return canonical
 
+    def validator(self, background) -> None:
+        """The validator's own (canonical) generation in its context, once it is encoded and saved."""
+        if self.request.key() not in self.ctx.replays:
+            self.ctx.replays[self.request.key()] = self.landed("canonical", self.canonical_saved, background)
+
     def run(self, background) -> None:
-        """Policies that regenerate per claim score it as its generation lands (device work, on this
-        thread); the others (no regeneration) score all claims after the last generation, or, with
-        the background enabled, each claim on the background thread as it lands."""
+        """Every generation, then every claim scored (see the class)."""
+        canonical = self.start(background)
+        lag = 1 if background.enabled else 0
+        waiting = []  # (deviation index, future of its saved generation), in order
+        for i, spec in enumerate(self.specs):
+            gen, saved = self.generation(slug(spec), spec, run_seed_of(self.prompt_id, spec, self.params), background)
+            self.executor.append((float(gen.cost.compute_share), _final_rel_l2(canonical, gen)))
+            del gen
+            waiting.append((i, saved))
+            while len(waiting) > lag:
+                self.score_claim(*waiting.pop(0), background)
+        while waiting:
+            self.score_claim(*waiting.pop(0), background)
+        self.collect(background)
+
+    def score_claim(self, i: int, saved, background) -> None:
+        """Claim `i` once its generation is saved: each policy's device part now, the CPU-side parts
+        as one job (the full policy's with the others when the background is enabled)."""
         from sim.policies import Claim
 
-        canonical = self.start()
-        claims, pending = [], {}
-        for i, spec in enumerate(self.specs):
-            gen = self.generation(slug(spec), spec, run_seed_of(self.prompt_id, spec, self.params))
-            claims.append(Claim(request=self.request, sha256=gen.sha256,
-                                directory=self.store.local(f"{self.grel}/{slug(spec)}")))
-            self.executor.append((float(gen.cost.compute_share), _final_rel_l2(canonical, gen)))
-            for j, policy in enumerate(self.policies):
-                if not policy.batched:  # these regenerate per claim: scored as each generation lands
-                    self.results[(i, j)] = self.timed(policy.score, claims[i], self.ctx)
-                elif background.enabled:
-                    pending[(i, j)] = background.submit(policy.score, claims[i], self.ctx)
-        if background.enabled:
-            for key, fut in pending.items():
-                self.results[key] = background.result(fut)
-            self.timing["scoring"] += background.seconds
-            self.timing["scoring_waited"] += background.waited
-            return
+        self.validator(background)
+        name = slug(self.specs[i])
+        gen = self.landed(name, saved, background)
+        claim = Claim(request=self.request, sha256=gen.sha256, directory=self.store.local(f"{self.grel}/{name}"))
+        self.claims.append(claim)
+        parts = {j: self.timed(policy.prepare, claim, self.ctx) for j, policy in enumerate(self.policies)
+                 if background.enabled or not policy.batched}
+        self.pending[i] = background.submit(lambda: {j: part() for j, part in parts.items()})
+
+    def collect(self, background) -> None:
+        """Every claim's results; without the background, the batched policies score all claims now."""
+        self.validator(background)
+        for i, fut in self.pending.items():
+            for j, res in background.result(fut).items():
+                self.results[(i, j)] = res
         for j, policy in enumerate(self.policies):
-            if policy.batched:  # no regeneration per claim: all of the prompt's claims at once
-                for i, res in enumerate(self.timed(policy.score_many, claims, self.ctx)):
+            if policy.batched and not background.enabled:  # no regeneration per claim: all claims at once
+                for i, res in enumerate(self.timed(policy.score_many, self.claims, self.ctx)):
                     self.results[(i, j)] = res
+        self.timing["scoring"] += background.seconds - self.timing["encode"] - self.timing["save"]
+        self.timing["scoring_waited"] += background.waited
 
     def rows(self, split: str) -> list[dict[str, Any]]:
         rows = []
@@ -742,8 +813,9 @@ def _fetch_commitment_files(store, df, params: ExperimentParams) -> None:
 
 def stage_seconds(params: ExperimentParams, n_prompts: int) -> dict[str, float]:
     """Seconds per stage summed over prompts (as last computed; a resumed prompt keeps its own): wall
-    seconds of each stage, the device seconds of the generations, the time waited for background
-    scoring, and each prompt's wall time (`wall`)."""
+    seconds of each stage (`generation` without its MP4 `encode` and file writes, `save`, which are
+    entries of their own), the device seconds of the generations, the time the generating thread
+    waited for the background jobs (`scoring_waited`), and each prompt's wall time (`wall`)."""
     total = {"generation": 0.0, "validator_replay": 0.0, "scoring": 0.0}
     store = store_of(params)
     for i in range(n_prompts):
@@ -758,9 +830,10 @@ def stage_ratios(t: dict[str, float]) -> dict[str, float]:
     """The ratios of `stage_seconds` (each only when its denominator is not zero): per stage, wall
     over device seconds (`generation_wall_over_device`, `validator_replay_wall_over_device`); for
     the prompts, their wall time (generation to score file) over their generations' (executor and
-    validator, wall inside the calls, MP4 encoding and file writes included: `wall_over_generation`)
-    and over those generations' device time (`wall_over_device`). With the scoring overlapped,
-    `wall_over_generation` near 1 means the device never waited for the CPU-side work."""
+    validator, wall inside the generating calls; the MP4 encodes and the file writes are not in it:
+    `wall_over_generation`) and over those generations' device time (`wall_over_device`). With the
+    encodes and the scoring overlapped, `wall_over_generation` near 1 means the device never waited
+    for the CPU-side work."""
     g, r = (t.get(k, 0.0) for k in ("generation", "validator_replay"))
     gd, rd = (t.get(k, 0.0) for k in ("generation_device", "validator_replay_device"))
     pairs = {"generation_wall_over_device": (g, gd), "validator_replay_wall_over_device": (r, rd),

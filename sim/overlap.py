@@ -1,16 +1,25 @@
 """CPU-side work of the experiment run beside the device's: a bounded background queue.
 
-While the device generates the next video, the finished one is scored on a background thread
-(`Background`). The work handed over releases the GIL where it is heavy (PyAV's H.264 decoder,
-PyTorch's frame metrics), so one thread keeps up with the device without a second process. The
-queue is bounded (`depth` jobs queued or running: `submit` waits when it is full), so memory stays
-bounded however fast the device is. Jobs run one at a time, in the order submitted.
+While the device generates the next video, the finished one is encoded, saved and scored on a
+background thread (`Background`). The work handed over releases the GIL where it is heavy (x264 in
+PyAV's encoder, PyAV's H.264 decoder, NumPy's and PyTorch's distances and frame metrics), so one
+thread keeps up with the device without a second process. The queue is bounded (`depth` jobs
+queued or running: `submit` waits when it is full), so memory stays bounded however fast the
+device is. Jobs run one at a time, in the order submitted (a job may rely on an earlier one's
+result).
 
 Errors: a job's exception is raised, as the job raised it (same type, same message), on the
 calling thread at the next `submit`, `result` or `close`; the jobs queued after it never run, and
-the running one is waited for, so nothing keeps working after the error surfaced. Jobs compute
-and return values; the files are written by the caller (atomically), so an error never leaves a
-half-written file.
+the running one is waited for, so nothing keeps working after the error surfaced.
+
+Files: jobs compute and return values, and the caller writes the files, atomically, with one
+exception: the experiment's `save_generation` job writes a generation directory, and only through
+`Generation.save`, which writes a fresh hidden directory beside the target and renames it into
+place once every file is in it. When that job fails (the encode, a write, a full disk) the hidden
+directory is removed and the target is left as it was (absent for a new generation), and the error
+surfaces as above; a save queued behind a failed job never starts, so its generation is absent too.
+A kill meanwhile leaves at most the hidden directory, which `sim.experiment.open_run` removes. So a
+generation directory is complete or absent, and an error never leaves a half-written file.
 
 `Background(enabled=False)` runs each job at once on the calling thread: the serial path, with the
 same jobs in the same order.
@@ -77,7 +86,8 @@ class Background:
             self._drop()
             raise
         finally:
-            self.waited += time.perf_counter() - t0
+            if self._pool is not None:  # disabled: the job ran in `submit`, nothing was waited for
+                self.waited += time.perf_counter() - t0
         if fut in self._pending:
             self._pending.remove(fut)
         return value

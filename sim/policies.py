@@ -16,6 +16,12 @@ pass/fail under a threshold, so FAR/FRR can be recomputed at any threshold from 
   each committed segment replayed from its opened start (latent + solver state) and compared where
   it ends; the seeded noise and the decode of the final latent against the MP4 checked. A deployed
   validator replays only the challenged segments (`sim.deployable`): a fraction of the cost.
+
+`prepare` splits a policy's `score` in two: the device part (its regenerations, the validator's VAE
+decode) runs at once on the calling thread, and the CPU-side rest (the distances, the fingerprints,
+the frame metrics, the MP4 encode and decode) comes back as a function that may run on another
+thread (the experiment runs it beside the next generation, `sim.overlap`) and gives the same
+result as `score`, float for float.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable
 
 from models.request import GenerationRequest, Runtime
 
@@ -64,6 +70,15 @@ class PolicyResult:
 def rejected(keys, reason: str, validator_compute_share: float = 0.0, bytes_kept: int = 0) -> PolicyResult:
     """A claim that could not be scored (missing, tampered or malformed artifacts): every score inf."""
     return PolicyResult({k: INF for k in keys}, validator_compute_share, bytes_kept, reason=reason)
+
+
+# The CPU-side rest of a policy's score (`ValidationPolicy.prepare`): called once, on any thread.
+Scoring = Callable[[], PolicyResult]
+
+
+def ready(result: PolicyResult) -> Scoring:
+    """A `Scoring` whose work is done (a claim rejected before any regeneration)."""
+    return lambda: result
 
 
 @dataclass
@@ -231,6 +246,14 @@ class ValidationPolicy:
     def score(self, claim: Claim, ctx: ValidationContext) -> PolicyResult:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def prepare(self, claim: Claim, ctx: ValidationContext) -> Scoring:
+        """`score` in two parts: the device part (regenerations) runs now, on this thread, and the
+        CPU-side rest is returned, to be called once, on any thread, for `score`'s result. The rest
+        may read the claim's MP4 but leaves `ctx`'s timers, its regenerations and its cache of the
+        claim's latents alone (it may add the validator's own fingerprints or decoded frames to
+        `ctx.replays`). This default runs all of `score` now (a policy that does not split it)."""
+        return ready(self.score(claim, ctx))
+
     # Policies whose claims can be scored together, after the executor's generations (no
     # regeneration per claim): the experiment hands them all claims of a prompt in one `score_many`.
     batched: ClassVar[bool] = False
@@ -259,6 +282,11 @@ class FullReplay(ValidationPolicy):
 
     def score(self, claim, ctx):
         return self._score(claim, ctx, ctx.scoring_threads)
+
+    def prepare(self, claim, ctx):
+        """The validator's own video now (regenerated if need be); the decode and frame metrics later."""
+        ctx.replay(claim.request)
+        return functools.partial(self._score, claim, ctx, ctx.scoring_threads)
 
     def score_many(self, claims, ctx):
         """Claims scored side by side by `ctx.workers()` threads with one PyTorch thread each: the
@@ -317,20 +345,25 @@ class CheckpointReplay(ValidationPolicy):
         return "rel_l2.max"
 
     def score(self, claim, ctx):
+        return self.prepare(claim, ctx)()
+
+    def prepare(self, claim, ctx):
+        """The replay now; the latent distances later."""
         cks, err = ctx.compared(claim)
         if cks is None:
-            return rejected(("rel_l2.max", "cosine.max"), err)
+            return ready(rejected(("rel_l2.max", "cosine.max"), err))
         names = _latent_names(cks)
         try:
             at = _claimed_steps(claim.request, names)
         except ValueError as e:
-            return rejected(("rel_l2.max", "cosine.max"), str(e))
+            return ready(rejected(("rel_l2.max", "cosine.max"), str(e)))
         last = max(at.values())
         # Continue from the executor's latent after every checkpoint but the last one.
         substitute = {at[n]: cks[n].latents for n in names if 0 <= at[n] < last}
         run = ctx.run(claim.request, capture=names, substitute=substitute, decode=False)
         pairs = {n: (run.latents[n], cks[n].latents) for n in names}
-        return PolicyResult(_latent_scores(pairs), run.cost.compute_share, _latent_bytes(cks, False))
+        share, kept = run.cost.compute_share, _latent_bytes(cks, False)
+        return lambda: PolicyResult(_latent_scores(pairs), share, kept)
 
 
 class FingerprintReplay(ValidationPolicy):
@@ -341,23 +374,34 @@ class FingerprintReplay(ValidationPolicy):
         return "fp_dist.max"
 
     def score(self, claim, ctx):
-        from sim.fingerprint import Fingerprinter
+        return self.prepare(claim, ctx)()
 
+    def prepare(self, claim, ctx):
+        """The validator's own generation now (regenerated if need be); the projections later."""
         cks, err = ctx.compared(claim)
         if cks is None:
-            return rejected(("fp_dist.max",), err)
-        fp = Fingerprinter(k=ctx.fingerprint_k, seed=ctx.fingerprint_seed)
-        replay = ctx.replay(claim.request)
-        scores: dict[str, float] = {}
-        for n, ck in cks.items():
-            # The executor publishes only these vectors; the latents are not sent.
-            theirs = fp.project(ck.latents)
-            if n not in replay.latents or replay.latents[n].shape != ck.latents.shape:
-                scores[f"fp_dist.{n}"] = INF
-                continue
-            scores[f"fp_dist.{n}"] = float(fp.distance(ctx.fingerprint_of(claim.request, n, fp), theirs))
-        scores["fp_dist.max"] = max(scores.values()) if scores else INF
-        return PolicyResult(scores, replay.cost.compute_share, len(cks) * fp.bytes_per_vector)
+            return ready(rejected(("fp_dist.max",), err))
+        ctx.replay(claim.request)
+        return functools.partial(_fingerprint_scores, claim, cks, ctx)
+
+
+def _fingerprint_scores(claim: Claim, cks, ctx: ValidationContext) -> PolicyResult:
+    """The fingerprint policy's distances: the executor's projected checkpoints against the
+    validator's (projected once per replay, cached in `ctx.replays`)."""
+    from sim.fingerprint import Fingerprinter
+
+    fp = Fingerprinter(k=ctx.fingerprint_k, seed=ctx.fingerprint_seed)
+    replay = ctx.replay(claim.request)
+    scores: dict[str, float] = {}
+    for n, ck in cks.items():
+        # The executor publishes only these vectors; the latents are not sent.
+        theirs = fp.project(ck.latents)
+        if n not in replay.latents or replay.latents[n].shape != ck.latents.shape:
+            scores[f"fp_dist.{n}"] = INF
+            continue
+        scores[f"fp_dist.{n}"] = float(fp.distance(ctx.fingerprint_of(claim.request, n, fp), theirs))
+    scores["fp_dist.max"] = max(scores.values()) if scores else INF
+    return PolicyResult(scores, replay.cost.compute_share, len(cks) * fp.bytes_per_vector)
 
 
 class SegmentReplay(ValidationPolicy):
@@ -379,49 +423,81 @@ class SegmentReplay(ValidationPolicy):
         return "rel_l2.end"
 
     def score(self, claim, ctx):
-        from models.engine import Checkpoint, initial_noise
-        from sim.commitment import CommitmentError, CommitSchedule, Executor, verify_openings
-        from sim.metrics import rel_l2, score_latents
+        return self.prepare(claim, ctx)()
 
-        cks, err = ctx.checkpoints(claim)
-        try:
-            schedule = CommitSchedule(claim.request.steps, min(ctx.commit_every, claim.request.steps))
-        except CommitmentError as e:
-            return rejected(segment_keys(1), str(e))
-        keys = segment_keys(schedule.segments)
-        if cks is None:
-            return rejected(keys, err)
-        try:
-            executor = Executor(cks, schedule)  # what the executor committed on chain (root, k, count)
-        except CommitmentError as e:
-            return rejected(keys, str(e))
-        kept = executor.kept_bytes()
-        everything = range(len(schedule.points))
-        openings = executor.open(everything)
-        bad = verify_openings(executor.commitment, schedule, openings, everything)
-        if bad:
-            return rejected(keys, bad, bytes_kept=kept)
-        at = _claimed_steps(claim.request, schedule.names)
-        if any(at[n] != p for n, p in zip(schedule.names, schedule.points)):
-            return rejected(keys, "checkpoints are not at the committed steps", bytes_kept=kept)
-        scores = {"rel_l2.start": rel_l2(initial_noise(claim.request), openings[0].latents)}
+    def prepare(self, claim, ctx):
+        """The openings checked and every segment replayed, the final latent decoded, now; the
+        distances, the noise check and the MP4 comparison later."""
+        from models.engine import Checkpoint
+
+        opened = _opened_segments(claim, ctx)
+        if isinstance(opened, PolicyResult):
+            return ready(opened)
+        schedule, openings, kept = opened
+        ends: list[tuple[Any, Any] | None] = []  # per segment: (the validator's end, the opened end)
         passes = 0
         for i in range(schedule.segments):
             a, b = openings[i], openings[i + 1]
             if a.step >= 0 and a.solver is None:
-                scores[f"rel_l2.seg{i}"] = scores[f"cosine.seg{i}"] = INF
+                ends.append(None)
                 continue
             run = ctx.run(claim.request, capture=(schedule.names[i + 1],),
                           resume_from=Checkpoint(step=a.step, latents=a.latents, solver=a.solver),
                           stop_after=b.step, decode=False)
             passes += run.cost.total_passes
-            end = score_latents(run.latents[schedule.names[i + 1]], b.latents)
-            scores[f"rel_l2.seg{i}"], scores[f"cosine.seg{i}"] = end["rel_l2"], end["cosine"]
-        scores["rel_l2.end"] = max(scores[f"rel_l2.seg{i}"] for i in range(schedule.segments))
-        scores["cosine.end"] = max(scores[f"cosine.seg{i}"] for i in range(schedule.segments))
-        scores["decode.mad"] = _decode_distance(claim, openings[-1].latents, ctx)
+            ends.append((run.latents[schedule.names[i + 1]], b.latents))
+        decoded = _validator_decode(claim, openings[-1].latents, ctx)
         share = passes / max(1, _forward_passes(claim.request))
-        return PolicyResult(scores, share, kept)
+        return functools.partial(_segment_scores, claim, openings[0].latents, ends, decoded, share, kept)
+
+
+def _opened_segments(claim: Claim, ctx: ValidationContext):
+    """`(schedule, openings, bytes kept)` of a claim whose commitment opens and verifies at the
+    committed steps, or the `PolicyResult` rejecting it."""
+    from sim.commitment import CommitmentError, CommitSchedule, Executor, verify_openings
+
+    cks, err = ctx.checkpoints(claim)
+    try:
+        schedule = CommitSchedule(claim.request.steps, min(ctx.commit_every, claim.request.steps))
+    except CommitmentError as e:
+        return rejected(segment_keys(1), str(e))
+    keys = segment_keys(schedule.segments)
+    if cks is None:
+        return rejected(keys, err)
+    try:
+        executor = Executor(cks, schedule)  # what the executor committed on chain (root, k, count)
+    except CommitmentError as e:
+        return rejected(keys, str(e))
+    kept = executor.kept_bytes()
+    everything = range(len(schedule.points))
+    openings = executor.open(everything)
+    bad = verify_openings(executor.commitment, schedule, openings, everything)
+    if bad:
+        return rejected(keys, bad, bytes_kept=kept)
+    at = _claimed_steps(claim.request, schedule.names)
+    if any(at[n] != p for n, p in zip(schedule.names, schedule.points)):
+        return rejected(keys, "checkpoints are not at the committed steps", bytes_kept=kept)
+    return schedule, openings, kept
+
+
+def _segment_scores(claim: Claim, start, ends, decoded, share: float, kept: int) -> PolicyResult:
+    """The segment policy's scores from what its device part computed: the opened noise against
+    the seeded one, each replayed segment's end against the opened one (inf where the opened start
+    has no solver state), the decode check."""
+    from models.engine import initial_noise
+    from sim.metrics import rel_l2, score_latents
+
+    scores = {"rel_l2.start": rel_l2(initial_noise(claim.request), start)}
+    for i, pair in enumerate(ends):
+        if pair is None:
+            scores[f"rel_l2.seg{i}"] = scores[f"cosine.seg{i}"] = INF
+            continue
+        end = score_latents(*pair)
+        scores[f"rel_l2.seg{i}"], scores[f"cosine.seg{i}"] = end["rel_l2"], end["cosine"]
+    scores["rel_l2.end"] = max(scores[f"rel_l2.seg{i}"] for i in range(len(ends)))
+    scores["cosine.end"] = max(scores[f"cosine.seg{i}"] for i in range(len(ends)))
+    scores["decode.mad"] = _decode_distance(claim, decoded)
+    return PolicyResult(scores, share, kept)
 
 
 def segment_keys(segments: int) -> tuple[str, ...]:
@@ -429,27 +505,40 @@ def segment_keys(segments: int) -> tuple[str, ...]:
             *(f"{m}.seg{i}" for i in range(segments) for m in ("rel_l2", "cosine")))
 
 
-def _decode_distance(claim: Claim, final, ctx: ValidationContext) -> float:
-    """Mean absolute difference (0-255) between the committed MP4's frames and the validator's decode
-    of the opened final latent, put through the same encoder (encoding is a pure function of the
-    frames: an honest claim on the validator's hardware gives exactly 0)."""
+def _validator_decode(claim: Claim, final, ctx: ValidationContext):
+    """The validator's decode of the opened final latent (device work, timed as replay), as uint8
+    frames; None when the committed MP4 is missing or its SHA-256 is not the claim's (then the
+    decode check fails without decoding)."""
     import time
 
+    from sim.commitment import decode_final
+    from sim.video_io import sha256_file
+
+    if not claim.video_path.is_file() or sha256_file(claim.video_path) != str(claim.sha256).lower():
+        return None
+    t0 = time.perf_counter()
+    try:
+        return decode_final(claim.request, ctx.runtime, final)
+    finally:
+        ctx.replay_seconds += time.perf_counter() - t0
+
+
+def _decode_distance(claim: Claim, decoded) -> float:
+    """Mean absolute difference (0-255) between the committed MP4's frames and the validator's decode
+    of the opened final latent (`_validator_decode`), put through the same encoder (encoding is a
+    pure function of the frames: an honest claim on the validator's hardware gives exactly 0)."""
     import numpy as np
 
     from models.video import encode_mp4
-    from sim.commitment import decode_final
     from sim.video_io import CorruptVideo, VideoHashMismatch, decode_mp4, read_committed_video
 
     try:
         theirs = read_committed_video(claim.video_path, claim.sha256)
     except (VideoHashMismatch, CorruptVideo, FileNotFoundError):
         return INF
-    t0 = time.perf_counter()
-    try:
-        ours = decode_mp4(encode_mp4(decode_final(claim.request, ctx.runtime, final), claim.request.fps))
-    finally:
-        ctx.replay_seconds += time.perf_counter() - t0
+    if decoded is None:  # pragma: no cover - the file changed between the two parts
+        return INF
+    ours = decode_mp4(encode_mp4(decoded, claim.request.fps))
     if ours.shape != theirs.shape:
         return INF
     return float(np.abs(ours.astype(np.int16) - theirs.astype(np.int16)).mean())

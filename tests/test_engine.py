@@ -25,6 +25,22 @@ def test_same_request_twice_gives_the_same_mp4_bytes(base):
     assert np.array_equal(again.frames, base.frames)
 
 
+def test_an_encode_left_to_the_caller_gives_the_same_bytes(base, tmp_path):
+    """`generate(..., encode=False)` returns the frames without the MP4; `encoded()` makes the bytes
+    `generate` makes by default; an unencoded generation is not saved."""
+    raw = generate(REQ, capture=("init", "step:0", "switch", "step:2", "final"), encode=False)
+    assert raw.mp4 is None and raw.sha256 == "" and not raw.is_encoded and np.array_equal(raw.frames, base.frames)
+    with pytest.raises(ValueError, match="not encoded"):
+        raw.save(tmp_path / "gen")
+    assert not (tmp_path / "gen").exists() and list(tmp_path.iterdir()) == []
+    done = raw.encoded()
+    assert done.mp4 == base.mp4 and done.sha256 == base.sha256 and done.record() == base.record() | {
+        "cost": done.record()["cost"]}
+    assert done.encoded() is done and raw.mp4 is None  # the raw one is left as it was
+    latent_only = generate(REQ, capture=("final",), decode=False, encode=False)
+    assert latent_only.mp4 == b"" and latent_only.encoded() is latent_only
+
+
 def test_golden_slice_of_the_tiny_preset():
     gen = generate(GenerationRequest(**GOLDEN["request"]))
     got = gen.latents["final"].flatten()[:16].numpy()

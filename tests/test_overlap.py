@@ -195,3 +195,137 @@ def test_a_background_failure_surfaces_and_the_run_resumes(runs, tmp_path, monke
     run_all(params_of(tmp_path / "run", overlap=not overlap))  # resumed, the other way round
     pd.testing.assert_frame_equal(scores(serial.out), scores(params.out), check_exact=True)
     assert generation_files(serial.out) == generation_files(params.out)
+
+
+# ---------------------------------------------------------------------------------------------
+# What runs beside the generation: the replaying policies' CPU-side parts, the MP4 encode and save
+
+
+def _claims(out, prompt_id=0):
+    from models.engine import Generation
+    from sim.policies import Claim
+
+    params = params_of(out)
+    request = params.base_request(ex.load_prompts(params)[prompt_id], prompt_id)
+    gens = Path(out) / "gens" / f"p{prompt_id:04d}"
+    claims = [Claim(request, json.loads((gens / ex.slug(d) / "record.json").read_text())["sha256"], gens / ex.slug(d))
+              for d in ("threads:1", "seed:+1")]
+    return request, Generation.load(gens / "canonical"), claims
+
+
+@pytest.mark.slow
+def test_a_prepared_score_run_on_another_thread_equals_the_score(runs, tmp_path):
+    """`prepare` runs the device part at once and hands back the rest, which gives `score`'s result
+    float for float on another thread, and touches neither the replay timers nor the regenerations."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sim.policies import Claim, ValidationContext, get_policy
+
+    request, canonical, claims = _claims(runs[0].out)
+    tampered = tmp_path / "tampered"  # the committed MP4 no longer matches: the decode check fails
+    shutil.copytree(claims[0].directory, tampered)
+    (tampered / "video.mp4").write_bytes((tampered / "video.mp4").read_bytes()[:-7] + b"tamper!")
+    claims.append(Claim(request, claims[0].sha256, tampered))
+    for name in ("full", "checkpoint", "fingerprint", "segment"):
+        policy = get_policy(name)
+        one, two = ValidationContext(), ValidationContext()
+        one.replays[request.key()] = two.replays[request.key()] = canonical
+        expected = [policy.score(c, one) for c in claims]
+        parts = [policy.prepare(c, two) for c in claims]
+        timers = (two.replay_seconds, two.device_seconds)
+        with ThreadPoolExecutor(1) as pool:
+            got = [pool.submit(part).result() for part in parts]
+        assert (two.replay_seconds, two.device_seconds) == timers, name  # the device work was done in prepare
+        assert [list(r.scores.items()) for r in got] == [list(r.scores.items()) for r in expected], name
+        assert [(r.reason, r.validator_compute_share, r.bytes_kept) for r in got] == \
+            [(r.reason, r.validator_compute_share, r.bytes_kept) for r in expected], name
+        assert (one.replay_seconds > 0) == (two.replay_seconds > 0) == (name in ("checkpoint", "segment")), name
+    assert got[2].scores["decode.mad"] == float("inf") and got[0].scores["decode.mad"] < 1.0
+
+
+def _watch_threads(monkeypatch, seen, slow=0.0):
+    """Record on which thread each MP4 encode and each latent distance runs, and whether this thread
+    was inside `generate` meanwhile; the encode is slowed by `slow` seconds."""
+    import models.artifacts
+    import models.engine
+    import sim.metrics
+
+    inside = threading.local()
+    main = threading.current_thread()
+
+    def where():
+        return "main" if threading.current_thread() is main else "background", getattr(inside, "gen", False)
+
+    def wrap(fn, label, pause=0.0):
+        def wrapped(*a, **k):
+            seen.append((label, *where()))
+            time.sleep(pause)
+            return fn(*a, **k)
+        return wrapped
+
+    real_generate = models.engine.generate
+
+    def generate(*a, **k):
+        inside.gen = True
+        try:
+            return real_generate(*a, **k)
+        finally:
+            inside.gen = False
+
+    monkeypatch.setattr(models.engine, "generate", generate)
+    monkeypatch.setattr(models.artifacts, "encode_mp4", wrap(models.artifacts.encode_mp4, "encode", slow))
+    monkeypatch.setattr(sim.metrics, "score_latents", wrap(sim.metrics.score_latents, "latents"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overlap", [True, False])
+def test_encodes_and_distances_run_beside_the_generations(tmp_path, monkeypatch, overlap):
+    """Overlapped, every MP4 encode and latent distance runs on the background thread; serial, on
+    this one, never inside a generation. Either way the encodes have their own timing entry and the
+    generation time excludes them."""
+    params = params_of(tmp_path / "run", deviations=("threads:1",), overlap=overlap)
+    ex.open_run(params)
+    prompts = ex.load_prompts(params)
+    seen, slow = [], 0.4
+    _watch_threads(monkeypatch, seen, slow)
+    ex.run_prompt(params, 0, prompts[0], len(prompts))
+    encodes = [s for s in seen if s[0] == "encode"]
+    assert len(encodes) == 3  # the canonical generation and the two claims (threads:1, hwnoise)
+    assert {s[1] for s in seen} == {"background" if overlap else "main"}
+    assert not any(in_generation for _, thread, in_generation in seen if thread == "main")
+    t = json.loads((tmp_path / "run" / "scores" / "p0000.timing.json").read_text())
+    assert t["encode"] >= 3 * slow and t["save"] > 0
+    assert t["wall"] >= t["generation"] + t["validator_replay"] + (0 if overlap else t["encode"])
+    assert t["scoring"] > 0 and (t["scoring_waited"] > 0) == overlap  # serial: nothing to wait for
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overlap", [True, False])
+def test_a_failed_save_surfaces_as_raised_and_leaves_no_partial_generation(tmp_path, monkeypatch, overlap):
+    """An error while a generation is written (here the latent file, half written when the disk
+    fills) surfaces from `run_prompt` as raised; that generation is absent, the earlier one
+    complete, and nothing half-written remains."""
+    import safetensors.torch
+
+    params = params_of(tmp_path / "run", deviations=("threads:1",), overlap=overlap)
+    ex.open_run(params)
+    prompts = ex.load_prompts(params)
+    real, calls = safetensors.torch.save_file, [0]
+
+    def save_file(tensors, filename, metadata=None):
+        calls[0] += 1
+        if calls[0] == 2:
+            Path(filename).write_bytes(b"half a latent file")
+            raise OSError(28, "No space left on device (injected)")
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    with pytest.raises(OSError, match=r"No space left on device \(injected\)") as err:
+        ex.run_prompt(params, 0, prompts[0], len(prompts))
+    assert err.value.errno == 28
+    gens = tmp_path / "run" / "gens" / "p0000"
+    assert sorted(p.name for p in gens.iterdir()) == ["canonical"]
+    assert sorted(p.name for p in (gens / "canonical").iterdir()) == ["latents.safetensors", "record.json",
+                                                                        "video.mp4"]
+    assert hidden_files(params.out) == [] and not (tmp_path / "run" / "scores" / "p0000.parquet").exists()
