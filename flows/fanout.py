@@ -66,7 +66,8 @@ def _actor_class():
             t0 = time.perf_counter()
             params = ex.ExperimentParams.model_validate_json(params_json)
             rows = len(ex.run_prompt(params, prompt_id, prompt, n_prompts))
-            return {"prompt_id": prompt_id, "rows": rows, "pid": os.getpid(), "seconds": time.perf_counter() - t0}
+            return {"prompt_id": prompt_id, "rows": rows, "pid": os.getpid(), "seconds": time.perf_counter() - t0,
+                    "finished_at": time.time()}
 
     return PromptWorker
 

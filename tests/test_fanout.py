@@ -3,6 +3,7 @@ single-process run, a worker killed mid-run loses nothing, and the flow reports 
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -55,7 +56,7 @@ def test_two_workers_give_the_single_process_table_even_when_one_is_killed(ray_l
     params = params_at(tmp_path / "run")
     ex.open_run(params)
     prompts = ex.load_prompts(params)
-    results, killed = [], None
+    results, killed, killed_at = [], None, None
     with Cluster(FanOut(workers=2), "cpu") as cluster:
         pids = cluster.pids()
         assert len(set(pids)) == 2 and os.getpid() not in pids
@@ -63,11 +64,13 @@ def test_two_workers_give_the_single_process_table_even_when_one_is_killed(ray_l
             results.append(res)
             if killed is None:  # the other worker is in the middle of a prompt: kill its process
                 killed = next(p for p in pids if p != res["pid"])
+                killed_at = time.time()
                 os.kill(killed, signal.SIGKILL)
     assert sorted(r["prompt_id"] for r in results) == [0, 1, 2, 3]
     restarted = {r["pid"] for r in results} - set(pids)
     assert restarted, "the killed worker was not restarted (no result came from a new process)"
-    assert killed not in {r["pid"] for r in results[1:]}
+    # a prompt the killed worker finished just before the kill may still be delivered after it
+    assert all(r["finished_at"] < killed_at for r in results if r["pid"] == killed)
     pd.testing.assert_frame_equal(table(params, 4), single)
 
 
