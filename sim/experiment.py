@@ -455,7 +455,7 @@ def load_stored(directory: Path, request: GenerationRequest, runtime: Runtime, s
                     and all(_normalise(rec.get(k)) == _normalise(v) for k, v in exp.items()):
                 return Generation.load(directory)
         except (OSError, ValueError, ArtifactError, KeyError):
-            pass
+            pass  # partial, stale or edited: the caller redoes it, replacing it only when complete
     return None
 
 
