@@ -77,6 +77,9 @@ BOUNDARY_RATIO = 0.875
 
 # The stages a stage-complete price can charge on top of the passes, and the fields that hold each.
 STAGES: tuple[str, ...] = ("text_encoder", "vae", "overhead")
+# The stage-complete fields PricingParams, Calibration and StageFit share (seconds and fit quality).
+STAGE_TERMS: tuple[str, ...] = ("text_encoder_seconds", "vae_seconds_per_pixel", "vae_r2", "overhead_seconds",
+                                "overhead_seconds_per_pixel", "overhead_r2", "overhead_points")
 STAGE_FIELDS: dict[str, tuple[str, ...]] = {"text_encoder": ("text_encoder_seconds",),
                                             "vae": ("vae_seconds_per_pixel",),
                                             "overhead": ("overhead_seconds", "overhead_seconds_per_pixel")}
@@ -401,10 +404,7 @@ class Calibration(BaseModel):
     def pricing(self, **overrides: Any) -> PricingParams:
         """The pricing these hold: the stage terms carried but priced only per `overrides`
         (`charge_stages`, `charge_constant`), as for the constant."""
-        terms = {k: getattr(self, k) for k in ("alpha_seconds", "beta_seconds", "gamma_seconds",
-                                                "text_encoder_seconds", "vae_seconds_per_pixel", "vae_r2",
-                                                "overhead_seconds", "overhead_seconds_per_pixel", "overhead_r2",
-                                                "overhead_points")}
+        terms = {k: getattr(self, k) for k in ("alpha_seconds", "beta_seconds", "gamma_seconds", *STAGE_TERMS)}
         return PricingParams(**{**terms, "fit_r2": self.r2, "source": f"calibration {self.preset} on {self.device}",
                                 **overrides})
 
@@ -617,10 +617,7 @@ class StageFit(BaseModel):
     def terms(self) -> dict[str, Any]:
         """The PricingParams fields this fit gives (seconds and fit quality)."""
         return dict(alpha_seconds=self.alpha_seconds, beta_seconds=self.beta_seconds, gamma_seconds=self.gamma_seconds,
-                    fit_r2=self.pass_r2, text_encoder_seconds=self.text_encoder_seconds,
-                    vae_seconds_per_pixel=self.vae_seconds_per_pixel, vae_r2=self.vae_r2,
-                    overhead_seconds=self.overhead_seconds, overhead_seconds_per_pixel=self.overhead_seconds_per_pixel,
-                    overhead_r2=self.overhead_r2, overhead_points=self.overhead_points)
+                    fit_r2=self.pass_r2, **{k: getattr(self, k) for k in STAGE_TERMS})
 
     def pricing(self, charge_stages: Sequence[str] | None = None, charge_constant: bool = True,
                 **overrides: Any) -> PricingParams:
